@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests in e2e/ need, from Debian's packages:
+#   postfix      a private Postfix instance (no system instance is configured)
+#   rbldnsd      serves the test block lists on loopback
+#   swaks dnsutils  for poking at the setup by hand (dig, swaks)
+#   sendmail     the sendmail binary from sendmail-bin, unpacked into
+#                /opt/blmilter-e2e/sendmail: Debian's postfix and sendmail-bin
+#                packages conflict (both are "the" MTA), so sendmail is not
+#                installed as a package; its libraries and sendmail-cf (m4) are.
+#
+# Idempotent: runs `apt-get update` only when something is missing.
+# When it cannot install (not root, no apt-get) it says what it skipped and
+# exits non-zero if CI=true or BLMILTER_E2E=require, 0 otherwise (the tests
+# then skip with a message).
+set -euo pipefail
+
+SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
+PKGS=(postfix rbldnsd swaks dnsutils m4 sendmail-cf procps
+	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
+
+strict=0
+if [[ "${CI:-}" == "true" || "${BLMILTER_E2E:-}" == "require" ]]; then
+	strict=1
+fi
+
+skip() {
+	echo "e2e/deps.sh: SKIPPED: $*" >&2
+	if ((strict)); then
+		echo "e2e/deps.sh: CI=true or BLMILTER_E2E=require: failing instead of skipping" >&2
+		exit 1
+	fi
+	exit 0
+}
+
+missing=()
+for p in "${PKGS[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+need_sendmail=0
+[[ -x "$SENDMAIL_DIR/usr/libexec/sendmail/sendmail" || -x /usr/libexec/sendmail/sendmail ]] || need_sendmail=1
+
+if ((${#missing[@]} == 0 && need_sendmail == 0)); then
+	echo "e2e/deps.sh: all present"
+	exit 0
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+	skip "not root; missing packages: ${missing[*]:-none}; sendmail binary missing: $need_sendmail"
+fi
+if ! command -v apt-get >/dev/null; then
+	skip "no apt-get; missing packages: ${missing[*]:-none}; sendmail binary missing: $need_sendmail"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# "No configuration": the package creates no /etc/postfix/main.cf and starts
+# no system instance on port 25; the tests run their own instance.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+
+apt-get update -qq
+if ((${#missing[@]} > 0)); then
+	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ((need_sendmail)); then
+	tmp=$(mktemp -d)
+	chmod 0777 "$tmp" # apt-get download runs as _apt
+	trap 'rm -rf "$tmp"' EXIT
+	(cd "$tmp" && apt-get download -qq sendmail-bin)
+	mkdir -p "$SENDMAIL_DIR"
+	dpkg-deb -x "$tmp"/sendmail-bin_*.deb "$SENDMAIL_DIR"
+	sm="$SENDMAIL_DIR/usr/libexec/sendmail/sendmail"
+	if [[ ! -x "$sm" ]]; then
+		skip "sendmail-bin did not contain $sm"
+	fi
+	if ldd "$sm" | grep 'not found' >&2; then
+		skip "sendmail's libraries are missing"
+	fi
+	echo "e2e/deps.sh: sendmail unpacked into $SENDMAIL_DIR"
+fi
+
+# A system Postfix must not hold port 25 or the tests' ports; the package
+# does not start one with "No configuration", but an older install might.
+if [[ -f /etc/postfix/main.cf ]] && command -v postfix >/dev/null; then
+	postfix status >/dev/null 2>&1 && echo "e2e/deps.sh: note: a system Postfix is running; the tests use their own instance on other ports"
+fi
+echo "e2e/deps.sh: done"
