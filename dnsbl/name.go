@@ -1,0 +1,115 @@
+package dnsbl
+
+import (
+	"net/netip"
+	"slices"
+	"unsafe"
+)
+
+const hexDigits = "0123456789abcdef"
+
+// QueryName returns the RFC 5782 name under which zone publishes ip, as a
+// fully qualified name with a trailing dot: "2.0.0.127.zen.example." for
+// 127.0.0.2, 32 reversed nibbles for IPv6. An IPv4-mapped IPv6 address is
+// asked as the IPv4 address it carries, because that is how lists publish
+// it. An invalid ip gives "".
+func QueryName(ip netip.Addr, zone string) string {
+	ip = ip.Unmap()
+	zone = trimDot(zone)
+	var n int
+	switch {
+	case ip.Is4():
+		a := ip.As4()
+		for _, b := range a {
+			n += octetLen(b) + 1
+		}
+	case ip.Is6():
+		n = 64
+	default:
+		return ""
+	}
+	if zone != "" {
+		n += len(zone) + 1
+	}
+	// Exactly one allocation of exactly the right size, handed over as the
+	// string without a copy: nothing else holds b.
+	b := AppendQueryName(make([]byte, 0, n), ip, zone)
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// AppendQueryName appends QueryName(ip, zone) to dst and returns the
+// extended slice. It allocates only when dst must grow, so a caller with
+// a reused buffer builds names for free. An invalid ip appends nothing.
+func AppendQueryName(dst []byte, ip netip.Addr, zone string) []byte {
+	ip = ip.Unmap()
+	zone = trimDot(zone)
+	switch {
+	case ip.Is4():
+		// RFC 5782 section 2.1: the octets in reverse order, in decimal.
+		a := ip.As4()
+		var buf [16]byte
+		n := 0
+		for i := 3; i >= 0; i-- {
+			n += putOctet(buf[n:], a[i])
+			buf[n] = '.'
+			n++
+		}
+		dst = slices.Grow(dst, n+len(zone)+1)
+		dst = append(dst, buf[:n]...)
+	case ip.Is6():
+		// RFC 5782 section 2.4: all 32 nibbles, low nibble first, reversed,
+		// lower-case hex, no zero compression. Filled into a fixed array so
+		// the loop has no append bookkeeping.
+		a := ip.As16()
+		var buf [64]byte
+		for i := range 16 {
+			b := a[15-i]
+			buf[4*i] = hexDigits[b&0x0f]
+			buf[4*i+1] = '.'
+			buf[4*i+2] = hexDigits[b>>4]
+			buf[4*i+3] = '.'
+		}
+		dst = slices.Grow(dst, len(buf)+len(zone)+1)
+		dst = append(dst, buf[:]...)
+	default:
+		return dst
+	}
+	if zone == "" {
+		return dst
+	}
+	dst = append(dst, zone...)
+	return append(dst, '.')
+}
+
+// trimDot drops one trailing dot, so "zen.example." is not doubled.
+func trimDot(zone string) string {
+	if n := len(zone); n > 0 && zone[n-1] == '.' {
+		return zone[:n-1]
+	}
+	return zone
+}
+
+func octetLen(b byte) int {
+	switch {
+	case b >= 100:
+		return 3
+	case b >= 10:
+		return 2
+	}
+	return 1
+}
+
+// putOctet writes b in decimal to buf (room for 3 bytes) and returns the
+// number of bytes written.
+func putOctet(buf []byte, b byte) int {
+	switch {
+	case b >= 100:
+		buf[0], buf[1], buf[2] = '0'+b/100, '0'+b/10%10, '0'+b%10
+		return 3
+	case b >= 10:
+		buf[0], buf[1] = '0'+b/10, '0'+b%10
+		return 2
+	}
+	buf[0] = '0' + b
+	return 1
+}
