@@ -575,31 +575,29 @@ type codeMatch struct {
 	weight   float64
 }
 
-// match maps a list's answer codes to one category and weight: of every
-// (code, rule) pair that matches, the rule with the largest absolute weight
-// wins, the more specific rule on a tie. A code no rule matches is still a
-// listing, with the list's own category and weight: the list said "listed",
-// and a new code a list starts to use should not silently let clients in.
-// An admin who wants a code ignored maps it to weight 0.
+// match maps a list's answer codes to one category and weight. Each code
+// takes the most specific rule that matches it (exact, then the smallest
+// range or network, then bitmasks); of several codes, the one with the
+// largest absolute weight names the hit. A code no rule matches is still a
+// listing, with the list's own category and weight: the list said
+// "listed", and a new code a list starts to use should not silently let
+// clients in. An admin who wants a code ignored maps it to weight 0.
 func (l *ListConfig) match(codes []netip.Addr) codeMatch {
-	best := codeMatch{category: l.Category, weight: l.Weight}
-	if len(codes) > 0 {
-		best.code = codes[0]
-	}
-	found := false
-	bestRule := 0
-	for _, c := range codes {
+	var best codeMatch
+	for i, c := range codes {
+		m := codeMatch{code: c, category: l.Category, weight: l.Weight}
 		for ri := range l.rules {
-			r := &l.rules[ri]
-			if !r.matches(c) {
-				continue
-			}
-			if !found || math.Abs(r.weight) > math.Abs(best.weight) || (math.Abs(r.weight) == math.Abs(best.weight) && ri < bestRule) {
-				best = codeMatch{code: c, category: r.category, weight: r.weight}
-				bestRule = ri
-				found = true
+			if r := &l.rules[ri]; r.matches(c) {
+				m.category, m.weight = r.category, r.weight
+				break
 			}
 		}
+		if i == 0 || math.Abs(m.weight) > math.Abs(best.weight) {
+			best = m
+		}
+	}
+	if len(codes) == 0 {
+		best = codeMatch{category: l.Category, weight: l.Weight}
 	}
 	return best
 }

@@ -71,7 +71,7 @@ type Verdict struct {
 type Reply struct {
 	Code     int    // 550 or 451
 	Enhanced string // "5.7.1" or "4.7.1"
-	Text     string // safe for the MTA: no CR/LF; '%' doubled where Sendmail needs it is up to the front end (see SendmailText)
+	Text     string // safe for the MTA: no CR/LF; '%' doubled where Sendmail needs it is up to the front end (see SendmailSafe)
 	Ref      string // identifies the recorded decision
 	Header   string // X-Blmilter header value for tag
 }
