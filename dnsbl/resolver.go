@@ -1,0 +1,524 @@
+package dnsbl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// DefaultTimeout bounds a lookup when neither NewResolver nor the Query
+// sets a timeout. Mail waits for it, so it is far below resolv.conf's 5 s.
+const DefaultTimeout = 1500 * time.Millisecond
+
+// resolvConf is where NewResolver finds the system's servers.
+const resolvConf = "/etc/resolv.conf"
+
+// udpSize is the EDNS0 buffer size advertised (the DNS Flag Day 2020
+// value): large enough for any TXT reason, small enough not to fragment.
+const udpSize = 1232
+
+// Resolver sends DNS list queries to a fixed set of recursive servers. It
+// is safe for concurrent use.
+type Resolver struct {
+	servers []string // host:port
+	timeout time.Duration
+	udp     *dns.Client
+	tcp     *dns.Client
+	// preferred is the index of the server that last gave a usable
+	// answer; queries start there, so a dead first server costs one
+	// timeout share once, not on every lookup.
+	preferred atomic.Uint32
+}
+
+// NewResolver returns a resolver that asks servers ("192.0.2.53",
+// "192.0.2.53:5353", "::1", "[::1]:53", "unbound:53"; port 53 unless
+// given), or the nameservers of /etc/resolv.conf when servers is empty.
+// timeout is the default time a lookup may take (DefaultTimeout if <= 0).
+func NewResolver(servers []string, timeout time.Duration) (*Resolver, error) {
+	return newResolver(servers, timeout, resolvConf)
+}
+
+func newResolver(servers []string, timeout time.Duration, conf string) (*Resolver, error) {
+	var addrs []string
+	if len(servers) == 0 {
+		cc, err := dns.ClientConfigFromFile(conf)
+		if err != nil {
+			return nil, fmt.Errorf("dnsbl: no servers configured and reading %s: %w", conf, err)
+		}
+		for _, s := range cc.Servers {
+			a, err := serverAddr(s, cc.Port)
+			if err != nil {
+				return nil, fmt.Errorf("dnsbl: nameserver in %s: %w", conf, err)
+			}
+			addrs = append(addrs, a)
+		}
+		if len(addrs) == 0 {
+			return nil, fmt.Errorf("dnsbl: no servers configured and no nameserver in %s", conf)
+		}
+	} else {
+		for _, s := range servers {
+			a, err := serverAddr(s, "53")
+			if err != nil {
+				return nil, fmt.Errorf("dnsbl: server %q: %w", s, err)
+			}
+			addrs = append(addrs, a)
+		}
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return &Resolver{
+		servers: addrs,
+		timeout: timeout,
+		udp:     &dns.Client{Net: "udp", UDPSize: udpSize},
+		tcp:     &dns.Client{Net: "tcp"},
+	}, nil
+}
+
+// serverAddr turns "host", "host:port", an IPv6 literal with or without
+// brackets, or "[v6]:port" into a dialable host:port.
+func serverAddr(s, defaultPort string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", errors.New("empty address")
+	}
+	if defaultPort == "" {
+		defaultPort = "53"
+	}
+	// A bare IPv6 literal ("::1", "fe80::1%eth0") has colons but no port.
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return net.JoinHostPort(ip.String(), defaultPort), nil
+	}
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		ip, err := netip.ParseAddr(s[1 : len(s)-1])
+		if err != nil {
+			return "", fmt.Errorf("bad IPv6 address: %w", err)
+		}
+		return net.JoinHostPort(ip.String(), defaultPort), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if strings.Contains(s, ":") {
+			return "", fmt.Errorf("want host, host:port or [IPv6]:port: %w", err)
+		}
+		host, port = s, defaultPort
+	}
+	if host == "" {
+		return "", errors.New("missing host")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "", fmt.Errorf("bad port %q", port)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// Servers returns the host:port addresses the resolver asks, in order.
+func (r *Resolver) Servers() []string { return slices.Clone(r.servers) }
+
+// Lookup asks q.Zone about q.IP and classifies the answer. It never
+// returns a Listed status for an answer that is a list error, and it
+// returns within q.Timeout (or the resolver's timeout) and ctx.
+func (r *Resolver) Lookup(ctx context.Context, q Query) Result {
+	start := time.Now()
+	res := r.lookup(ctx, q)
+	res.Duration = time.Since(start)
+	return res
+}
+
+func (r *Resolver) lookup(ctx context.Context, q Query) Result {
+	if !q.IP.IsValid() {
+		return Result{Status: Error, Err: errors.New("dnsbl: invalid IP address")}
+	}
+	name := QueryName(q.IP, q.Zone)
+	if z := trimDot(q.Zone); z == "" {
+		return Result{Status: Error, Err: errors.New("dnsbl: empty zone")}
+	} else if _, ok := dns.IsDomainName(name); !ok || len(name) > 254 {
+		return Result{Status: Error, Err: errors.New("dnsbl: zone is not a valid domain name")}
+	}
+	timeout := q.Timeout
+	if timeout <= 0 {
+		timeout = r.timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	resp, err := r.query(ctx, name, dns.TypeA)
+	if err != nil {
+		return Result{Status: Error, Err: err}
+	}
+	res := classify(resp)
+	if res.Status == Listed && !q.NoTXT {
+		// The reason is a courtesy: without it the listing stands.
+		if txt, err := r.query(ctx, name, dns.TypeTXT); err == nil {
+			res.Reason = reason(txt)
+		}
+	}
+	return res
+}
+
+// classify turns a NOERROR or NXDOMAIN answer to an A query into a Result.
+func classify(resp *dns.Msg) Result {
+	if resp.Rcode == dns.RcodeNameError {
+		return Result{Status: NotListed, TTL: negativeTTL(resp)}
+	}
+	var codes, blocked, outside []netip.Addr
+	minTTL := uint32(0)
+	first := true
+	for _, rr := range resp.Answer {
+		a, ok := rr.(*dns.A)
+		if !ok {
+			continue // a CNAME on the way, or DNSSEC records
+		}
+		ip, ok := netip.AddrFromSlice(a.A.To4())
+		if !ok {
+			continue
+		}
+		if ttl := a.Hdr.Ttl; first || ttl < minTTL {
+			minTTL, first = ttl, false
+		}
+		b := ip.As4()
+		switch {
+		case b[0] != 127:
+			outside = append(outside, ip)
+		case b[1] == 255 && b[2] == 255:
+			blocked = append(blocked, ip)
+		default:
+			codes = append(codes, ip)
+		}
+	}
+	// Any error code makes the whole answer an error, even when listing
+	// codes come with it. A list that answers 127.255.255.x is saying it
+	// did not really look the address up for us, and an address outside
+	// 127/8 means something between us and the list rewrites answers; in
+	// both cases the other records of the same answer are no more
+	// trustworthy, and a wrong listing rejects legitimate mail, while a
+	// list error only costs one list's opinion.
+	var err error
+	if len(blocked) > 0 {
+		err = blockedError(blocked)
+	}
+	if len(outside) > 0 {
+		e := fmt.Errorf("%w: %s (a resolver that rewrites NXDOMAIN, or a zone that is not a block list)",
+			ErrNotLoopback, joinAddrs(outside))
+		if err != nil {
+			e = fmt.Errorf("%w; %w", err, e)
+		}
+		err = e
+	}
+	if err != nil {
+		return Result{Status: Error, Err: err}
+	}
+	if len(codes) == 0 {
+		// NODATA: the name exists (for example with a TXT record only),
+		// but the list does not list the address.
+		return Result{Status: NotListed, TTL: negativeTTL(resp)}
+	}
+	slices.SortFunc(codes, netip.Addr.Compare)
+	codes = slices.Compact(codes)
+	return Result{Status: Listed, Codes: codes, TTL: time.Duration(minTTL) * time.Second}
+}
+
+// blockedError explains 127.255.255.0/24 answers, with what Spamhaus says
+// each of its codes means, since those are the ones seen in practice.
+func blockedError(codes []netip.Addr) error {
+	var b strings.Builder
+	for i, ip := range codes {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(ip.String())
+		switch ip.As4()[3] {
+		case 252:
+			b.WriteString(" (Spamhaus: typing error in the list's zone name)")
+		case 254:
+			b.WriteString(" (Spamhaus: query through a public/open resolver)")
+		case 255:
+			b.WriteString(" (Spamhaus: excessive number of queries)")
+		}
+	}
+	return fmt.Errorf("%w: %s: list refuses this resolver (public/open resolver or query limit); use your own recursive resolver or the list's paid/registered access",
+		ErrResolverBlocked, b.String())
+}
+
+func joinAddrs(ips []netip.Addr) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// negativeTTL is how long NXDOMAIN or NODATA may be cached: per RFC 2308
+// section 5 the lower of the SOA record's TTL and its MINIMUM field, or 0
+// when the answer carries no SOA.
+func negativeTTL(resp *dns.Msg) time.Duration {
+	for _, rr := range resp.Ns {
+		if soa, ok := rr.(*dns.SOA); ok {
+			return time.Duration(min(soa.Hdr.Ttl, soa.Minttl)) * time.Second
+		}
+	}
+	return 0
+}
+
+// maxReason bounds a TXT reason, which ends up in logs and on pages.
+const maxReason = 512
+
+// reason joins the TXT records of an answer with a space; the strings of
+// one record are concatenated, as a long text is split at 255 bytes.
+func reason(resp *dns.Msg) string {
+	var b strings.Builder
+	for _, rr := range resp.Answer {
+		t, ok := rr.(*dns.TXT)
+		if !ok {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		for _, s := range t.Txt {
+			unescape(&b, s)
+		}
+	}
+	return printable(b.String())
+}
+
+// unescape undoes miekg/dns's presentation escapes in a TXT string: \"
+// and \\ become the character, \DDD the byte.
+func unescape(b *strings.Builder, s string) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' || i+1 >= len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 10, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i+1])
+		i++
+	}
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// printable makes a list's text safe to log and show: valid UTF-8, control
+// characters (CR, LF, NUL...) as spaces, trimmed, at most maxReason bytes.
+func printable(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.TrimSpace(s)
+	if len(s) > maxReason {
+		cut := maxReason
+		for cut > 0 && !isRuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return s
+}
+
+func isRuneStart(c byte) bool { return c&0xc0 != 0x80 }
+
+// query asks the servers for name/qtype until one gives a usable answer
+// (NOERROR or NXDOMAIN, matching the question). After a timeout, SERVFAIL,
+// REFUSED, another error rcode or a network error it tries the next server;
+// each attempt gets an equal share of the time left, so a silent server
+// cannot use up the time of the ones after it. A mismatched answer is not
+// retried: it is returned as ErrMismatch.
+func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.RecursionDesired = true
+	m.SetEdns0(udpSize, false)
+
+	n := len(r.servers)
+	// One server is asked twice: a lost UDP packet is the commonest
+	// failure, and a second server is not there to cover it.
+	attempts := max(n, 2)
+	first := int(r.preferred.Load()) % n
+	deadline, _ := ctx.Deadline()
+	start := time.Now()
+	var err error
+	tries := 0
+	for i := range attempts {
+		if ctx.Err() != nil {
+			break
+		}
+		idx := (first + i) % n
+		share := time.Until(deadline) / time.Duration(attempts-i)
+		actx, cancel := context.WithTimeout(ctx, share)
+		m.Id = dns.Id()
+		var resp *dns.Msg
+		resp, err = r.exchange(actx, m, r.servers[idx])
+		cancel()
+		tries++
+		if err == nil {
+			err = check(resp, name, qtype)
+		}
+		if err == nil {
+			switch resp.Rcode {
+			case dns.RcodeSuccess, dns.RcodeNameError:
+				if idx != first {
+					r.preferred.Store(uint32(idx))
+				}
+				return resp, nil
+			case dns.RcodeServerFailure:
+				err = ErrServFail
+			case dns.RcodeRefused:
+				err = ErrRefused
+			default:
+				err = fmt.Errorf("dnsbl: server answered %s", dns.RcodeToString[resp.Rcode])
+			}
+		}
+		if errors.Is(err, ErrMismatch) {
+			break
+		}
+	}
+	if cerr := ctx.Err(); cerr != nil && (err == nil || !errors.Is(err, ErrMismatch)) {
+		if errors.Is(cerr, context.Canceled) {
+			return nil, fmt.Errorf("dnsbl: lookup canceled: %w", cerr)
+		}
+		// The lookup's time ran out, whatever the last attempt said.
+		err = ErrTimeout
+	}
+	return nil, fmt.Errorf("%w (%s query, %d attempt(s) in %v)",
+		err, dns.TypeToString[qtype], tries, time.Since(start).Round(time.Millisecond))
+}
+
+// exchange sends m to server over UDP, and again over TCP if the UDP answer
+// is truncated. It returns a classified error: ErrTimeout, or a network
+// error without the server's address in it.
+func (r *Resolver) exchange(ctx context.Context, m *dns.Msg, server string) (*dns.Msg, error) {
+	resp, err := exchangeOnce(ctx, r.udp, m, server)
+	if err == nil && resp.Truncated {
+		resp, err = exchangeOnce(ctx, r.tcp, m, server)
+	}
+	if err != nil {
+		return nil, netError(err)
+	}
+	return resp, nil
+}
+
+// longAgo is a deadline in the past, to wake a blocked read.
+var longAgo = time.Unix(1, 0)
+
+// exchangeOnce is one query over one connection. It is dns.Client's
+// exchange, except that cancelling ctx (not only its deadline) ends a
+// read that is waiting.
+func exchangeOnce(ctx context.Context, c *dns.Client, m *dns.Msg, server string) (*dns.Msg, error) {
+	conn, err := c.DialContext(ctx, server)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(longAgo) })
+	defer stop()
+	if err := conn.WriteMsg(m); err != nil {
+		return nil, err
+	}
+	for {
+		resp, err := conn.ReadMsg()
+		if err != nil {
+			return nil, err
+		}
+		if resp.Id == m.Id {
+			return resp, nil
+		}
+		// Over UDP a datagram with another id is not the answer (a
+		// late or forged one): keep waiting. Over TCP it is an error.
+		if c.Net == "tcp" {
+			return nil, fmt.Errorf("%w: id %d, sent %d", ErrMismatch, resp.Id, m.Id)
+		}
+	}
+}
+
+func netError(err error) error {
+	if errors.Is(err, ErrMismatch) {
+		return err
+	}
+	var ne net.Error
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout()) {
+		return ErrTimeout
+	}
+	// net.OpError's text names the server's address; keep only the cause.
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		err = op.Err
+	}
+	return fmt.Errorf("dnsbl: network error: %w", err)
+}
+
+// check verifies that resp answers the question name/qtype/IN: the
+// question section, and every answer record owned by name or by a CNAME
+// target reached from it. miekg/dns has already matched the id.
+func check(resp *dns.Msg, name string, qtype uint16) error {
+	if !resp.Response {
+		return fmt.Errorf("%w: not a response", ErrMismatch)
+	}
+	if len(resp.Question) == 0 && resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
+		// Some servers send REFUSED or FORMERR without the question;
+		// such an answer carries no data, only its rcode.
+		return nil
+	}
+	if len(resp.Question) != 1 {
+		return fmt.Errorf("%w: %d questions in the answer", ErrMismatch, len(resp.Question))
+	}
+	q := resp.Question[0]
+	if !strings.EqualFold(q.Name, name) || q.Qtype != qtype || q.Qclass != dns.ClassINET {
+		return fmt.Errorf("%w: answer is for another name, type or class", ErrMismatch)
+	}
+	var buf [4]string
+	owners := append(buf[:0], name)
+	owned := func(n string) bool {
+		for _, o := range owners {
+			if strings.EqualFold(o, n) {
+				return true
+			}
+		}
+		return false
+	}
+	// Follow CNAMEs whatever their order in the section; bounded, as each
+	// pass adds at least one owner or stops.
+	for range len(resp.Answer) {
+		added := false
+		for _, rr := range resp.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && owned(c.Hdr.Name) && !owned(c.Target) {
+				owners = append(owners, c.Target)
+				added = true
+			}
+		}
+		if !added {
+			break
+		}
+	}
+	for _, rr := range resp.Answer {
+		h := rr.Header()
+		if !owned(h.Name) || h.Class != dns.ClassINET {
+			return fmt.Errorf("%w: answer record for another name", ErrMismatch)
+		}
+	}
+	return nil
+}
