@@ -1,12 +1,22 @@
 package dnsbl
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"unsafe"
 )
 
 const hexDigits = "0123456789abcdef"
+
+// nibbles[b] is the four bytes "L.H." for byte b (low nibble, dot, high
+// nibble, dot) packed little-endian, for IPv6 query names.
+var nibbles = func() (t [256]uint32) {
+	for b := range t {
+		t[b] = uint32(hexDigits[b&0x0f]) | '.'<<8 | uint32(hexDigits[b>>4])<<16 | '.'<<24
+	}
+	return t
+}()
 
 // QueryName returns the RFC 5782 name under which zone publishes ip, as a
 // fully qualified name with a trailing dot: "2.0.0.127.zen.example." for
@@ -58,16 +68,12 @@ func AppendQueryName(dst []byte, ip netip.Addr, zone string) []byte {
 		dst = append(dst, buf[:n]...)
 	case ip.Is6():
 		// RFC 5782 section 2.4: all 32 nibbles, low nibble first, reversed,
-		// lower-case hex, no zero compression. Filled into a fixed array so
-		// the loop has no append bookkeeping.
+		// lower-case hex, no zero compression. Each byte becomes four
+		// characters ("b.a." for 0xab) taken whole from a table.
 		a := ip.As16()
 		var buf [64]byte
 		for i := range 16 {
-			b := a[15-i]
-			buf[4*i] = hexDigits[b&0x0f]
-			buf[4*i+1] = '.'
-			buf[4*i+2] = hexDigits[b>>4]
-			buf[4*i+3] = '.'
+			binary.LittleEndian.PutUint32(buf[4*i:], nibbles[a[15-i]])
 		}
 		dst = slices.Grow(dst, len(buf)+len(zone)+1)
 		dst = append(dst, buf[:]...)
