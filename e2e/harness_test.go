@@ -1,0 +1,382 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const envE2E = "BLMILTER_E2E"
+
+// required reports whether a missing dependency is a failure rather than a
+// reason to skip: CI must never skip the end-to-end tests silently.
+func required() bool {
+	return os.Getenv(envE2E) == "require" || os.Getenv("CI") == "true"
+}
+
+// tools are the external programs the suite uses, by name, with where to
+// look for them (PATH first, then these places: CI's PATH may lack sbin).
+var tools = map[string][]string{
+	"postfix":  {"/usr/sbin/postfix"},
+	"postconf": {"/usr/sbin/postconf"},
+	"rbldnsd":  {"/usr/sbin/rbldnsd"},
+	"m4":       {"/usr/bin/m4"},
+	"unshare":  {"/usr/bin/unshare"},
+	"ip":       {"/usr/sbin/ip", "/sbin/ip", "/bin/ip"},
+	// Debian's sendmail-bin conflicts with postfix, so deps.sh unpacks it
+	// beside the system; a sendmail installed as a package works too.
+	"sendmail": {"/opt/blmilter-e2e/sendmail/usr/libexec/sendmail/sendmail", "/usr/libexec/sendmail/sendmail", "/usr/lib/sm.bin/sendmail"},
+}
+
+// tool returns the path of an external program, or "" when it is missing.
+func tool(name string) string {
+	if name == "sendmail" {
+		if p := os.Getenv("BLMILTER_E2E_SENDMAIL"); p != "" {
+			return p
+		}
+	} else if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, p := range tools[name] {
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
+}
+
+// need skips t, or fails it when required(), unless this machine can run
+// the end-to-end tests with the named tools.
+func need(t testing.TB, names ...string) {
+	t.Helper()
+	if !required() {
+		switch os.Getenv(envE2E) {
+		case "skip", "0", "off", "no":
+			t.Skipf("e2e: skipped: %s=%s", envE2E, os.Getenv(envE2E))
+		}
+		if testing.Short() {
+			t.Skip("e2e: skipped in -short mode")
+		}
+	}
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (Postfix and Sendmail run as root)")
+	}
+	for _, n := range names {
+		if tool(n) == "" {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("e2e: cannot run here, missing: %s; run e2e/deps.sh as root (with %s=require or CI=true this is a failure, not a skip)",
+		strings.Join(missing, ", "), envE2E)
+	if required() {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// buildDir holds the binaries built for this test run; TestMain removes it.
+var buildDir string
+
+var builds struct {
+	sync.Mutex
+	paths map[string]string
+	errs  map[string]error
+}
+
+// binary builds the Go command pkg (an import path inside this module) once
+// per test run and returns its path.
+func binary(t testing.TB, pkg string) string {
+	t.Helper()
+	builds.Lock()
+	defer builds.Unlock()
+	if p, ok := builds.paths[pkg]; ok {
+		return p
+	}
+	if err, ok := builds.errs[pkg]; ok {
+		t.Fatal(err)
+	}
+	out := filepath.Join(buildDir, filepath.Base(pkg))
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(gobin); err != nil {
+		gobin = "go"
+	}
+	cmd := exec.Command(gobin, "build", "-o", out, pkg)
+	cmd.Dir = ".." // the module root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		err = fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+		builds.errs[pkg] = err
+		t.Fatal(err)
+	}
+	builds.paths[pkg] = out
+	return out
+}
+
+func TestMain(m *testing.M) {
+	// Postfix and Sendmail daemonize; as a child subreaper this process
+	// inherits their orphans and reaps them below, so no zombie outlives
+	// the run even where PID 1 does not reap.
+	const prSetChildSubreaper = 36
+	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
+
+	if os.Getenv(envNetNS) != "" {
+		// Re-executed inside a private network namespace (sendmail_test.go).
+		os.Exit(netnsMain(m))
+	}
+
+	dir, err := os.MkdirTemp("", "blmilter-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	buildDir = dir
+	builds.paths = map[string]string{}
+	builds.errs = map[string]error{}
+	code := m.Run()
+	os.RemoveAll(dir)
+	reapOrphans()
+	os.Exit(code)
+}
+
+// reapOrphans collects the exit status of every orphan this process
+// inherited. Every service was stopped by then; one still running after a
+// few seconds is reported.
+func reapOrphans() {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		switch {
+		case errors.Is(err, syscall.ECHILD):
+			return
+		case err != nil && !errors.Is(err, syscall.EINTR):
+			return
+		case pid > 0:
+			continue
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintln(os.Stderr, "e2e: child processes still running after the tests")
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// tempDir makes a directory the mail servers' unprivileged users can enter
+// (t.TempDir's parent is 0700) and removes it when t ends.
+func tempDir(t testing.TB, pattern string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "blmilter-e2e-"+pattern+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB, network string) int {
+	t.Helper()
+	switch network {
+	case "udp":
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port
+	default:
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+}
+
+// syncBuffer collects a process's output while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a service the test started and stops.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error // the exit status, once done is closed
+}
+
+// startProc starts a program in its own process group and stops it (and
+// anything it forked) when t ends. Its output is logged if t failed.
+func startProc(t testing.TB, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: filepath.Base(name), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(name, args...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", p.name, tail(p.out.String(), 60))
+		}
+	})
+	return p
+}
+
+// running reports whether the process has not exited yet.
+func (p *proc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop ends the process group: SIGTERM, then SIGKILL after a grace time.
+func (p *proc) stop() {
+	if !p.running() {
+		return
+	}
+	pgid := p.cmd.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-p.done
+	}
+	// Children that ignored SIGTERM (the group outlived its leader).
+	syscall.Kill(-pgid, syscall.SIGKILL)
+}
+
+func tail(s string, lines int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// waitFor polls cond until it is true or the timeout passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitTCP waits until addr accepts TCP connections.
+func waitTCP(t testing.TB, what, addr string, p *proc) {
+	t.Helper()
+	waitFor(t, what, 15*time.Second, func() error {
+		if p != nil && !p.running() {
+			t.Fatalf("%s exited: %v\n%s", what, p.err, tail(p.out.String(), 40))
+		}
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
+// run runs a command to completion and fails t with its output on error.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := execOut(name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// lines splits text into its non-empty lines.
+func lines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// execOut runs a command to completion and returns its combined output.
+func execOut(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// processAlive reports whether pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) STATE ...; comm may contain spaces, so look after the ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}

@@ -1,0 +1,335 @@
+package e2e
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// postfix is a private Postfix instance: its own config, queue and data
+// directories under a temp dir, smtpd on a loopback port, mail for e2e.test
+// accepted and discarded.
+type postfix struct {
+	dir  string // config_directory
+	Addr string // smtpd, "127.0.0.1:port"
+	log  string // maillog_file
+}
+
+// postfixOpts selects what the instance asks about each session.
+type postfixOpts struct {
+	Milter string // smtpd_milters, e.g. "inet:127.0.0.1:8895"
+	Policy string // check_policy_service target, e.g. "inet:127.0.0.1:10045"
+	Extra  string // more main.cf lines
+}
+
+// masterCF is master.cf without the smtpd line; nothing is chrooted.
+const masterCF = `pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+`
+
+// startPostfix configures and starts a private Postfix and stops it when t
+// ends (its maillog is logged if t failed).
+func startPostfix(t testing.TB, o postfixOpts) *postfix {
+	t.Helper()
+	root := tempDir(t, "postfix")
+	p := &postfix{dir: filepath.Join(root, "etc"), log: filepath.Join(root, "maillog")}
+	for _, d := range []string{"etc", "queue", "data"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freePort(t, "tcp")
+	p.Addr = "127.0.0.1:" + strconv.Itoa(port)
+
+	restrictions := "reject_unauth_destination"
+	if o.Policy != "" {
+		// default_action=DUNNO: with the policy server down Postfix goes on
+		// as if it had answered DUNNO, instead of its default 451 4.3.5.
+		restrictions += ", check_policy_service { " + o.Policy + ", timeout=10s, default_action=DUNNO }"
+	}
+	main := fmt.Sprintf(`# private Postfix instance for blmilter's end-to-end tests
+compatibility_level = 3.6
+queue_directory = %[1]s/queue
+data_directory = %[1]s/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = %[1]s/maillog
+maillog_file_prefixes = %[1]s
+myhostname = mta.e2e.test
+mydomain = e2e.test
+myorigin = $myhostname
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = all
+mynetworks = 127.0.0.0/8
+relay_domains = e2e.test
+relay_transport = discard:e2e
+default_transport = discard:e2e
+local_transport = discard:e2e
+alias_maps =
+alias_database =
+biff = no
+disable_dns_lookups = yes
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+smtpd_authorized_xclient_hosts = 127.0.0.0/8
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_relay_restrictions = reject_unauth_destination
+smtpd_recipient_restrictions = %[2]s
+`, root, restrictions)
+	if o.Milter != "" {
+		// The settings contrib/postfix/main.cf.milter recommends.
+		main += fmt.Sprintf(`smtpd_milters = %s
+non_smtpd_milters =
+milter_default_action = accept
+milter_protocol = 6
+milter_connect_timeout = 10s
+milter_command_timeout = 30s
+milter_content_timeout = 60s
+milter_connect_macros = j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}
+milter_rcpt_macros = i {rcpt_addr} {auth_type} {auth_authen}
+`, o.Milter)
+	}
+	main += o.Extra
+	writeFile(t, filepath.Join(p.dir, "main.cf"), main)
+	writeFile(t, filepath.Join(p.dir, "master.cf"),
+		p.Addr+" inet n - n - - smtpd\n"+masterCF)
+	if err := os.Chown(filepath.Join(root, "data"), postfixUID(t), -1); err != nil {
+		t.Fatal(err)
+	}
+
+	bin := tool("postfix")
+	// start creates the queue directories with their owners and modes.
+	run(t, bin, "-c", p.dir, "start")
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			b, _ := os.ReadFile(p.log)
+			t.Logf("Postfix maillog:\n%s", tail(string(b), 80))
+		}
+	})
+	waitTCP(t, "postfix smtpd", p.Addr, nil)
+	return p
+}
+
+// stop stops the instance and waits until its master has exited.
+func (p *postfix) stop(t testing.TB) {
+	pidFile := filepath.Join(filepath.Dir(p.dir), "queue", "pid", "master.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return // not running
+	}
+	// postfix stop waits for the master to terminate.
+	out, err := execOut(tool("postfix"), "-c", p.dir, "stop")
+	if err != nil {
+		t.Logf("postfix stop: %v\n%s", err, out)
+		execOut(tool("postfix"), "-c", p.dir, "abort")
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+		deadline := time.Now().Add(10 * time.Second)
+		for processAlive(pid) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// logText returns the instance's maillog so far.
+func (p *postfix) logText() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+func postfixUID(t testing.TB) int {
+	t.Helper()
+	out := run(t, "id", "-u", "postfix")
+	uid, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("uid of postfix: %v", err)
+	}
+	return uid
+}
+
+// sessionOpts describes one SMTP client.
+type sessionOpts struct {
+	XClient string // client address given with XCLIENT ADDR=; "" sends no XCLIENT
+	Local   string // local address to bind the client socket to
+	From    string // default sender@example.org
+	Rcpt    string // default user@e2e.test
+}
+
+// reply is what the client was told: the reply to RCPT, or the first
+// reply that was not a success.
+type reply struct {
+	Stage    string // "greeting", "xclient", "ehlo", "mail", "rcpt"
+	Code     int
+	Enhanced string // "5.7.1"
+	Text     string
+}
+
+func (r reply) String() string {
+	return fmt.Sprintf("%s: %d %s %s", r.Stage, r.Code, r.Enhanced, r.Text)
+}
+
+// session drives one SMTP session against addr with emersion/go-smtp:
+// greeting, EHLO, XCLIENT, EHLO again, MAIL, RCPT, QUIT. XCLIENT is sent
+// on the raw connection first, because Postfix answers it with a new
+// greeting, which the go-smtp client then reads as its own.
+func session(addr string, o sessionOpts) (reply, error) {
+	if o.From == "" {
+		o.From = "sender@example.org"
+	}
+	if o.Rcpt == "" {
+		o.Rcpt = "user@e2e.test"
+	}
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if o.Local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(o.Local)}
+	}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return reply{}, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+
+	br := bufio.NewReader(conn)
+	smtpConn := bufferedConn{br, conn}
+	if o.XClient != "" {
+		tp := textproto.NewConn(bufferedConn{br, conn})
+		if code, msg, err := tp.ReadResponse(220); err != nil {
+			return replyOf("greeting", code, msg, err)
+		}
+		if err := tp.PrintfLine("EHLO client.example.org"); err != nil {
+			return reply{}, err
+		}
+		code, msg, err := tp.ReadResponse(250)
+		if err != nil {
+			return replyOf("ehlo", code, msg, err)
+		}
+		if !strings.Contains(msg, "XCLIENT") {
+			return reply{}, fmt.Errorf("server does not offer XCLIENT: %q", msg)
+		}
+		ip, err := netip.ParseAddr(o.XClient)
+		if err != nil {
+			return reply{}, err
+		}
+		a := ip.String()
+		if ip.Is6() {
+			a = "IPV6:" + a
+		}
+		if err := tp.PrintfLine("XCLIENT NAME=[UNAVAILABLE] ADDR=%s", a); err != nil {
+			return reply{}, err
+		}
+		// The reply to XCLIENT is a new greeting; go-smtp reads it.
+	}
+
+	c := smtp.NewClient(smtpConn)
+	c.CommandTimeout = 30 * time.Second
+	defer c.Close()
+	if err := c.Hello("client.example.org"); err != nil {
+		return smtpReply("ehlo", err)
+	}
+	if err := c.Mail(o.From, nil); err != nil {
+		return smtpReply("mail", err)
+	}
+	if err := c.Rcpt(o.Rcpt, nil); err != nil {
+		return smtpReply("rcpt", err)
+	}
+	c.Quit()
+	return reply{Stage: "rcpt", Code: 250}, nil
+}
+
+// bufferedConn reads through the bufio.Reader that may already hold the
+// server's next reply.
+type bufferedConn struct {
+	r *bufio.Reader
+	net.Conn
+}
+
+func (b bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func replyOf(stage string, code int, msg string, err error) (reply, error) {
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		return reply{Stage: stage, Code: te.Code, Text: te.Msg}, nil
+	}
+	return reply{Stage: stage, Code: code, Text: msg}, err
+}
+
+func smtpReply(stage string, err error) (reply, error) {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		r := reply{Stage: stage, Code: se.Code, Text: se.Message}
+		if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
+			e := se.EnhancedCode
+			r.Enhanced = fmt.Sprintf("%d.%d.%d", e[0], e[1], e[2])
+		}
+		return r, nil
+	}
+	return reply{Stage: stage}, err
+}
+
+// TestPostfixXCLIENTReachesMilter checks what the whole suite rests on: a
+// milter sees the client address given with XCLIENT, not the TCP peer.
+func TestPostfixXCLIENTReachesMilter(t *testing.T) {
+	need(t, "postfix")
+	noop := startNoopMilter(t, "-v")
+	pf := startPostfix(t, postfixOpts{Milter: "inet:" + noop.addr})
+	for _, ip := range []string{"192.0.2.99", "2001:db8:bad::99"} {
+		r, err := session(pf.Addr, sessionOpts{XClient: ip})
+		if err != nil || r.Code != 250 {
+			t.Fatalf("session from %s: %v %v", ip, r, err)
+		}
+		waitFor(t, "milter connect from "+ip, 5*time.Second, func() error {
+			if !strings.Contains(noop.p.out.String(), "addr="+ip) {
+				return fmt.Errorf("no connect with addr=%s in:\n%s", ip, noop.p.out.String())
+			}
+			return nil
+		})
+	}
+}
+
+// noopMilter is e2e/noopmilter running on a loopback port.
+type noopMilter struct {
+	p    *proc
+	addr string // "127.0.0.1:port"
+}
+
+func startNoopMilter(t testing.TB, args ...string) noopMilter {
+	t.Helper()
+	port := freePort(t, "tcp")
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	p := startProc(t, binary(t, "github.com/blmilter/blmilter/e2e/noopmilter"), append([]string{"-listen", addr}, args...)...)
+	waitTCP(t, "noopmilter", addr, p)
+	return noopMilter{p: p, addr: addr}
+}
