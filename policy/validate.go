@@ -130,15 +130,7 @@ func (p *parser) validate(c *Config) {
 	if pol.RejectAt != "rcpt" && pol.RejectAt != "connect" {
 		p.addf("policy.reject_at", "must be rcpt or connect, got %q", pol.RejectAt)
 	}
-	pol.allow = nil
-	for i, s := range pol.Allow {
-		pfx, err := parseNet(s)
-		if err != nil {
-			p.addf(fmt.Sprintf("policy.allow[%d]", i), "%v", err)
-			continue
-		}
-		pol.allow = append(pol.allow, pfx)
-	}
+	p.parseAllow(pol)
 	p.positive("policy.deadline", pol.Deadline)
 	p.template("policy.reject_text", pol.RejectText)
 	p.template("policy.tempfail_text", pol.TempfailText)
@@ -251,6 +243,23 @@ func (p *parser) validateList(c *Config, i int, names map[string]int) {
 		l.Health = ptr(true)
 	}
 
+	p.parseCodes(l, k("codes"))
+}
+
+func (p *parser) parseAllow(pol *PolicyConfig) {
+	pol.allow = nil
+	for i, s := range pol.Allow {
+		pfx, err := parseNet(s)
+		if err != nil {
+			p.addf(fmt.Sprintf("policy.allow[%d]", i), "%v", err)
+			continue
+		}
+		pol.allow = append(pol.allow, pfx)
+	}
+}
+
+// parseCodes turns a list's codes table into rules, most specific first.
+func (p *parser) parseCodes(l *ListConfig, key string) {
 	l.rules = nil
 	codeKeys := make([]string, 0, len(l.Codes))
 	for code := range l.Codes {
@@ -259,7 +268,7 @@ func (p *parser) validateList(c *Config, i int, names map[string]int) {
 	slices.Sort(codeKeys)
 	for _, code := range codeKeys {
 		v := l.Codes[code]
-		ck := joinKey(k("codes"), code)
+		ck := joinKey(key, code)
 		r, err := parseCodeKey(code)
 		if err != nil {
 			p.addf(ck, "%v", err)
@@ -307,6 +316,32 @@ func (p *parser) validateList(c *Config, i int, names map[string]int) {
 		l.rules = append(l.rules, r)
 	}
 	sortRules(l.rules)
+}
+
+// prepare parses the networks and codes of a config that did not come
+// from Parse (built or changed in code), and rejects the values that
+// would make the engine misbehave rather than fail.
+func (c *Config) prepare() error {
+	p := &parser{lines: map[string]int{}, set: map[string]bool{}}
+	p.parseAllow(&c.Policy)
+	if !(c.Policy.Threshold > 0) {
+		p.addf("policy.threshold", "must be a positive number")
+	}
+	if c.Policy.Deadline.Duration <= 0 {
+		p.addf("policy.deadline", "must be a positive duration")
+	}
+	switch Action(c.Policy.Action) {
+	case ActionReject, ActionTempfail, ActionTag, ActionLog:
+	default:
+		p.addf("policy.action", "must be reject, tempfail, tag or log, got %q", c.Policy.Action)
+	}
+	for i := range c.Lists {
+		p.parseCodes(&c.Lists[i], fmt.Sprintf("list[%d].codes", i))
+	}
+	if len(p.problems) > 0 {
+		return &ConfigError{File: c.File, Problems: p.problems}
+	}
+	return nil
 }
 
 func ptr[T any](v T) *T { return &v }

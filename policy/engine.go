@@ -1,0 +1,570 @@
+// Package policy decides what to do with an SMTP client's IP: it holds the
+// TOML configuration, asks the configured DNS lists, local list files and
+// the site's own list about the IP (in parallel, under one deadline, through
+// a TTL cache), scores the hits into a Verdict and writes the reply text the
+// client sees. The milter, the policy server and the web service only
+// translate between their protocol and Check, Inspect and Reply.
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blmilter/blmilter/cache"
+	"github.com/blmilter/blmilter/dnsbl"
+	"github.com/blmilter/blmilter/iplist"
+)
+
+// StoreList is the site's own list; Lookup must be fast (in memory).
+type StoreList interface {
+	Lookup(ip netip.Addr) (category, reason string, listed bool)
+}
+
+// Decision is what Reply records: the verdict and the reply it produced.
+type Decision struct {
+	Ref     string
+	Time    time.Time
+	Verdict Verdict
+	Reply   Reply
+}
+
+// Recorder keeps decisions for the lookup page; RecordDecision must not
+// block the mail path.
+type Recorder interface {
+	RecordDecision(d Decision)
+}
+
+// Options are the engine's collaborators; all are optional.
+type Options struct {
+	Logger    *slog.Logger
+	StoreList StoreList // needed by lists with store = true; without it they are skipped
+	Recorder  Recorder
+}
+
+// ListInfo describes one configured list, for the health monitor and metrics.
+type ListInfo struct {
+	Name    string
+	Zone    string // DNS lists only; never show it to SMTP clients
+	Kind    string // KindDNS, KindFile, KindStore
+	IPv4    bool
+	IPv6    bool
+	Health  bool // probed with the RFC 5782 test points
+	Healthy bool // passing its health checks now (hits count)
+	DryRun  bool
+	Weight  float64
+}
+
+// fileWatchInterval is how often list files are checked for changes.
+const fileWatchInterval = 5 * time.Second
+
+type list struct {
+	cfg     *ListConfig
+	kind    string
+	healthy atomic.Bool
+	file    *iplist.File
+}
+
+// Engine checks client IPs. It is safe for concurrent use; build a new one
+// to change the configuration.
+type Engine struct {
+	cfg      *Config
+	log      *slog.Logger
+	opts     Options
+	lists    []*list
+	byName   map[string]*list
+	dns4     []*list // DNS lists asked about IPv4 clients
+	dns6     []*list
+	local4   []*list // file and store lists
+	local6   []*list
+	files    []*list
+	resolver *dnsbl.Resolver
+	cache    *cache.Cache[netip.Addr, *dnsResult]
+	action   Action
+	epoch    time.Time
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// dnsResult is the immutable outcome of the DNS lists for one IP, kept in
+// the cache. File and store lists are not in it: they are asked on every
+// check (in memory), so an edit takes effect at once.
+type dnsResult struct {
+	hits     []Hit
+	errors   []ListError
+	score    float64
+	tempfail bool // an error on a counted list with on_error = "tempfail"
+}
+
+var emptyResult = &dnsResult{}
+
+// NewEngine builds an engine for cfg: the resolver, the cache and the list
+// files. A list file that cannot be read is a *ConfigError.
+func NewEngine(cfg *Config, opts Options) (*Engine, error) {
+	if cfg == nil {
+		return nil, errors.New("policy: nil config")
+	}
+	// A config built or changed in code has not been through Parse.
+	if err := cfg.prepare(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{
+		cfg:    cfg,
+		log:    log,
+		opts:   opts,
+		byName: map[string]*list{},
+		cache:  cache.New[netip.Addr, *dnsResult](cache.Options{Size: cfg.Cache.Size}),
+		action: Action(cfg.Policy.Action),
+		epoch:  time.Now(),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	var problems []Problem
+	for i := range cfg.Lists {
+		lc := &cfg.Lists[i]
+		l := &list{cfg: lc, kind: lc.Kind()}
+		l.healthy.Store(true)
+		switch l.kind {
+		case KindFile:
+			f, err := iplist.OpenFile(lc.File)
+			if err != nil {
+				problems = append(problems, Problem{Key: fmt.Sprintf("list[%d].file", i), Msg: err.Error()})
+				continue
+			}
+			l.file = f
+			e.files = append(e.files, l)
+		case KindStore:
+			if opts.StoreList == nil {
+				log.Warn("list skipped: no store available", "list", lc.Name)
+			}
+		}
+		e.lists = append(e.lists, l)
+		e.byName[lc.Name] = l
+		if l.kind == KindDNS {
+			if lc.UsesIPv4() {
+				e.dns4 = append(e.dns4, l)
+			}
+			if lc.UsesIPv6() {
+				e.dns6 = append(e.dns6, l)
+			}
+		} else {
+			if lc.UsesIPv4() {
+				e.local4 = append(e.local4, l)
+			}
+			if lc.UsesIPv6() {
+				e.local6 = append(e.local6, l)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, &ConfigError{File: cfg.File, Problems: problems}
+	}
+	if len(e.dns4)+len(e.dns6) > 0 {
+		r, err := dnsbl.NewResolver(cfg.DNS.Servers, cfg.DNS.Timeout.Duration)
+		if err != nil {
+			return nil, fmt.Errorf("policy: DNS resolver: %w", err)
+		}
+		e.resolver = r
+	}
+	if len(e.files) > 0 {
+		go e.watchFiles()
+	} else {
+		close(e.done)
+	}
+	return e, nil
+}
+
+// Config returns the engine's configuration; do not modify it.
+func (e *Engine) Config() *Config { return e.cfg }
+
+// Close stops the list file watcher. Checks still work after Close.
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		close(e.stop)
+		<-e.done
+	})
+	return nil
+}
+
+func (e *Engine) watchFiles() {
+	defer close(e.done)
+	t := time.NewTicker(fileWatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+			e.ReloadFiles()
+		}
+	}
+}
+
+// ReloadFiles re-reads the list files that changed. A file that fails to
+// parse keeps its last good version; the problem is logged.
+func (e *Engine) ReloadFiles() {
+	for _, l := range e.files {
+		changed, err := l.file.Reload()
+		if err != nil {
+			e.log.Warn("list file not reloaded, keeping the last good version", "list", l.cfg.Name, "file", l.cfg.File, "err", err)
+			continue
+		}
+		if changed {
+			e.log.Info("list file reloaded", "list", l.cfg.Name, "file", l.cfg.File, "entries", l.file.List().Len())
+		}
+	}
+}
+
+// Invalidate drops the cached DNS answers for ip; an invalid ip drops all.
+func (e *Engine) Invalidate(ip netip.Addr) {
+	if !ip.IsValid() {
+		e.cache.Purge()
+		return
+	}
+	e.cache.Remove(ip.Unmap())
+}
+
+// CacheStats returns the verdict cache's counters.
+func (e *Engine) CacheStats() cache.Stats { return e.cache.Stats() }
+
+// Lists describes the configured lists in config order.
+func (e *Engine) Lists() []ListInfo {
+	out := make([]ListInfo, 0, len(e.lists))
+	for _, l := range e.lists {
+		out = append(out, ListInfo{
+			Name:    l.cfg.Name,
+			Zone:    l.cfg.Zone,
+			Kind:    l.kind,
+			IPv4:    l.cfg.UsesIPv4(),
+			IPv6:    l.cfg.UsesIPv6(),
+			Health:  l.cfg.HealthChecked(),
+			Healthy: l.healthy.Load(),
+			DryRun:  l.cfg.DryRun,
+			Weight:  l.cfg.Weight,
+		})
+	}
+	return out
+}
+
+// SetListHealthy marks a list as passing or failing its health checks. A
+// degraded list's hits are logged but not scored, its errors never
+// tempfail, and checks do not wait for it. A change purges the cache so no
+// verdict made under the old state survives.
+func (e *Engine) SetListHealthy(name string, healthy bool) {
+	l, ok := e.byName[name]
+	if !ok {
+		return
+	}
+	if l.healthy.Swap(healthy) != healthy {
+		e.cache.Purge()
+		if healthy {
+			e.log.Info("list healthy again, its hits count", "list", name)
+		} else {
+			e.log.Warn("list degraded, its hits no longer count", "list", name)
+		}
+	}
+}
+
+// Exempt reports why ip is never looked up, or SkipNone.
+func (e *Engine) Exempt(ip netip.Addr) Skip {
+	if !ip.IsValid() {
+		return SkipInvalid
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() || ip.IsUnspecified() {
+		return SkipLoopback
+	}
+	for _, p := range e.cfg.Policy.allow {
+		if p.Contains(ip) {
+			return SkipAllow
+		}
+	}
+	return SkipNone
+}
+
+// Check decides about one client IP: exemptions, then the cached or fresh
+// DNS answers, then the local lists, then the score.
+func (e *Engine) Check(ctx context.Context, ip netip.Addr) Verdict {
+	start := e.mono()
+	ip = ip.Unmap()
+	v := Verdict{IP: ip, Threshold: e.cfg.Policy.Threshold, Action: ActionAccept}
+	if v.Skipped = e.Exempt(ip); v.Skipped != SkipNone {
+		v.Duration = e.mono() - start
+		return v
+	}
+	r, cached := e.dns(ctx, ip)
+	v.Cached = cached
+	e.finish(&v, r)
+	v.Duration = e.mono() - start
+	return v
+}
+
+// mono reads only the monotonic clock: time.Now also reads the wall
+// clock, which doubles the cost of timing a cached check.
+func (e *Engine) mono() time.Duration { return time.Since(e.epoch) }
+
+func (e *Engine) dnsLists(ip netip.Addr) []*list {
+	if ip.Is4() {
+		return e.dns4
+	}
+	return e.dns6
+}
+
+func (e *Engine) localLists(ip netip.Addr) []*list {
+	if ip.Is4() {
+		return e.local4
+	}
+	return e.local6
+}
+
+// dns returns the DNS lists' answers for ip, from the cache when it can.
+func (e *Engine) dns(ctx context.Context, ip netip.Addr) (*dnsResult, bool) {
+	lists := e.dnsLists(ip)
+	if len(lists) == 0 {
+		return emptyResult, false
+	}
+	r, cached, err := e.cache.Load(ctx, ip, func(ctx context.Context) (*dnsResult, time.Duration, error) {
+		outs := e.query(ctx, ip, lists, false)
+		if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			// The caller went away: nothing worth keeping, and the
+			// errors it caused must not stick to the IP.
+			return nil, 0, err
+		}
+		r, ttl := e.build(outs)
+		return r, ttl, nil
+	})
+	if err != nil {
+		errs := make([]ListError, 0, len(lists))
+		for _, l := range lists {
+			errs = append(errs, ListError{List: l.cfg.Name, Err: "check abandoned: " + err.Error(), OnError: "ignore"})
+		}
+		return &dnsResult{errors: errs}, false
+	}
+	return r, cached
+}
+
+// outcome is one DNS list's answer to one query.
+type outcome struct {
+	l        *list
+	res      dnsbl.Result
+	degraded bool
+}
+
+var errDeadline = errors.New("no answer before the check deadline")
+
+// degradedGrace is how long a check waits for degraded lists when every
+// healthy list has answered.
+const degradedGrace = 100 * time.Millisecond
+
+// query asks every list in lists about ip in parallel under the policy
+// deadline. Unless all is set, it stops waiting for degraded lists shortly
+// after every healthy list has answered: a degraded list must not cost
+// check time.
+func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) []outcome {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Policy.Deadline.Duration)
+	defer cancel()
+	type answer struct {
+		i   int
+		res dnsbl.Result
+	}
+	outs := make([]outcome, len(lists))
+	got := make([]bool, len(lists))
+	// Buffered so a lookup that ends after we stopped waiting never blocks.
+	ch := make(chan answer, len(lists))
+	waiting := 0
+	for i, l := range lists {
+		outs[i] = outcome{l: l, degraded: !l.healthy.Load()}
+		if all || !outs[i].degraded {
+			waiting++
+		}
+		go func() {
+			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout.Duration})}
+		}()
+	}
+	received := 0
+	store := func(a answer) {
+		outs[a.i].res = a.res
+		got[a.i] = true
+		received++
+		if all || !outs[a.i].degraded {
+			waiting--
+		}
+	}
+wait:
+	for waiting > 0 {
+		select {
+		case a := <-ch:
+			store(a)
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	// Degraded lists get a short grace, so their hits still show in the
+	// log when they answer quickly, but a dead one costs a check little.
+	if received < len(lists) && ctx.Err() == nil {
+		if grace := degradedGrace - time.Since(start); grace > 0 {
+			t := time.NewTimer(grace)
+		graceWait:
+			for received < len(lists) {
+				select {
+				case a := <-ch:
+					store(a)
+				case <-t.C:
+					break graceWait
+				case <-ctx.Done():
+					break graceWait
+				}
+			}
+			t.Stop()
+		}
+	}
+	for received < len(lists) {
+		select {
+		case a := <-ch:
+			store(a)
+			continue
+		default:
+		}
+		break
+	}
+	for i := range outs {
+		if !got[i] {
+			outs[i].res = dnsbl.Result{Status: dnsbl.Error, Err: errDeadline, Duration: e.cfg.Policy.Deadline.Duration}
+		}
+	}
+	return outs
+}
+
+// build scores DNS answers and computes how long the result may be kept:
+// the lowest of the lists' TTLs (a listing's TTL clamped to [min_ttl,
+// max_ttl], a clean answer negative_ttl, an error error_ttl).
+func (e *Engine) build(outs []outcome) (*dnsResult, time.Duration) {
+	c := &e.cfg.Cache
+	r := &dnsResult{}
+	// negative_ttl is used as configured, also above max_ttl.
+	ttl := max(c.MaxTTL.Duration, c.NegativeTTL.Duration)
+	for _, o := range outs {
+		lc := o.l.cfg
+		switch o.res.Status {
+		case dnsbl.Listed:
+			h := e.hit(lc, o.res, o.degraded)
+			r.hits = append(r.hits, h)
+			r.score += h.Weight
+			ttl = min(ttl, cache.Clamp(o.res.TTL, c.MinTTL.Duration, c.MaxTTL.Duration))
+		case dnsbl.NotListed:
+			ttl = min(ttl, c.NegativeTTL.Duration)
+		default:
+			onErr := lc.OnError
+			if o.degraded || lc.DryRun {
+				onErr = "ignore"
+			}
+			msg := "list error"
+			if o.res.Err != nil {
+				msg = o.res.Err.Error()
+			}
+			r.errors = append(r.errors, ListError{List: lc.Name, Err: msg, OnError: onErr})
+			if onErr == "tempfail" {
+				r.tempfail = true
+			}
+			// A degraded list's error counts for nothing, so it must not
+			// shorten the entry either; recovery purges the cache.
+			if !o.degraded {
+				ttl = min(ttl, c.ErrorTTL.Duration)
+			}
+		}
+	}
+	return r, ttl
+}
+
+func (e *Engine) hit(lc *ListConfig, res dnsbl.Result, degraded bool) Hit {
+	m := lc.match(res.Codes)
+	h := Hit{List: lc.Name, Category: m.category, Code: m.code, Reason: res.Reason, Weight: m.weight, DryRun: lc.DryRun, Degraded: degraded}
+	if h.DryRun || h.Degraded {
+		h.Weight = 0
+	}
+	return h
+}
+
+// localHit asks a file or store list about ip.
+func (e *Engine) localHit(l *list, ip netip.Addr) (Hit, bool) {
+	lc := l.cfg
+	h := Hit{List: lc.Name, Category: lc.Category, Weight: lc.Weight, DryRun: lc.DryRun}
+	switch l.kind {
+	case KindFile:
+		ent, ok := l.file.List().Lookup(ip)
+		if !ok {
+			return Hit{}, false
+		}
+		if ent.Category != "" {
+			h.Category = ent.Category
+		}
+		h.Reason = ent.Comment
+	case KindStore:
+		if e.opts.StoreList == nil {
+			return Hit{}, false
+		}
+		cat, reason, listed := e.opts.StoreList.Lookup(ip)
+		if !listed {
+			return Hit{}, false
+		}
+		if cat != "" {
+			h.Category = cat
+		}
+		h.Reason = reason
+	default:
+		return Hit{}, false
+	}
+	if h.DryRun {
+		h.Weight = 0
+	}
+	return h, true
+}
+
+// finish adds the local lists to the DNS result and decides. It shares the
+// cached slices when the local lists add nothing, so a cached check of a
+// clean IP does not allocate.
+func (e *Engine) finish(v *Verdict, r *dnsResult) {
+	v.Hits, v.Errors, v.Score = r.hits, r.errors, r.score
+	for _, l := range e.localLists(v.IP) {
+		h, ok := e.localHit(l, v.IP)
+		if !ok {
+			continue
+		}
+		if len(v.Hits) == len(r.hits) {
+			hits := make([]Hit, len(r.hits), len(r.hits)+len(e.localLists(v.IP)))
+			copy(hits, r.hits)
+			v.Hits = hits
+		}
+		v.Hits = append(v.Hits, h)
+		v.Score += h.Weight
+	}
+	v.Action = e.decide(v.Score, r.tempfail)
+}
+
+// decide turns a score into an action. The score decides first; a list
+// error only tempfails when the admin asked for it (on_error = "tempfail")
+// and the score has not already decided. A dry-run policy (action = "log")
+// never refuses anything, also not on errors.
+func (e *Engine) decide(score float64, tempfail bool) Action {
+	switch {
+	case score >= e.cfg.Policy.Threshold:
+		return e.action
+	case tempfail && e.action == ActionLog:
+		return ActionLog
+	case tempfail:
+		return ActionTempfail
+	}
+	return ActionAccept
+}

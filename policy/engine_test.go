@@ -1,0 +1,697 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/dnsbl"
+	"github.com/blmilter/blmilter/internal/dnstest"
+)
+
+// retryTB turns dnstest.Start's Fatalf into a panic that startDNS
+// recovers, so a port clash can be retried.
+type retryTB struct{ testing.TB }
+
+type startFailure string
+
+func (retryTB) Fatalf(format string, args ...any) { panic(startFailure(fmt.Sprintf(format, args...))) }
+
+// startDNS starts a dnstest server, retrying when the TCP side of the
+// randomly chosen UDP port is taken (common on a busy machine).
+func startDNS(t testing.TB) *dnstest.Server {
+	t.Helper()
+	var last startFailure
+	for range 20 {
+		s, err := tryStartDNS(t)
+		if err == "" {
+			return s
+		}
+		last = err
+	}
+	t.Fatalf("%s", last)
+	return nil
+}
+
+func tryStartDNS(t testing.TB) (s *dnstest.Server, failure startFailure) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(startFailure)
+			if !ok {
+				panic(r)
+			}
+			failure = f
+		}
+	}()
+	return dnstest.Start(retryTB{t}), ""
+}
+
+// newEngine builds an engine whose DNS lists are served by s.
+func newEngine(t testing.TB, s *dnstest.Server, config string, opts Options) *Engine {
+	t.Helper()
+	cfg, err := Parse([]byte(fmt.Sprintf("[dns]\nservers = [%q]\n%s", s.Addr, config)), "test.toml")
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	e, err := NewEngine(cfg, opts)
+	if err != nil {
+		t.Fatalf("engine: %v", err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
+
+const zenConfig = `
+[web]
+public_url = "https://lookup.example.org"
+
+[[list]]
+name = "Spamhaus ZEN"
+zone = "zen.test"
+weight = 3
+codes = { "127.0.0.2" = "spam-source", "127.0.0.4-127.0.0.7" = "zombie", "127.0.0.10-127.0.0.11" = "dynamic" }
+`
+
+func TestCheckListedCleanError(t *testing.T) {
+	s := startDNS(t)
+	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"exploited host"}})
+	s.Set(qname("192.0.2.8", "zen.test"), dnstest.Answer{A: []string{"127.255.255.254"}})
+	s.Set(qname("192.0.2.9", "zen.test"), dnstest.Answer{A: []string{"192.0.2.99"}})
+	s.Set(qname("192.0.2.10", "zen.test"), dnstest.Answer{Rcode: dns.RcodeServerFailure})
+	e := newEngine(t, s, zenConfig, Options{})
+	ctx := context.Background()
+
+	v := e.Check(ctx, netip.MustParseAddr("192.0.2.7"))
+	if v.Action != ActionReject || v.Score != 3 || v.Threshold != 3 || len(v.Hits) != 1 || v.Cached {
+		t.Fatalf("listed: %+v", v)
+	}
+	if h := v.Hits[0]; h.List != "Spamhaus ZEN" || h.Category != "zombie" || h.Code != netip.MustParseAddr("127.0.0.4") || h.Reason != "exploited host" || h.Weight != 3 {
+		t.Errorf("hit: %+v", h)
+	}
+
+	v = e.Check(ctx, netip.MustParseAddr("192.0.2.1"))
+	if v.Action != ActionAccept || v.Score != 0 || len(v.Hits) != 0 || len(v.Errors) != 0 {
+		t.Errorf("clean: %+v", v)
+	}
+
+	// List errors are never listings, and with on_error = "ignore" they let the client in.
+	for _, ip := range []string{"192.0.2.8", "192.0.2.9", "192.0.2.10"} {
+		v = e.Check(ctx, netip.MustParseAddr(ip))
+		if v.Action != ActionAccept || len(v.Hits) != 0 || len(v.Errors) != 1 || v.Errors[0].List != "Spamhaus ZEN" || v.Errors[0].OnError != "ignore" {
+			t.Errorf("%s: %+v", ip, v)
+		}
+	}
+}
+
+func TestOnError(t *testing.T) {
+	s := startDNS(t)
+	s.SetZone("fail.test", dnstest.Answer{Rcode: dns.RcodeServerFailure})
+	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	for _, tc := range []struct {
+		onError string
+		ip      string
+		want    Action
+	}{
+		{"ignore", "192.0.2.1", ActionAccept},
+		{"tempfail", "192.0.2.1", ActionTempfail},
+		{"tempfail", "192.0.2.7", ActionReject}, // the score decides first
+	} {
+		t.Run(tc.onError+"/"+tc.ip, func(t *testing.T) {
+			e := newEngine(t, s, zenConfig+fmt.Sprintf(`
+[[list]]
+name = "Failing"
+zone = "fail.test"
+on_error = %q
+`, tc.onError), Options{})
+			v := e.Check(context.Background(), netip.MustParseAddr(tc.ip))
+			if v.Action != tc.want {
+				t.Errorf("action %s, want %s (%+v)", v.Action, tc.want, v)
+			}
+			if len(v.Errors) != 1 || v.Errors[0].OnError != tc.onError {
+				t.Errorf("errors: %+v", v.Errors)
+			}
+			if v.Action == ActionTempfail {
+				r := e.Reply(&v)
+				if r.Code != 451 || r.Enhanced != "4.7.1" || r.Text != "Temporary problem checking client [192.0.2.1]; try again later" {
+					t.Errorf("reply: %+v", r)
+				}
+			}
+		})
+	}
+}
+
+func TestScoring(t *testing.T) {
+	s := startDNS(t)
+	ip := "192.0.2.7"
+	s.Set(qname(ip, "a.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	s.Set(qname(ip, "b.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	s.Set(qname(ip, "wl.test"), dnstest.Answer{A: []string{"127.0.5.2"}})
+	list := func(name, zone string, weight float64, extra string) string {
+		return fmt.Sprintf("[[list]]\nname = %q\nzone = %q\nweight = %v\n%s\n", name, zone, weight, extra)
+	}
+	tests := []struct {
+		name   string
+		config string
+		action Action
+		score  float64
+		hits   int
+	}{
+		{"one list below threshold", list("A", "a.test", 2, ""), ActionAccept, 2, 1},
+		{"two lists add up", list("A", "a.test", 2, "") + list("B", "b.test", 2, ""), ActionReject, 4, 2},
+		{"allow list takes off", list("A", "a.test", 3, "") + list("DNSWL", "wl.test", -2, `category = "allow"`), ActionAccept, 1, 2},
+		{"dry-run list logged, not scored", list("A", "a.test", 2, "") + list("B", "b.test", 2, "dry_run = true"), ActionAccept, 2, 2},
+		{"policy tempfail", "[policy]\naction = \"tempfail\"\n" + list("A", "a.test", 3, ""), ActionTempfail, 3, 1},
+		{"policy tag", "[policy]\naction = \"tag\"\n" + list("A", "a.test", 3, ""), ActionTag, 3, 1},
+		{"policy log (dry run)", "[policy]\naction = \"log\"\n" + list("A", "a.test", 3, ""), ActionLog, 3, 1},
+		{"per-code weight", list("A", "a.test", 1, `codes = { "127.0.0.2" = { category = "zombie", weight = 5 } }`), ActionReject, 5, 1},
+		{"fractional threshold", "[policy]\nthreshold = 1.5\n" + list("A", "a.test", 1, "") + list("B", "b.test", 0.5, ""), ActionReject, 1.5, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEngine(t, s, tc.config, Options{})
+			v := e.Check(context.Background(), netip.MustParseAddr(ip))
+			if v.Action != tc.action || v.Score != tc.score || len(v.Hits) != tc.hits {
+				t.Errorf("got %s score %v hits %d, want %s %v %d: %+v", v.Action, v.Score, len(v.Hits), tc.action, tc.score, tc.hits, v.Hits)
+			}
+			for _, h := range v.Hits {
+				if h.DryRun && h.Weight != 0 {
+					t.Errorf("dry-run hit scored: %+v", h)
+				}
+			}
+		})
+	}
+}
+
+func TestExempt(t *testing.T) {
+	s := startDNS(t)
+	s.SetZone("zen.test", dnstest.Answer{A: []string{"127.0.0.2"}})
+	e := newEngine(t, s, "[policy]\nallow = [\"10.0.0.0/8\", \"2001:db8:1::/48\", \"192.0.2.55\"]\n"+zenConfig, Options{})
+	for _, tc := range []struct {
+		ip   string
+		want Skip
+	}{
+		{"127.0.0.1", SkipLoopback},
+		{"::1", SkipLoopback},
+		{"::ffff:127.0.0.1", SkipLoopback},
+		{"0.0.0.0", SkipLoopback},
+		{"10.1.2.3", SkipAllow},
+		{"::ffff:10.1.2.3", SkipAllow},
+		{"2001:db8:1::25", SkipAllow},
+		{"192.0.2.55", SkipAllow},
+		{"", SkipInvalid},
+	} {
+		var ip netip.Addr
+		if tc.ip != "" {
+			ip = netip.MustParseAddr(tc.ip)
+		}
+		v := e.Check(context.Background(), ip)
+		if v.Skipped != tc.want || v.Action != ActionAccept || len(v.Hits) != 0 {
+			t.Errorf("%q: %+v, want skipped %q", tc.ip, v, tc.want)
+		}
+	}
+	if n := s.Queries(); n != 0 {
+		t.Errorf("exempt clients caused %d DNS queries", n)
+	}
+	if v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.56")); v.Skipped != SkipNone || v.Action != ActionReject {
+		t.Errorf("a listed client next to an allowed one: %+v", v)
+	}
+}
+
+func TestDeadline(t *testing.T) {
+	s := startDNS(t)
+	s.SetZone("silent.test", dnstest.Answer{Silent: true})
+	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
+	e := newEngine(t, s, "[policy]\ndeadline = \"300ms\"\n"+zenConfig+`
+[[list]]
+name = "Silent"
+zone = "silent.test"
+timeout = "10s"
+`, Options{})
+	start := time.Now()
+	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	if el := time.Since(start); el > 300*time.Millisecond+time.Second {
+		t.Errorf("check took %v with a 300ms deadline", el)
+	}
+	if v.Action != ActionReject || len(v.Errors) != 1 || v.Errors[0].List != "Silent" {
+		t.Errorf("verdict: %+v", v)
+	}
+}
+
+func TestListsInParallel(t *testing.T) {
+	s := startDNS(t)
+	const n, delay = 5, 300 * time.Millisecond
+	var config strings.Builder
+	config.WriteString("[policy]\ndeadline = \"5s\"\n")
+	for i := range n {
+		zone := fmt.Sprintf("slow%d.test", i)
+		s.SetZone(zone, dnstest.Answer{Rcode: dns.RcodeNameError, Delay: delay})
+		fmt.Fprintf(&config, "[[list]]\nname = \"slow%d\"\nzone = %q\ntimeout = \"4s\"\n", i, zone)
+	}
+	e := newEngine(t, s, config.String(), Options{})
+	start := time.Now()
+	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	el := time.Since(start)
+	if len(v.Errors) != 0 {
+		t.Fatalf("errors: %+v", v.Errors)
+	}
+	// In series this would take n*delay = 1.5s.
+	if el >= n*delay-delay {
+		t.Errorf("%d lists of %v each took %v: not asked in parallel", n, delay, el)
+	}
+}
+
+func TestCache(t *testing.T) {
+	s := startDNS(t)
+	name := qname("192.0.2.7", "zen.test")
+	s.Set(name, dnstest.Answer{A: []string{"127.0.0.4"}, TTL: 1})
+	e := newEngine(t, s, zenConfig, Options{})
+	ip := netip.MustParseAddr("192.0.2.7")
+	ctx := context.Background()
+
+	v := e.Check(ctx, ip)
+	if v.Cached || s.QueriesFor(name, dns.TypeA) != 1 {
+		t.Fatalf("first check: cached %v, queries %d", v.Cached, s.QueriesFor(name, dns.TypeA))
+	}
+	v2 := e.Check(ctx, ip)
+	if !v2.Cached || v2.Action != ActionReject || v2.Hits[0].Category != "zombie" || s.QueriesFor(name, dns.TypeA) != 1 {
+		t.Errorf("second check: %+v, queries %d", v2, s.QueriesFor(name, dns.TypeA))
+	}
+
+	// The answer's TTL of 1s is raised to min_ttl (1m): still cached after it.
+	time.Sleep(1100 * time.Millisecond)
+	if v := e.Check(ctx, ip); !v.Cached {
+		t.Errorf("TTL 1s not raised to min_ttl")
+	}
+
+	e.Invalidate(ip)
+	if v := e.Check(ctx, ip); v.Cached || s.QueriesFor(name, dns.TypeA) != 2 {
+		t.Errorf("after Invalidate: cached %v, queries %d", v.Cached, s.QueriesFor(name, dns.TypeA))
+	}
+	e.Invalidate(netip.Addr{})
+	if v := e.Check(ctx, ip); v.Cached || s.QueriesFor(name, dns.TypeA) != 3 {
+		t.Errorf("after purge: cached %v, queries %d", v.Cached, s.QueriesFor(name, dns.TypeA))
+	}
+}
+
+func TestCacheTTLs(t *testing.T) {
+	s := startDNS(t)
+	listed := qname("192.0.2.7", "zen.test")
+	clean := qname("192.0.2.8", "zen.test")
+	failing := qname("192.0.2.9", "zen.test")
+	s.Set(listed, dnstest.Answer{A: []string{"127.0.0.4"}, TTL: 3600})
+	s.Set(failing, dnstest.Answer{Rcode: dns.RcodeServerFailure})
+	e := newEngine(t, s, "[cache]\nmin_ttl = \"0s\"\nmax_ttl = \"200ms\"\nnegative_ttl = \"1h\"\nerror_ttl = \"0s\"\n"+zenConfig, Options{})
+	ctx := context.Background()
+	for _, ip := range []string{"192.0.2.7", "192.0.2.8", "192.0.2.9"} {
+		e.Check(ctx, netip.MustParseAddr(ip))
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, ip := range []string{"192.0.2.7", "192.0.2.8", "192.0.2.9"} {
+		e.Check(ctx, netip.MustParseAddr(ip))
+	}
+	if n := s.QueriesFor(listed, dns.TypeA); n != 2 {
+		t.Errorf("TTL 3600 not lowered to max_ttl 200ms: %d queries", n)
+	}
+	if n := s.QueriesFor(clean, dns.TypeA); n != 1 {
+		t.Errorf("clean answer not kept for negative_ttl: %d queries", n)
+	}
+	// error_ttl = 0: an answer with a list error is not kept at all
+	// (the resolver may retry the failing server, so count at least 2).
+	before := s.QueriesFor(failing, dns.TypeA)
+	e.Check(ctx, netip.MustParseAddr("192.0.2.9"))
+	if s.QueriesFor(failing, dns.TypeA) == before {
+		t.Errorf("error answer cached with error_ttl 0")
+	}
+}
+
+func TestConcurrentChecksShareOneQuery(t *testing.T) {
+	s := startDNS(t)
+	name := qname("192.0.2.7", "zen.test")
+	s.Set(name, dnstest.Answer{A: []string{"127.0.0.4"}, Delay: 200 * time.Millisecond})
+	e := newEngine(t, s, zenConfig, Options{})
+	var wg sync.WaitGroup
+	verdicts := make([]Verdict, 20)
+	for i := range verdicts {
+		wg.Go(func() { verdicts[i] = e.Check(context.Background(), netip.MustParseAddr("192.0.2.7")) })
+	}
+	wg.Wait()
+	if n := s.QueriesFor(name, dns.TypeA); n != 1 {
+		t.Errorf("%d concurrent checks caused %d A queries", len(verdicts), n)
+	}
+	for _, v := range verdicts {
+		if v.Action != ActionReject {
+			t.Errorf("verdict: %+v", v)
+		}
+	}
+}
+
+func TestIPv6Lists(t *testing.T) {
+	s := startDNS(t)
+	ip6 := "2001:db8::7"
+	s.Set(qname(ip6, "v6.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	s.SetZone("v4only.test", dnstest.Answer{A: []string{"127.0.0.2"}})
+	e := newEngine(t, s, `
+[[list]]
+name = "Both"
+zone = "v6.test"
+[[list]]
+name = "V4 only"
+zone = "v4only.test"
+ipv6 = false
+`, Options{})
+	v := e.Check(context.Background(), netip.MustParseAddr(ip6))
+	if v.Action != ActionReject || len(v.Hits) != 1 || v.Hits[0].List != "Both" {
+		t.Errorf("IPv6 client: %+v", v)
+	}
+	if n := s.QueriesFor(qname(ip6, "v4only.test"), dns.TypeA); n != 0 {
+		t.Errorf("ipv6 = false list asked %d times about an IPv6 client", n)
+	}
+	in := e.Inspect(context.Background(), netip.MustParseAddr(ip6))
+	if st := in.Lists[1].Status; st != "skipped" {
+		t.Errorf("Inspect: v4-only list status %q", st)
+	}
+	// IPv4-mapped IPv6 is asked as IPv4.
+	v = e.Check(context.Background(), netip.MustParseAddr("::ffff:192.0.2.9"))
+	if v.IP != netip.MustParseAddr("192.0.2.9") || len(v.Hits) != 1 || v.Hits[0].List != "V4 only" {
+		t.Errorf("IPv4-mapped client: %+v", v)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Make each version differ in mtime too, whatever the file system's resolution.
+	next := time.Now().Add(time.Duration(len(content)) * time.Second)
+	os.Chtimes(path, next, next)
+}
+
+func TestFileList(t *testing.T) {
+	s := startDNS(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "local.txt")
+	writeFile(t, path, "192.0.2.0/24 spam-source # seen at our traps\n2001:db8::/32\n")
+	e := newEngine(t, s, fmt.Sprintf("[[list]]\nname = \"local\"\nfile = %q\nweight = 5\n", path), Options{})
+	ctx := context.Background()
+	v := e.Check(ctx, netip.MustParseAddr("192.0.2.9"))
+	if v.Action != ActionReject || len(v.Hits) != 1 || v.Hits[0].Category != "spam-source" || v.Hits[0].Reason != "seen at our traps" || v.Hits[0].Code.IsValid() {
+		t.Errorf("file listing: %+v", v)
+	}
+	if v := e.Check(ctx, netip.MustParseAddr("2001:db8::1")); len(v.Hits) != 1 || v.Hits[0].Category != "local" {
+		t.Errorf("file listing without category: %+v", v)
+	}
+
+	// A broken file keeps the last good version.
+	writeFile(t, path, "192.0.2.0/24 spam-source\nnot-an-ip\n")
+	e.ReloadFiles()
+	if v := e.Check(ctx, netip.MustParseAddr("192.0.2.9")); v.Action != ActionReject {
+		t.Errorf("broken file replaced the last good version: %+v", v)
+	}
+	// A good new version takes effect at once, without a cache purge.
+	writeFile(t, path, "198.51.100.0/24 zombie\n")
+	e.ReloadFiles()
+	if v := e.Check(ctx, netip.MustParseAddr("192.0.2.9")); v.Action != ActionAccept {
+		t.Errorf("old entry still listed: %+v", v)
+	}
+	if v := e.Check(ctx, netip.MustParseAddr("198.51.100.1")); v.Action != ActionReject || v.Hits[0].Category != "zombie" {
+		t.Errorf("new entry not listed: %+v", v)
+	}
+}
+
+func TestFileListMissingAtStart(t *testing.T) {
+	cfg, err := Parse([]byte("[[list]]\nname = \"local\"\nfile = \"/nonexistent/blmilter/local.txt\"\n"), "t.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewEngine(cfg, Options{})
+	if err == nil || !strings.Contains(err.Error(), "list[0].file") {
+		t.Errorf("missing list file: %v", err)
+	}
+}
+
+type storeList map[netip.Addr][2]string
+
+func (s storeList) Lookup(ip netip.Addr) (string, string, bool) {
+	v, ok := s[ip]
+	return v[0], v[1], ok
+}
+
+type recorder struct {
+	mu sync.Mutex
+	d  []Decision
+}
+
+func (r *recorder) RecordDecision(d Decision) {
+	r.mu.Lock()
+	r.d = append(r.d, d)
+	r.mu.Unlock()
+}
+
+func TestReply(t *testing.T) {
+	s := startDNS(t)
+	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
+	store := storeList{
+		netip.MustParseAddr("192.0.2.66"): {"zombie\r\nRCPT TO:<victim@example.org>\x00%s", "because"},
+		netip.MustParseAddr("192.0.2.67"): {strings.Repeat("x", 2000), ""},
+	}
+	rec := &recorder{}
+	e := newEngine(t, s, zenConfig+"[[list]]\nname = \"Our list\"\nstore = true\n", Options{StoreList: store, Recorder: rec})
+
+	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	r := e.Reply(&v)
+	want := "Service unavailable; client [192.0.2.7] listed by Spamhaus ZEN (zombie); see https://lookup.example.org/ip/192.0.2.7"
+	if r.Code != 550 || r.Enhanced != "5.7.1" || r.Text != want {
+		t.Errorf("reply %d %s %q\nwant 550 5.7.1 %q", r.Code, r.Enhanced, r.Text, want)
+	}
+	if len(r.Ref) != 10 || !strings.Contains(r.Header, "score=3 hits=Spamhaus ZEN(zombie) ref="+r.Ref) {
+		t.Errorf("ref %q header %q", r.Ref, r.Header)
+	}
+	if r2 := e.Reply(&v); r2.Ref == r.Ref {
+		t.Errorf("two replies share ref %q", r.Ref)
+	}
+	if len(rec.d) != 2 || rec.d[0].Ref != r.Ref || rec.d[0].Verdict.IP != v.IP || rec.d[0].Reply.Text != r.Text {
+		t.Errorf("recorded: %+v", rec.d)
+	}
+
+	v = e.Check(context.Background(), netip.MustParseAddr("192.0.2.66"))
+	r = e.Reply(&v)
+	if strings.ContainsAny(r.Text, "\r\n\x00") || strings.ContainsAny(r.Header, "\r\n\x00") {
+		t.Errorf("control characters reach the reply: %q / %q", r.Text, r.Header)
+	}
+	if !strings.HasPrefix(r.Text, "Service unavailable; client [192.0.2.66] listed by Our list (zombie  RCPT TO:<victim@example.org> %s)") {
+		t.Errorf("sanitised reply: %q", r.Text)
+	}
+	if got := SendmailSafe(r.Text); !strings.Contains(got, " %%s)") {
+		t.Errorf("SendmailSafe: %q", got)
+	}
+	v = e.Check(context.Background(), netip.MustParseAddr("192.0.2.67"))
+	if r = e.Reply(&v); len(r.Text) >= 450 {
+		t.Errorf("reply text of %d characters", len(r.Text))
+	}
+}
+
+func TestReplyTemplateAndTag(t *testing.T) {
+	s := startDNS(t)
+	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.10"}})
+	e := newEngine(t, s, `
+[policy]
+action = "tag"
+reject_text = "{list} says {category}: {url} (ref {ref}) for {ip}"
+`+zenConfig, Options{})
+	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	r := e.Reply(&v)
+	if v.Action != ActionTag || r.Code != 0 || r.Text != "" || r.Header != "score=3 hits=Spamhaus ZEN(dynamic) ref="+r.Ref {
+		t.Errorf("tag: %+v %+v", v, r)
+	}
+
+	e = newEngine(t, s, "[policy]\nreject_text = \"{list} says {category}: {url} (ref {ref}) for {ip}\"\n"+zenConfig, Options{})
+	v = e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	r = e.Reply(&v)
+	if want := "Spamhaus ZEN says dynamic: https://lookup.example.org/ip/192.0.2.7 (ref " + r.Ref + ") for 192.0.2.7"; r.Text != want {
+		t.Errorf("template: %q, want %q", r.Text, want)
+	}
+}
+
+func TestListHealth(t *testing.T) {
+	s := startDNS(t)
+	s.SetZone("zen.test", dnstest.Answer{A: []string{"127.0.0.4"}})
+	e := newEngine(t, s, zenConfig, Options{})
+	ctx := context.Background()
+	ip := netip.MustParseAddr("192.0.2.7")
+	if v := e.Check(ctx, ip); v.Action != ActionReject {
+		t.Fatalf("healthy: %+v", v)
+	}
+	e.SetListHealthy("Spamhaus ZEN", false)
+	v := e.Check(ctx, ip)
+	if v.Cached || v.Action != ActionAccept || len(v.Hits) != 1 || !v.Hits[0].Degraded || v.Hits[0].Weight != 0 {
+		t.Errorf("degraded: %+v", v)
+	}
+	if li := e.Lists(); len(li) != 1 || li[0].Healthy || !li[0].Health || li[0].Zone != "zen.test" || li[0].Kind != KindDNS {
+		t.Errorf("Lists: %+v", li)
+	}
+	in := e.Inspect(ctx, ip)
+	if in.Lists[0].Status != "degraded" || in.Reply != nil {
+		t.Errorf("Inspect of a degraded list: %+v", in)
+	}
+	e.SetListHealthy("Spamhaus ZEN", true)
+	if v := e.Check(ctx, ip); v.Cached || v.Action != ActionReject {
+		t.Errorf("healthy again: %+v", v)
+	}
+}
+
+func TestDegradedListDoesNotHoldCheck(t *testing.T) {
+	s := startDNS(t)
+	s.SetZone("silent.test", dnstest.Answer{Silent: true})
+	s.SetZone("zen.test", dnstest.Answer{Rcode: dns.RcodeNameError})
+	e := newEngine(t, s, "[policy]\ndeadline = \"5s\"\n"+zenConfig+"[[list]]\nname = \"Silent\"\nzone = \"silent.test\"\ntimeout = \"5s\"\non_error = \"tempfail\"\n", Options{})
+	e.SetListHealthy("Silent", false)
+	start := time.Now()
+	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("check waited %v for a degraded list", el)
+	}
+	if v.Action != ActionAccept || len(v.Errors) != 1 || v.Errors[0].OnError != "ignore" {
+		t.Errorf("verdict: %+v", v)
+	}
+}
+
+func TestInspect(t *testing.T) {
+	s := startDNS(t)
+	ip := "192.0.2.7"
+	s.Set(qname(ip, "zen.test"), dnstest.Answer{A: []string{"127.0.0.4", "127.0.0.10"}, TXT: []string{"see https://check.example"}, TTL: 600})
+	s.SetZone("fail.test", dnstest.Answer{Rcode: dns.RcodeRefused})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "local.txt")
+	writeFile(t, path, "198.51.100.0/24\n")
+	e := newEngine(t, s, zenConfig+fmt.Sprintf(`
+[[list]]
+name = "Clean"
+zone = "clean.test"
+[[list]]
+name = "Failing"
+zone = "fail.test"
+[[list]]
+name = "local"
+file = %q
+[[list]]
+name = "Our list"
+store = true
+`, path), Options{})
+	in := e.Inspect(context.Background(), netip.MustParseAddr(ip))
+	want := []struct{ list, kind, status string }{
+		{"Spamhaus ZEN", KindDNS, "listed"}, {"Clean", KindDNS, "clean"}, {"Failing", KindDNS, "error"},
+		{"local", KindFile, "clean"}, {"Our list", KindStore, "skipped"},
+	}
+	if len(in.Lists) != len(want) {
+		t.Fatalf("lists: %+v", in.Lists)
+	}
+	for i, w := range want {
+		lr := in.Lists[i]
+		if lr.List != w.list || lr.Kind != w.kind || lr.Status != w.status {
+			t.Errorf("list %d: %+v, want %+v", i, lr, w)
+		}
+	}
+	zen := in.Lists[0]
+	if len(zen.Codes) != 2 || zen.Category != "zombie" || zen.Reason != "see https://check.example" || zen.TTL != 600*time.Second || zen.Expires.IsZero() {
+		t.Errorf("ZEN result: %+v", zen)
+	}
+	if in.Lists[2].Err == "" {
+		t.Errorf("error result has no error text: %+v", in.Lists[2])
+	}
+	if in.Verdict.Action != ActionReject || in.Reply == nil || in.Reply.Code != 550 || in.Reply.Ref != "" {
+		t.Errorf("verdict %+v reply %+v", in.Verdict, in.Reply)
+	}
+	// Inspect refreshed the cache.
+	if v := e.Check(context.Background(), netip.MustParseAddr(ip)); !v.Cached {
+		t.Errorf("check after Inspect not cached")
+	}
+}
+
+func TestLogAttrs(t *testing.T) {
+	v := Verdict{
+		IP: netip.MustParseAddr("192.0.2.7"), Action: ActionReject, Score: 3,
+		Hits: []Hit{
+			{List: "Spamhaus ZEN", Category: "zombie", Code: netip.MustParseAddr("127.0.0.4"), Weight: 3},
+			{List: "local", Category: "local", DryRun: true},
+		},
+		Errors:   []ListError{{List: "Other", Err: "timeout", OnError: "ignore"}},
+		Cached:   true,
+		Duration: 1500 * time.Microsecond,
+	}
+	var b strings.Builder
+	slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}})).LogAttrs(context.Background(), slog.LevelInfo, "decision", LogAttrs(v)...)
+	want := `level=INFO msg=decision ip=192.0.2.7 action=reject score=3 hits="[Spamhaus ZEN:zombie:127.0.0.4 local:local::dry-run]" errors="[Other: timeout]" cached=true duration=1.5ms` + "\n"
+	if b.String() != want {
+		t.Errorf("log line:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestCloseStopsWatcher(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "local.txt")
+	writeFile(t, path, "192.0.2.0/24\n")
+	cfg, err := Parse([]byte(fmt.Sprintf("[[list]]\nname = \"local\"\nfile = %q\n", path)), "t.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { e.Close(); e.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}
+
+func TestConfigChangedInCode(t *testing.T) {
+	cfg := Default()
+	cfg.DNS.Servers = []string{"127.0.0.1:1"}
+	cfg.Policy.Allow = []string{"192.0.2.0/24"}
+	e, err := NewEngine(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if s := e.Exempt(netip.MustParseAddr("192.0.2.5")); s != SkipAllow {
+		t.Errorf("allow set in code not used: %q", s)
+	}
+	cfg = Default()
+	cfg.Policy.Threshold = 0
+	cfg.Policy.Allow = []string{"nonsense"}
+	_, err = NewEngine(cfg, Options{})
+	if err == nil || !strings.Contains(err.Error(), "policy.threshold") || !strings.Contains(err.Error(), "policy.allow[0]") {
+		t.Errorf("bad config built in code: %v", err)
+	}
+}
+
+func TestCacheStats(t *testing.T) {
+	s := startDNS(t)
+	e := newEngine(t, s, zenConfig, Options{})
+	ip := netip.MustParseAddr("192.0.2.1")
+	e.Check(context.Background(), ip)
+	e.Check(context.Background(), ip)
+	if st := e.CacheStats(); st.Hits != 1 || st.Misses != 1 || st.Entries != 1 {
+		t.Errorf("stats after a miss and a hit: %+v", st)
+	}
+}

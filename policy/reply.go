@@ -1,0 +1,185 @@
+package policy
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxReplyText bounds the reply text so that "550 5.7.1 " plus the text
+// stays well inside SMTP's 512-octet reply line (RFC 5321 §4.5.3.1.5).
+const maxReplyText = 440
+
+// Reply builds the SMTP reply (or the tag header) for v, with a fresh Ref,
+// and records the decision through Options.Recorder.
+func (e *Engine) Reply(v *Verdict) Reply {
+	r := e.reply(v, NewRef())
+	if e.opts.Recorder != nil {
+		e.opts.Recorder.RecordDecision(Decision{Ref: r.Ref, Time: time.Now(), Verdict: *v, Reply: r})
+	}
+	return r
+}
+
+// NewRef returns a short random identifier for a decision: 10 base32
+// characters (50 bits).
+func NewRef() string {
+	var b [7]byte
+	rand.Read(b[:])
+	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])[:10]
+}
+
+// topHit is the hit a reply names: the counted hit with the largest weight,
+// else (nothing counted, as in a tempfail on a list error) the first hit.
+func topHit(v *Verdict) (Hit, bool) {
+	best := -1
+	for i, h := range v.Hits {
+		if h.DryRun || h.Degraded || h.Weight <= 0 {
+			continue
+		}
+		if best < 0 || h.Weight > v.Hits[best].Weight {
+			best = i
+		}
+	}
+	if best < 0 {
+		return Hit{}, false
+	}
+	return v.Hits[best], true
+}
+
+func (e *Engine) reply(v *Verdict, ref string) Reply {
+	r := Reply{Ref: ref}
+	pol := &e.cfg.Policy
+	var tmpl string
+	switch v.Action {
+	case ActionReject:
+		r.Code, r.Enhanced, tmpl = 550, "5.7.1", pol.RejectText
+	case ActionTempfail:
+		r.Code, r.Enhanced = 451, "4.7.1"
+		if v.Score >= v.Threshold {
+			tmpl = pol.TempfailText
+		} else {
+			tmpl = pol.ErrorText
+		}
+	}
+	h, _ := topHit(v)
+	ip := v.IP.String()
+	if tmpl != "" {
+		url := ""
+		if e.cfg.Web.PublicURL != "" {
+			url = e.cfg.Web.PublicURL + "/ip/" + ip
+		}
+		rep := strings.NewReplacer(
+			"{ip}", ip,
+			"{list}", sanitize(h.List, 64),
+			"{category}", sanitize(h.Category, 64),
+			"{url}", sanitize(url, 200),
+			"{ref}", ref,
+		)
+		r.Text = sanitize(rep.Replace(tmpl), maxReplyText)
+	}
+	r.Header = header(v, ref)
+	return r
+}
+
+// header is the X-Blmilter value: "score=3 hits=Spamhaus ZEN(zombie) ref=...".
+func header(v *Verdict, ref string) string {
+	var b strings.Builder
+	b.WriteString("score=")
+	b.WriteString(strconv.FormatFloat(v.Score, 'g', -1, 64))
+	if len(v.Hits) > 0 {
+		b.WriteString(" hits=")
+		for i, h := range v.Hits {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(h.List)
+			b.WriteByte('(')
+			b.WriteString(h.Category)
+			b.WriteByte(')')
+		}
+	}
+	if ref != "" {
+		b.WriteString(" ref=")
+		b.WriteString(ref)
+	}
+	return sanitize(b.String(), 900)
+}
+
+// sanitize makes s safe in an SMTP reply or header: control characters
+// (CR, LF, NUL, ...) become spaces, non-ASCII becomes '?', and the length
+// is bounded.
+func sanitize(s string, maxLen int) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f {
+			clean = false
+			break
+		}
+	}
+	if !clean {
+		var b strings.Builder
+		b.Grow(len(s))
+		for _, r := range s {
+			switch {
+			case r < 0x20 || r == 0x7f:
+				b.WriteByte(' ')
+			case r > 0x7f:
+				b.WriteByte('?')
+			default:
+				b.WriteRune(r)
+			}
+		}
+		s = b.String()
+	}
+	if len(s) > maxLen {
+		s = s[:maxLen]
+	}
+	return s
+}
+
+// SendmailSafe doubles '%', which Sendmail's milter reply handling would
+// otherwise read as a format directive.
+func SendmailSafe(s string) string { return strings.ReplaceAll(s, "%", "%%") }
+
+// LogAttrs are the fields of one decision log line, shared by the milter
+// and the policy server so both log alike.
+func LogAttrs(v Verdict) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 8)
+	attrs = append(attrs,
+		slog.String("ip", v.IP.String()),
+		slog.String("action", string(v.Action)),
+		slog.Float64("score", v.Score),
+	)
+	if len(v.Hits) > 0 {
+		hits := make([]string, len(v.Hits))
+		for i, h := range v.Hits {
+			s := h.List + ":" + h.Category + ":"
+			if h.Code.IsValid() {
+				s += h.Code.String()
+			}
+			switch {
+			case h.Degraded:
+				s += ":degraded"
+			case h.DryRun:
+				s += ":dry-run"
+			}
+			hits[i] = s
+		}
+		attrs = append(attrs, slog.Any("hits", hits))
+	}
+	if len(v.Errors) > 0 {
+		errs := make([]string, len(v.Errors))
+		for i, le := range v.Errors {
+			errs[i] = le.List + ": " + le.Err
+		}
+		attrs = append(attrs, slog.Any("errors", errs))
+	}
+	if v.Skipped != SkipNone {
+		attrs = append(attrs, slog.String("skipped", string(v.Skipped)))
+	}
+	attrs = append(attrs, slog.Bool("cached", v.Cached), slog.Duration("duration", v.Duration))
+	return attrs
+}
