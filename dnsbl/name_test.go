@@ -2,7 +2,10 @@ package dnsbl
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/miekg/dns"
 )
 
 func TestQueryName(t *testing.T) {
@@ -98,4 +101,28 @@ func BenchmarkAppendQueryNameV6(b *testing.B) {
 	for b.Loop() {
 		buf = AppendQueryName(buf[:0], ip, "zen.spamhaus.org")
 	}
+}
+
+// The query name is the reverse-DNS name with the list's zone in place of
+// in-addr.arpa or ip6.arpa; miekg/dns's ReverseAddr is an independent
+// implementation to compare with.
+func FuzzQueryName(f *testing.F) {
+	f.Add([]byte{127, 0, 0, 2})
+	f.Add([]byte{255, 255, 255, 255})
+	f.Add(netip.MustParseAddr("2001:db8:1:2:3:4:567:89ab").AsSlice())
+	f.Add(netip.MustParseAddr("::ffff:192.0.2.1").AsSlice())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ip, ok := netip.AddrFromSlice(b)
+		if !ok {
+			return
+		}
+		rev, err := dns.ReverseAddr(ip.Unmap().String())
+		if err != nil {
+			t.Fatalf("ReverseAddr(%s): %v", ip, err)
+		}
+		rev = strings.TrimSuffix(strings.TrimSuffix(rev, "in-addr.arpa."), "ip6.arpa.")
+		if got, want := QueryName(ip, "bl.example"), rev+"bl.example."; got != want {
+			t.Errorf("QueryName(%s) = %q, want %q", ip, got, want)
+		}
+	})
 }

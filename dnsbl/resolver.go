@@ -393,7 +393,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 			break
 		}
 	}
-	if cerr := ctx.Err(); cerr != nil && (err == nil || !errors.Is(err, ErrMismatch)) {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, ErrMismatch) {
 		if errors.Is(cerr, context.Canceled) {
 			return nil, fmt.Errorf("dnsbl: lookup canceled: %w", cerr)
 		}

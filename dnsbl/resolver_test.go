@@ -3,6 +3,7 @@ package dnsbl
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -611,5 +612,38 @@ func BenchmarkLookup(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// One Resolver serves all sessions at once; every lookup gets its own answer.
+func TestLookupConcurrent(t *testing.T) {
+	s := dnstest.Start(t)
+	const n = 32
+	for i := range n {
+		if i%2 == 0 {
+			s.Set(QueryName(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), zone), dnstest.Answer{A: []string{"127.0.0.2"}})
+		}
+	}
+	r := newTestResolver(t, 5*time.Second, s.Addr)
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			ip := netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})
+			res := r.Lookup(context.Background(), Query{Zone: zone, IP: ip, NoTXT: true})
+			want := NotListed
+			if i%2 == 0 {
+				want = Listed
+			}
+			if res.Status != want {
+				errs <- fmt.Errorf("%s: %v (%v), want %v", ip, res.Status, res.Err, want)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
