@@ -71,6 +71,11 @@ type Query struct {
 	// 0 uses the resolver's timeout. The context may end it earlier.
 	Timeout time.Duration
 	NoTXT   bool // do not fetch the TXT reason of a listing
+	// KeepMapped asks an IPv4-mapped IPv6 address as IPv6 nibbles instead
+	// of as IPv4. Only the list health probes want this: RFC 5782
+	// section 5 makes ::ffff:127.0.0.2 (listed) and ::ffff:127.0.0.1 (not
+	// listed) the test points of lists that take IPv6.
+	KeepMapped bool
 }
 
 // Result is the answer of one list about one address.

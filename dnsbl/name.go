@@ -43,7 +43,7 @@ func QueryName(ip netip.Addr, zone string) string {
 	}
 	// Exactly one allocation of exactly the right size, handed over as the
 	// string without a copy: nothing else holds b.
-	b := AppendQueryName(make([]byte, 0, n), ip, zone)
+	b := appendName(make([]byte, 0, n), ip, zone)
 	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
@@ -51,7 +51,12 @@ func QueryName(ip netip.Addr, zone string) string {
 // extended slice. It allocates only when dst must grow, so a caller with
 // a reused buffer builds names for free. An invalid ip appends nothing.
 func AppendQueryName(dst []byte, ip netip.Addr, zone string) []byte {
-	ip = ip.Unmap()
+	return appendName(dst, ip.Unmap(), zone)
+}
+
+// appendName is AppendQueryName without the unmapping, so that an
+// IPv4-mapped address is written as IPv6 nibbles (see Query.KeepMapped).
+func appendName(dst []byte, ip netip.Addr, zone string) []byte {
 	zone = trimDot(zone)
 	switch {
 	case ip.Is4():

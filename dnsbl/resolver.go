@@ -139,7 +139,12 @@ func (r *Resolver) lookup(ctx context.Context, q Query) Result {
 	if !q.IP.IsValid() {
 		return Result{Status: Error, Err: errors.New("dnsbl: invalid IP address")}
 	}
-	name := QueryName(q.IP, q.Zone)
+	ip := q.IP
+	if !q.KeepMapped {
+		ip = ip.Unmap()
+	}
+	var buf [160]byte
+	name := string(appendName(buf[:0], ip, q.Zone))
 	if z := trimDot(q.Zone); z == "" {
 		return Result{Status: Error, Err: errors.New("dnsbl: empty zone")}
 	} else if _, ok := dns.IsDomainName(name); !ok || len(name) > 254 {

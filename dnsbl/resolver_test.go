@@ -469,6 +469,36 @@ func TestLookupRawAnswers(t *testing.T) {
 	}
 }
 
+// The RFC 5782 IPv6 test point ::ffff:127.0.0.2 is published under its
+// nibble name; KeepMapped asks that name, a plain query the IPv4 one.
+func TestLookupKeepMapped(t *testing.T) {
+	s := dnstest.Start(t)
+	nibbles := "2.0.0.0.0.0.f.7.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0." + zone
+	s.Set(nibbles, dnstest.Answer{A: []string{"127.0.0.2"}})
+	r := newTestResolver(t, 2*time.Second, s.Addr)
+	ip := netip.MustParseAddr("::ffff:127.0.0.2")
+	tests := []struct {
+		name       string
+		keepMapped bool
+		want       Status
+		asked      string
+	}{
+		{"KeepMapped asks the nibble name", true, Listed, nibbles},
+		{"default asks the IPv4 name", false, NotListed, "2.0.0.127." + zone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := r.Lookup(context.Background(), Query{Zone: zone, IP: ip, NoTXT: true, KeepMapped: tt.keepMapped})
+			if res.Status != tt.want {
+				t.Errorf("Lookup = %v (%v), want %v", res.Status, res.Err, tt.want)
+			}
+			if n := s.QueriesFor(tt.asked, dns.TypeA); n != 1 {
+				t.Errorf("queries for %s = %d, want 1", tt.asked, n)
+			}
+		})
+	}
+}
+
 // A listing stands when its reason cannot be fetched.
 func TestLookupTXTFailureKeepsListing(t *testing.T) {
 	addr := rawServer(t, func(w dns.ResponseWriter, req *dns.Msg) {
