@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -28,8 +29,8 @@ type postfix struct {
 
 // postfixOpts selects what the instance asks about each session.
 type postfixOpts struct {
-	Milter string // smtpd_milters, e.g. "inet:127.0.0.1:8895"
-	Policy string // check_policy_service target, e.g. "inet:127.0.0.1:10045"
+	Milter string // smtpd_milters, e.g. "inet:127.0.0.1:8895", with contrib/postfix/main.cf.milter
+	Policy string // check_policy_service target, e.g. "inet:127.0.0.1:10045", with contrib/postfix/main.cf.policy
 	Extra  string // more main.cf lines
 }
 
@@ -70,12 +71,6 @@ func startPostfix(t testing.TB, o postfixOpts) *postfix {
 	port := freePort(t, "tcp")
 	p.Addr = "127.0.0.1:" + strconv.Itoa(port)
 
-	restrictions := "reject_unauth_destination"
-	if o.Policy != "" {
-		// default_action=DUNNO: with the policy server down Postfix goes on
-		// as if it had answered DUNNO, instead of its default 451 4.3.5.
-		restrictions += ", check_policy_service { " + o.Policy + ", timeout=10s, default_action=DUNNO }"
-	}
 	main := fmt.Sprintf(`# private Postfix instance for blmilter's end-to-end tests
 compatibility_level = 3.6
 queue_directory = %[1]s/queue
@@ -105,20 +100,15 @@ smtpd_authorized_xclient_hosts = 127.0.0.0/8
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 smtpd_relay_restrictions = reject_unauth_destination
-smtpd_recipient_restrictions = %[2]s
-`, root, restrictions)
+smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
+`, root)
+	// The snippets admins are told to use, pointed at the test's ports: the
+	// tests check them along with blmilter.
 	if o.Milter != "" {
-		// The settings contrib/postfix/main.cf.milter recommends.
-		main += fmt.Sprintf(`smtpd_milters = %s
-non_smtpd_milters =
-milter_default_action = accept
-milter_protocol = 6
-milter_connect_timeout = 10s
-milter_command_timeout = 30s
-milter_content_timeout = 60s
-milter_connect_macros = j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}
-milter_rcpt_macros = i {rcpt_addr} {auth_type} {auth_authen}
-`, o.Milter)
+		main += contribSnippet(t, "postfix/main.cf.milter", "inet:127.0.0.1:8895", o.Milter)
+	}
+	if o.Policy != "" {
+		main += contribSnippet(t, "postfix/main.cf.policy", "inet:127.0.0.1:10045", o.Policy)
 	}
 	main += o.Extra
 	writeFile(t, filepath.Join(p.dir, "main.cf"), main)
@@ -140,6 +130,20 @@ milter_rcpt_macros = i {rcpt_addr} {auth_type} {auth_authen}
 	})
 	waitTCP(t, "postfix smtpd", p.Addr, nil)
 	return p
+}
+
+// contribSnippet returns a file under contrib/ with its example address
+// replaced by the test's.
+func contribSnippet(t testing.TB, name, from, to string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "contrib", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(from)) {
+		t.Fatalf("contrib/%s does not contain %s", name, from)
+	}
+	return "\n# contrib/" + name + "\n" + strings.ReplaceAll(string(b), from, to) + "\n"
 }
 
 // stop stops the instance and waits until its master has exited.

@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// mtaCase is one SMTP client and what it must be told at RCPT.
+type mtaCase struct {
+	name     string
+	client   string
+	rcpt     string // "" is user@e2e.test
+	want     int    // the RCPT reply code
+	category string // for rejects: the category the reply names
+}
+
+// postfixCases run through Postfix with XCLIENT, milter and policy server alike.
+var postfixCases = []mtaCase{
+	{"listed spam source", clientSpam, "", 550, "spam-source"},
+	{"listed zombie", clientZombie, "", 550, "zombie"},
+	{"listed open proxy", clientProxy, "", 550, "open-proxy"},
+	{"listed dynamic", clientDynamic, "", 550, "dynamic"},
+	{"listed IPv6 zombie", clientZombie6, "", 550, "zombie"},
+	{"unlisted", clientClean, "", 250, ""},
+	{"unlisted IPv6", clientClean6, "", 250, ""},
+	{"postmaster from listed", clientSpam, "postmaster@e2e.test", 250, ""},
+	{"abuse from listed", clientZombie, "abuse@e2e.test", 250, ""},
+	{"allow-listed and block-listed", clientAllowed, "", 250, ""},
+}
+
+// checkReply fails t unless r is what c must be told: a reject is
+// 550 5.7.1 and links to the lookup page of the client's IP.
+func checkReply(t *testing.T, c mtaCase, r reply) {
+	t.Helper()
+	if r.Stage != "rcpt" || r.Code != c.want {
+		t.Fatalf("client %s rcpt %q: got %v, want %d at RCPT", c.client, c.rcpt, r, c.want)
+	}
+	if c.want != 550 {
+		return
+	}
+	if r.Enhanced != "5.7.1" {
+		t.Errorf("enhanced status %q, want 5.7.1 (%v)", r.Enhanced, r)
+	}
+	if link := publicURL + "/ip/" + c.client; !strings.Contains(r.Text, link) {
+		t.Errorf("reply %q does not link to %s", r.Text, link)
+	}
+	if !strings.Contains(r.Text, c.client) {
+		t.Errorf("reply %q does not name the client %s", r.Text, c.client)
+	}
+	if !strings.Contains(r.Text, c.category) {
+		t.Errorf("reply %q does not name the category %s", r.Text, c.category)
+	}
+	if strings.Contains(r.Text, zoneBlock) {
+		t.Errorf("reply %q shows the list's zone; it must show only its name", r.Text)
+	}
+}
+
+// runPostfixCases drives every case through the Postfix at addr.
+func runPostfixCases(t *testing.T, addr string) {
+	t.Helper()
+	for _, c := range postfixCases {
+		t.Run(c.name, func(t *testing.T) {
+			r, err := session(addr, sessionOpts{XClient: c.client, Rcpt: c.rcpt})
+			if err != nil {
+				t.Fatalf("session from %s: %v", c.client, err)
+			}
+			t.Logf("%s rcpt %s: %v", c.client, c.rcpt, r)
+			checkReply(t, c, r)
+		})
+	}
+}
+
+// checkListErrorLogged checks the answer 127.255.255.254 (what a list gives
+// a refused resolver) left the client accepted and was logged as a list
+// error.
+func checkListErrorLogged(t *testing.T, b *blmilter) {
+	t.Helper()
+	waitFor(t, "a logged error from "+listError, 5*time.Second, func() error {
+		if b.listErrorLogged(clientClean, listError) {
+			return nil
+		}
+		return fmt.Errorf("no decision about %s with an error from %q in blmilter's log", clientClean, listError)
+	})
+}
+
+func TestPostfixMilter(t *testing.T) {
+	need(t, "postfix", "rbldnsd")
+	dns := startRbldnsd(t)
+	b := startBlmilter(t, blmilterOpts{DNS: dns, WithError: true, NoPolicyd: true})
+	pf := startPostfix(t, postfixOpts{Milter: "inet:" + b.Milter})
+
+	runPostfixCases(t, pf.Addr)
+	t.Run("127.255.255.254 is a list error, logged", func(t *testing.T) {
+		checkListErrorLogged(t, b)
+	})
+	// milter_default_action = accept (contrib/postfix/main.cf.milter): with
+	// blmilter gone, Postfix accepts as if there were no milter.
+	t.Run("blmilter stopped: mail accepted", func(t *testing.T) {
+		b.p.stop()
+		r, err := session(pf.Addr, sessionOpts{XClient: clientSpam})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Stage != "rcpt" || r.Code != 250 {
+			t.Fatalf("listed client with blmilter stopped: got %v, want 250 at RCPT", r)
+		}
+	})
+}
+
+func TestPostfixPolicyServer(t *testing.T) {
+	need(t, "postfix", "rbldnsd")
+	dns := startRbldnsd(t)
+	b := startBlmilter(t, blmilterOpts{DNS: dns, WithError: true})
+	pf := startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy})
+
+	runPostfixCases(t, pf.Addr)
+	t.Run("127.255.255.254 is a list error, logged", func(t *testing.T) {
+		checkListErrorLogged(t, b)
+	})
+	// default_action=DUNNO (contrib/postfix/main.cf.policy): with the policy
+	// server gone, Postfix goes on as if it had said DUNNO.
+	t.Run("blmilter stopped: mail accepted", func(t *testing.T) {
+		b.p.stop()
+		r, err := session(pf.Addr, sessionOpts{XClient: clientSpam})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Stage != "rcpt" || r.Code != 250 {
+			t.Fatalf("listed client with the policy server stopped: got %v, want 250 at RCPT", r)
+		}
+	})
+}
