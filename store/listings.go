@@ -1,0 +1,325 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Listing is one entry of the site's own list.
+type Listing struct {
+	ID        int64
+	Prefix    netip.Prefix // a single address is a /32 or /128
+	Category  string       // zombie, open-proxy, spam-source, dynamic, local, ...
+	Reason    string       // shown on the lookup page
+	Source    string       // who or what listed it: "cli", "admin:alice", ...
+	ListedAt  time.Time
+	ExpiresAt *time.Time // nil: until removed
+	Removals  int        // how often this prefix has been removed before
+}
+
+// Expired reports whether the listing no longer counts at now.
+func (l Listing) Expired(now time.Time) bool {
+	return l.ExpiresAt != nil && !l.ExpiresAt.After(now)
+}
+
+// ParsePrefix reads an address or CIDR in the form the list takes: the
+// prefix is masked and an IPv4-mapped IPv6 address becomes IPv4, so each
+// network has one spelling.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%w: %q is not an IP address or CIDR", ErrInvalid, s)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%w: %q has a zone", ErrInvalid, s)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%w: %q is not an IP address or CIDR", ErrInvalid, s)
+	}
+	return canonPrefix(p), nil
+}
+
+func canonPrefix(p netip.Prefix) netip.Prefix {
+	a := p.Addr()
+	if a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked()
+}
+
+// AddListing lists l.Prefix, or updates its listing when it is already
+// there. A prefix that was removed before comes back with its removal count
+// (and its removal history keeps counting toward the self-service quota).
+// ListedAt defaults to now. The snapshot and OnChange callbacks are updated
+// before AddListing returns.
+func (s *Store) AddListing(ctx context.Context, l Listing) (Listing, error) {
+	if !l.Prefix.IsValid() {
+		return Listing{}, fmt.Errorf("add listing: %w: no prefix", ErrInvalid)
+	}
+	l.Prefix = canonPrefix(l.Prefix)
+	l.Category = strings.TrimSpace(l.Category)
+	if l.Category == "" {
+		return Listing{}, fmt.Errorf("add listing %s: %w: no category", l.Prefix, ErrInvalid)
+	}
+	if l.ListedAt.IsZero() {
+		l.ListedAt = time.Now()
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `
+INSERT INTO listings (prefix, category, reason, source, listed_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (prefix) DO UPDATE SET
+	category = excluded.category, reason = excluded.reason, source = excluded.source,
+	expires_at = excluded.expires_at,
+	-- an update of a live listing keeps its date; a re-listing starts anew
+	listed_at = CASE WHEN removed_at IS NULL THEN listed_at ELSE excluded.listed_at END,
+	removed_at = NULL, removed_by = ''
+RETURNING id, listed_at, removal_count`,
+			l.Prefix.String(), l.Category, l.Reason, l.Source, nanos(l.ListedAt), nullNanos(l.ExpiresAt),
+		).Scan(&l.ID, (*nanoTime)(&l.ListedAt), &l.Removals)
+	})
+	if err != nil {
+		return Listing{}, fmt.Errorf("add listing %s: %w", l.Prefix, err)
+	}
+	s.changed(ctx)
+	return l, nil
+}
+
+// RemoveListing removes the listing of exactly prefix (not of a network
+// containing it), recording by in its history. ErrNotFound when it is not
+// listed.
+func (s *Store) RemoveListing(ctx context.Context, prefix netip.Prefix, by string) error {
+	if !prefix.IsValid() {
+		return fmt.Errorf("remove listing: %w: no prefix", ErrInvalid)
+	}
+	prefix = canonPrefix(prefix)
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		ip := prefix.String()
+		if prefix.IsSingleIP() {
+			ip = prefix.Addr().String()
+		}
+		return removeListingTx(ctx, tx, prefix, ip, by, false, 0, time.Now())
+	})
+	if err != nil {
+		return fmt.Errorf("remove listing %s: %w", prefix, err)
+	}
+	s.changed(ctx)
+	return nil
+}
+
+// removeListingTx marks the live listing of prefix removed and records the
+// removal against ip.
+func removeListingTx(ctx context.Context, tx *sql.Tx, prefix netip.Prefix, ip, by string, selfService bool, requestID int64, now time.Time) error {
+	res, err := tx.ExecContext(ctx, `
+UPDATE listings SET removed_at = ?, removed_by = ?, removal_count = removal_count + 1
+WHERE prefix = ? AND removed_at IS NULL`, nanos(now), by, prefix.String())
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	req := sql.NullInt64{Int64: requestID, Valid: requestID != 0}
+	_, err = tx.ExecContext(ctx, `
+INSERT INTO removals (ip, prefix, at, self_service, by, request_id) VALUES (?, ?, ?, ?, ?, ?)`,
+		ip, prefix.String(), nanos(now), selfService, by, req)
+	return err
+}
+
+// ListingFor returns the listing that applies to ip now: the longest live
+// prefix containing it. It reads the in-memory snapshot only.
+func (s *Store) ListingFor(ip netip.Addr) (Listing, bool) {
+	e, ok := s.snap.Load().lookup(ip)
+	if !ok {
+		return Listing{}, false
+	}
+	return e.l, true
+}
+
+// Lookup implements policy.StoreList: lock-free, no allocation, no I/O.
+func (s *Store) Lookup(ip netip.Addr) (category, reason string, listed bool) {
+	e, ok := s.snap.Load().lookup(ip)
+	if !ok {
+		return "", "", false
+	}
+	return e.l.Category, e.l.Reason, true
+}
+
+// Listings returns the live listings (not removed, not expired), ordered by
+// prefix text.
+func (s *Store) Listings(ctx context.Context) ([]Listing, error) {
+	ls, err := s.liveListings(ctx, s.db, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("listings: %w", err)
+	}
+	return ls, nil
+}
+
+func (s *Store) liveListings(ctx context.Context, q querier, now time.Time) ([]Listing, error) {
+	rows, err := q.QueryContext(ctx, `
+SELECT id, prefix, category, reason, source, listed_at, expires_at, removal_count
+FROM listings WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)
+ORDER BY prefix`, nanos(now))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Listing
+	for rows.Next() {
+		var (
+			l       Listing
+			prefix  string
+			expires sql.NullInt64
+		)
+		if err := rows.Scan(&l.ID, &prefix, &l.Category, &l.Reason, &l.Source, (*nanoTime)(&l.ListedAt), &expires, &l.Removals); err != nil {
+			return nil, err
+		}
+		p, err := netip.ParsePrefix(prefix)
+		if err != nil {
+			// Someone edited the file by hand; one bad row must not hide the rest.
+			s.log.Warn("skipping listing with a bad prefix", "id", l.ID, "prefix", prefix, "err", err)
+			continue
+		}
+		l.Prefix = canonPrefix(p)
+		l.ExpiresAt = fromNullNanos(expires)
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
+// OnChange registers fn to be called with each prefix whose listing was
+// added, changed, removed or expired, after the snapshot shows the change.
+// Changes made through this Store call fn before the changing method
+// returns; changes by other processes and expiries within PollInterval.
+// fn runs on the changing goroutine and must not block.
+func (s *Store) OnChange(fn func(prefix netip.Prefix)) {
+	s.cbMu.Lock()
+	s.callbacks = append(s.callbacks, fn)
+	s.cbMu.Unlock()
+}
+
+// changed rebuilds the snapshot after a write of ours. The write is
+// committed; failing to reload it is logged and retried by the watcher.
+func (s *Store) changed(ctx context.Context) {
+	if err := s.refresh(context.WithoutCancel(ctx)); err != nil {
+		s.log.Error("reloading listings after a change", "err", err)
+	}
+}
+
+// refresh rebuilds the snapshot if the listings changed (by generation) or
+// a listing expired, then tells the OnChange callbacks what differs.
+func (s *Store) refresh(ctx context.Context) error {
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	now := time.Now()
+	old := s.snap.Load()
+	var gen int64
+	if err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'listings_gen'`).Scan(&gen); err != nil {
+		return fmt.Errorf("read listings generation: %w", err)
+	}
+	if gen == old.gen && (old.next.IsZero() || now.Before(old.next)) {
+		return nil
+	}
+	ls, err := s.liveListings(ctx, s.db, now)
+	if err != nil {
+		return fmt.Errorf("load listings: %w", err)
+	}
+	snap := newSnapshot(ls, gen, now)
+	s.snap.Store(snap)
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+	changed := diff(old, snap)
+	if len(changed) == 0 {
+		return nil
+	}
+	s.cbMu.RLock()
+	cbs := s.callbacks
+	s.cbMu.RUnlock()
+	for _, p := range changed {
+		for _, fn := range cbs {
+			fn(p)
+		}
+	}
+	return nil
+}
+
+// watchListings reloads the snapshot when another process changed the
+// listings and when the next listing expires.
+func (s *Store) watchListings() {
+	defer s.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		wait := time.Hour
+		if s.opts.PollInterval > 0 {
+			wait = s.opts.PollInterval
+		}
+		if next := s.snap.Load().next; !next.IsZero() {
+			wait = min(wait, max(time.Until(next), time.Millisecond))
+		}
+		timer.Reset(wait)
+		select {
+		case <-s.done:
+			return
+		case <-s.kick:
+			// Since Go 1.23 a stopped timer delivers no stale tick, so
+			// there is nothing to drain.
+			timer.Stop()
+			continue
+		case <-timer.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := s.refresh(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Warn("reloading listings", "err", err)
+		}
+		cancel()
+	}
+}
+
+// querier is what *sql.DB and *sql.Tx share.
+type querier interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}
+
+// tx runs fn in a write transaction and commits when it returns nil.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// nanoTime scans an INTEGER Unix-nanosecond column into a time.Time.
+type nanoTime time.Time
+
+func (t *nanoTime) Scan(v any) error {
+	n, ok := v.(int64)
+	if !ok {
+		return fmt.Errorf("time column holds %T, want integer", v)
+	}
+	*t = nanoTime(fromNanos(n))
+	return nil
+}

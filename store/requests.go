@@ -1,0 +1,405 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/mail"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Request statuses. A request starts pending, becomes confirmed when its
+// link is followed, and is then either removed at once (self-service) or
+// waiting for an operator, who approves or denies it.
+const (
+	StatusPending   = "pending"
+	StatusConfirmed = "confirmed"
+	StatusWaiting   = "waiting"
+	StatusApproved  = "approved"
+	StatusDenied    = "denied"
+	StatusRemoved   = "removed"
+)
+
+// Limits on what a requester may store.
+const (
+	MaxEmailLen  = 254 // RFC 5321 path limit
+	MaxReasonLen = 2000
+)
+
+// RemovalRequest is a request to remove an IP from the site's own list.
+type RemovalRequest struct {
+	ID     int64
+	IP     netip.Addr
+	Email  string
+	Reason string
+	Status string
+	// Token is the confirmation token, set only in CreateRequest's result:
+	// the database keeps its SHA-256 alone, so it cannot be read back.
+	Token        string
+	TokenExpires time.Time
+	Created      time.Time
+	Verified     *time.Time
+	Decided      *time.Time
+	DecidedBy    string // "self-service", "not listed", or the operator
+	SelfService  bool   // removed by the self-service rule
+}
+
+// Open reports whether the request still waits for its requester or an operator.
+func (r RemovalRequest) Open() bool {
+	return r.Status == StatusPending || r.Status == StatusConfirmed || r.Status == StatusWaiting
+}
+
+// CreateRequest stores a pending removal request for ip with a fresh
+// one-time confirmation token, returned in the result's Token and nowhere
+// else. The address must be a bare address (no display name); the reason
+// is limited to MaxReasonLen bytes.
+func (s *Store) CreateRequest(ctx context.Context, ip, email, reason string) (RemovalRequest, error) {
+	addr, err := netip.ParseAddr(strings.TrimSpace(ip))
+	if err != nil || addr.Zone() != "" {
+		return RemovalRequest{}, fmt.Errorf("create request: %w: %q is not an IP address", ErrInvalid, ip)
+	}
+	email, err = checkEmail(email)
+	if err != nil {
+		return RemovalRequest{}, fmt.Errorf("create request: %w", err)
+	}
+	reason = strings.TrimSpace(reason)
+	if len(reason) > MaxReasonLen || !utf8.ValidString(reason) {
+		return RemovalRequest{}, fmt.Errorf("create request: %w: reason longer than %d bytes or not UTF-8", ErrInvalid, MaxReasonLen)
+	}
+	token, hash, err := newToken()
+	if err != nil {
+		return RemovalRequest{}, fmt.Errorf("create request: %w", err)
+	}
+	now := time.Now()
+	r := RemovalRequest{
+		IP: addr.Unmap(), Email: email, Reason: reason, Status: StatusPending,
+		Token: token, TokenExpires: now.Add(s.opts.TokenTTL), Created: now,
+	}
+	err = s.db.QueryRowContext(ctx, `
+INSERT INTO removal_requests (ip, email, reason, status, token_hash, token_expires, created)
+VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		r.IP.String(), r.Email, r.Reason, r.Status, hash[:], nanos(r.TokenExpires), nanos(r.Created)).Scan(&r.ID)
+	if err != nil {
+		return RemovalRequest{}, fmt.Errorf("create request for %s: %w", r.IP, err)
+	}
+	return r, nil
+}
+
+func checkEmail(email string) (string, error) {
+	email = strings.TrimSpace(email)
+	if email == "" || len(email) > MaxEmailLen || strings.ContainsAny(email, "\r\n<>") {
+		return "", fmt.Errorf("%w: %q is not an email address", ErrInvalid, email)
+	}
+	a, err := mail.ParseAddress(email)
+	if err != nil || a.Address != email || a.Name != "" || !strings.Contains(email, "@") {
+		return "", fmt.Errorf("%w: %q is not an email address", ErrInvalid, email)
+	}
+	return email, nil
+}
+
+// newToken makes a 256-bit random token, URL-safe, and its SHA-256.
+func newToken() (string, [sha256.Size]byte, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", [sha256.Size]byte{}, fmt.Errorf("random token: %w", err)
+	}
+	t := base64.RawURLEncoding.EncodeToString(b[:])
+	return t, sha256.Sum256([]byte(t)), nil
+}
+
+// ConfirmRequest marks the request whose token this is as confirmed, and
+// forgets the token so it works once. An unknown, used or expired (at now)
+// token gives ErrTokenInvalid.
+//
+// The token is looked up by its SHA-256, so the lookup time tells an
+// attacker nothing about a token they do not already have.
+func (s *Store) ConfirmRequest(ctx context.Context, token string, now time.Time) (RemovalRequest, error) {
+	if token == "" || len(token) > 128 {
+		return RemovalRequest{}, ErrTokenInvalid
+	}
+	hash := sha256.Sum256([]byte(token))
+	var r RemovalRequest
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var id, expires int64
+		err := tx.QueryRowContext(ctx, `SELECT id, token_expires FROM removal_requests WHERE token_hash = ? AND status = ?`,
+			hash[:], StatusPending).Scan(&id, &expires)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrTokenInvalid
+		}
+		if err != nil {
+			return err
+		}
+		if now.UnixNano() >= expires {
+			return fmt.Errorf("%w: expired at %s", ErrTokenInvalid, fromNanos(expires).UTC().Format(time.RFC3339))
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE removal_requests SET status = ?, verified = ?, token_hash = NULL WHERE id = ?`,
+			StatusConfirmed, nanos(now), id); err != nil {
+			return err
+		}
+		r, err = requestTx(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		return RemovalRequest{}, fmt.Errorf("confirm request: %w", err)
+	}
+	return r, nil
+}
+
+// DecideConfirmed applies the self-service rule to a confirmed request.
+// The IP's listing is removed at once when it is a single-address listing
+// (a network is never delisted by one of its hosts), the only one containing the IP,
+// its category is in selfServiceCategories, and the IP has had fewer than
+// quota self-service removals within window (a listing that came back after
+// a removal counts: the history is kept by IP). Then removed is true and
+// the request's status is "removed". Otherwise the request waits for an
+// operator ("waiting"). An IP that is no longer listed closes the request
+// as "removed" with DecidedBy "not listed", without using the quota.
+func (s *Store) DecideConfirmed(ctx context.Context, id int64, quota int, window time.Duration, selfServiceCategories []string) (removed bool, err error) {
+	now := time.Now()
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		r, err := requestTx(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if r.Status != StatusConfirmed {
+			if !r.Open() {
+				return ErrDecided
+			}
+			return fmt.Errorf("%w: request %d is %s, not confirmed", ErrInvalid, id, r.Status)
+		}
+		ls, err := containing(ctx, tx, r.IP, now)
+		if err != nil {
+			return err
+		}
+		if len(ls) == 0 {
+			removed = true
+			return setStatus(ctx, tx, id, StatusRemoved, "not listed", false, now)
+		}
+		l := ls[0]
+		if len(ls) == 1 && l.Prefix.IsSingleIP() && slices.Contains(selfServiceCategories, l.Category) {
+			var used int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM removals WHERE ip = ? AND self_service AND at >= ?`,
+				r.IP.String(), nanos(now.Add(-window))).Scan(&used); err != nil {
+				return err
+			}
+			if used < quota {
+				if err := removeListingTx(ctx, tx, l.Prefix, r.IP.String(), "self-service", true, id, now); err != nil {
+					return err
+				}
+				removed = true
+				return setStatus(ctx, tx, id, StatusRemoved, "self-service", true, now)
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE removal_requests SET status = ? WHERE id = ?`, StatusWaiting, id)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("decide request %d: %w", id, err)
+	}
+	if removed {
+		s.changed(ctx)
+	}
+	return removed, nil
+}
+
+// ApproveRequest is an operator's yes: every live listing containing the
+// request's IP is removed (the request is for the IP, so a covering network
+// goes too) and the request is "approved". ErrDecided if it was already
+// decided.
+func (s *Store) ApproveRequest(ctx context.Context, id int64, by string) error {
+	now := time.Now()
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		r, err := requestTx(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if !r.Open() {
+			return ErrDecided
+		}
+		ls, err := containing(ctx, tx, r.IP, now)
+		if err != nil {
+			return err
+		}
+		for _, l := range ls {
+			if err := removeListingTx(ctx, tx, l.Prefix, r.IP.String(), by, false, id, now); err != nil {
+				return err
+			}
+		}
+		return setStatus(ctx, tx, id, StatusApproved, by, false, now)
+	})
+	if err != nil {
+		return fmt.Errorf("approve request %d: %w", id, err)
+	}
+	s.changed(ctx)
+	return nil
+}
+
+// DenyRequest is an operator's no: the listing stays, the request is "denied".
+func (s *Store) DenyRequest(ctx context.Context, id int64, by string) error {
+	now := time.Now()
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		r, err := requestTx(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if !r.Open() {
+			return ErrDecided
+		}
+		return setStatus(ctx, tx, id, StatusDenied, by, false, now)
+	})
+	if err != nil {
+		return fmt.Errorf("deny request %d: %w", id, err)
+	}
+	return nil
+}
+
+func setStatus(ctx context.Context, tx *sql.Tx, id int64, status, by string, selfService bool, now time.Time) error {
+	// A decided request's link must not work any more either.
+	_, err := tx.ExecContext(ctx, `
+UPDATE removal_requests SET status = ?, decided = ?, decided_by = ?, self_service = ?, token_hash = NULL WHERE id = ?`,
+		status, nanos(now), by, selfService, id)
+	return err
+}
+
+// containing returns the live listings that contain ip, longest prefix first.
+func containing(ctx context.Context, tx *sql.Tx, ip netip.Addr, now time.Time) ([]Listing, error) {
+	rows, err := tx.QueryContext(ctx, `
+SELECT id, prefix, category FROM listings WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`, nanos(now))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Listing
+	for rows.Next() {
+		var (
+			l Listing
+			p string
+		)
+		if err := rows.Scan(&l.ID, &p, &l.Category); err != nil {
+			return nil, err
+		}
+		pr, err := netip.ParsePrefix(p)
+		if err != nil {
+			continue
+		}
+		// Keep the prefix text as stored: removeListingTx matches on it.
+		if pr.Contains(ip) {
+			l.Prefix = pr
+			out = append(out, l)
+		}
+	}
+	slices.SortFunc(out, func(a, b Listing) int { return b.Prefix.Bits() - a.Prefix.Bits() })
+	return out, rows.Err()
+}
+
+// Request returns one request (without its token).
+func (s *Store) Request(ctx context.Context, id int64) (RemovalRequest, error) {
+	r, err := requestTx(ctx, s.db, id)
+	if err != nil {
+		return RemovalRequest{}, fmt.Errorf("request %d: %w", id, err)
+	}
+	return r, nil
+}
+
+// Requests returns the requests with the given status ("" for all, "open"
+// for pending, confirmed and waiting), oldest first.
+func (s *Store) Requests(ctx context.Context, status string) ([]RemovalRequest, error) {
+	q := `SELECT ` + requestColumns + ` FROM removal_requests`
+	var args []any
+	switch status {
+	case "":
+	case "open":
+		q += ` WHERE status IN (?, ?, ?)`
+		args = append(args, StatusPending, StatusConfirmed, StatusWaiting)
+	case StatusPending, StatusConfirmed, StatusWaiting, StatusApproved, StatusDenied, StatusRemoved:
+		q += ` WHERE status = ?`
+		args = append(args, status)
+	default:
+		return nil, fmt.Errorf("requests: %w: unknown status %q", ErrInvalid, status)
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("requests: %w", err)
+	}
+	defer rows.Close()
+	var out []RemovalRequest
+	for rows.Next() {
+		r, err := scanRequest(rows)
+		if err != nil {
+			return nil, fmt.Errorf("requests: %w", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("requests: %w", err)
+	}
+	return out, nil
+}
+
+// SelfServiceRemovals counts the self-service removals of ip since since,
+// including those of listings that have come back since.
+func (s *Store) SelfServiceRemovals(ctx context.Context, ip netip.Addr, since time.Time) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM removals WHERE ip = ? AND self_service AND at >= ?`,
+		ip.Unmap().WithZone("").String(), nanos(since)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("self-service removals of %s: %w", ip, err)
+	}
+	return n, nil
+}
+
+// RequestsByEmailSince counts the requests made with email (case-insensitive)
+// since since, for the limit on confirmation mails per address.
+func (s *Store) RequestsByEmailSince(ctx context.Context, email string, since time.Time) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM removal_requests WHERE email = ? AND created >= ?`,
+		strings.TrimSpace(email), nanos(since)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("requests by %q: %w", email, err)
+	}
+	return n, nil
+}
+
+const requestColumns = `id, ip, email, reason, status, token_expires, created, verified, decided, decided_by, self_service`
+
+type rowScanner interface{ Scan(...any) error }
+
+func scanRequest(row rowScanner) (RemovalRequest, error) {
+	var (
+		r                 RemovalRequest
+		ip                string
+		verified, decided sql.NullInt64
+		expires, created  int64
+	)
+	if err := row.Scan(&r.ID, &ip, &r.Email, &r.Reason, &r.Status, &expires, &created, &verified, &decided, &r.DecidedBy, &r.SelfService); err != nil {
+		return RemovalRequest{}, err
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return RemovalRequest{}, fmt.Errorf("request %d: bad ip %q: %w", r.ID, ip, err)
+	}
+	r.IP = a
+	r.TokenExpires = fromNanos(expires)
+	r.Created = fromNanos(created)
+	r.Verified = fromNullNanos(verified)
+	r.Decided = fromNullNanos(decided)
+	return r, nil
+}
+
+func requestTx(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, id int64) (RemovalRequest, error) {
+	r, err := scanRequest(q.QueryRowContext(ctx, `SELECT `+requestColumns+` FROM removal_requests WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return RemovalRequest{}, fmt.Errorf("request %d: %w", id, ErrNotFound)
+	}
+	return r, err
+}

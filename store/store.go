@@ -1,0 +1,232 @@
+// Package store keeps the site's own block list, the removal requests made
+// against it and the recent decisions that bounces refer to, in one SQLite
+// file (modernc.org/sqlite: pure Go, no cgo).
+//
+// The listings are also served from an in-memory snapshot, so the mail path
+// (Lookup, ListingFor) never touches the database. The snapshot is rebuilt
+// after every change made through this Store, and within PollInterval of a
+// change made by another process (the `blmilter list` command, for one).
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blmilter/blmilter/policy"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultPath            = "blmilter.db"
+	DefaultTokenTTL        = 24 * time.Hour
+	DefaultDecisionMaxAge  = 30 * 24 * time.Hour
+	DefaultDecisionMaxRows = 100000
+	DefaultDecisionBuffer  = 4096
+	DefaultPollInterval    = 2 * time.Second
+	DefaultPruneInterval   = 10 * time.Minute
+	DefaultBusyTimeout     = 5 * time.Second
+
+	// Self-service removal defaults, for callers whose configuration leaves them unset.
+	DefaultRemovalQuota  = 2
+	DefaultRemovalWindow = 90 * 24 * time.Hour
+)
+
+// DefaultSelfServiceCategories are the listing categories whose owners may
+// remove themselves once they confirm their address: the causes are on the
+// owner's side and fixable by them. "local" listings are an operator's
+// judgement and wait for an operator.
+var DefaultSelfServiceCategories = []string{"zombie", "open-proxy", "spam-source", "dynamic"}
+
+// Errors callers tell apart with errors.Is.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrTokenInvalid = errors.New("confirmation link is invalid or has expired")
+	ErrDecided      = errors.New("request already decided")
+	ErrInvalid      = errors.New("invalid value")
+)
+
+// Options tune a Store; the zero value is usable.
+type Options struct {
+	Logger *slog.Logger
+	// TokenTTL is how long a removal request's confirmation link works (24h).
+	TokenTTL time.Duration
+	// DecisionMaxAge and DecisionMaxRows bound the recorded decisions (30 days, 100000).
+	DecisionMaxAge  time.Duration
+	DecisionMaxRows int
+	// DecisionBuffer is how many decisions may wait for the writer before
+	// RecordDecision starts dropping them (4096).
+	DecisionBuffer int
+	// PruneInterval is how often old decisions are deleted (10m); the writer
+	// also prunes after every DecisionMaxRows/10 inserts.
+	PruneInterval time.Duration
+	// PollInterval is how often the listings are checked for changes made by
+	// other processes (2s). Negative disables polling.
+	PollInterval time.Duration
+	// BusyTimeout is how long a write waits for another writer (5s).
+	BusyTimeout time.Duration
+}
+
+func (o *Options) fill() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.TokenTTL <= 0 {
+		o.TokenTTL = DefaultTokenTTL
+	}
+	if o.DecisionMaxAge <= 0 {
+		o.DecisionMaxAge = DefaultDecisionMaxAge
+	}
+	if o.DecisionMaxRows <= 0 {
+		o.DecisionMaxRows = DefaultDecisionMaxRows
+	}
+	if o.DecisionBuffer <= 0 {
+		o.DecisionBuffer = DefaultDecisionBuffer
+	}
+	if o.PruneInterval <= 0 {
+		o.PruneInterval = DefaultPruneInterval
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = DefaultPollInterval
+	}
+	if o.BusyTimeout <= 0 {
+		o.BusyTimeout = DefaultBusyTimeout
+	}
+}
+
+// Store is the open database. Its methods are safe for concurrent use.
+type Store struct {
+	db   *sql.DB
+	path string
+	opts Options
+	log  *slog.Logger
+
+	// listings snapshot, replaced whole; readers never lock.
+	snap      atomic.Pointer[snapshot]
+	refreshMu sync.Mutex // one rebuild at a time, so an older snapshot never replaces a newer one
+	cbMu      sync.RWMutex
+	callbacks []func(netip.Prefix)
+	kick      chan struct{} // wakes the watcher when the next expiry may have moved
+
+	// decision writer
+	decisions chan policy.Decision
+	flushReq  chan chan struct{}
+	dropped   atomic.Uint64
+	closed    atomic.Bool
+
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// dsn builds the connection string. The pragmas run on every new
+// connection of the pool, not just the first.
+//
+// synchronous(FULL) rather than NORMAL: in WAL mode NORMAL already survives
+// a crash of the process (kill -9), because a commit is in the OS page cache
+// once it returns; but it can lose the last commits if the machine loses
+// power or the kernel panics, since the WAL is fsynced only at checkpoints.
+// A removal request or a listing the operator was told is saved must still
+// be there after a power cut, and these writes are few, so each commit pays
+// for its fsync. Decisions are batched into one transaction, so they pay
+// one fsync per batch.
+//
+// _txlock=immediate takes the write lock at BEGIN, so two writers never
+// both read, then fail to upgrade to a write with SQLITE_BUSY.
+func dsn(path string, busy time.Duration) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busy.Milliseconds()))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Set("_txlock", "immediate")
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+// Open opens (creating if needed) the database at path, brings its schema up
+// to date and loads the listings. Close stops its background work.
+func Open(path string, opts Options) (*Store, error) {
+	opts.fill()
+	if path == "" {
+		path = DefaultPath
+	}
+	db, err := sql.Open("sqlite", dsn(path, opts.BusyTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	// A few connections let readers run beside the one writer WAL allows.
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(8)
+	db.SetConnMaxIdleTime(0)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := migrate(ctx, db, migrations); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	s := &Store{
+		db:        db,
+		path:      path,
+		opts:      opts,
+		log:       opts.Logger.With("component", "store"),
+		kick:      make(chan struct{}, 1),
+		decisions: make(chan policy.Decision, opts.DecisionBuffer),
+		flushReq:  make(chan chan struct{}),
+		done:      make(chan struct{}),
+	}
+	s.snap.Store(&snapshot{gen: -1})
+	if err := s.refresh(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	s.wg.Add(2)
+	go s.watchListings()
+	go s.writeDecisions()
+	return s, nil
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Close writes the decisions still queued, stops the background work and
+// closes the database. Later calls return the first result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.done)
+		s.wg.Wait()
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
+
+// nanos stores times as integer Unix nanoseconds: they compare in SQL and
+// round-trip exactly.
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+func fromNanos(n int64) time.Time { return time.Unix(0, n) }
+
+func nullNanos(t *time.Time) sql.NullInt64 {
+	if t == nil {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: nanos(*t), Valid: true}
+}
+
+func fromNullNanos(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := fromNanos(n.Int64)
+	return &t
+}
