@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // fakeClock drives entry expiry in tests without sleeping.
@@ -544,6 +545,14 @@ func TestConcurrentMixedUse(t *testing.T) {
 	wg.Wait()
 	if n := c.Len(); n > size+len(c.shards) {
 		t.Errorf("Len = %d, beyond Size %d", n, size)
+	}
+}
+
+func TestShardSize(t *testing.T) {
+	// The padding in shard assumes this size; a change to its fields
+	// must change the padding too, or shards share cache lines again.
+	if n := unsafe.Sizeof(shard[netip.Addr, *int]{}); n != 128 {
+		t.Errorf("shard is %d bytes, want 128", n)
 	}
 }
 

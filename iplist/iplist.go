@@ -132,7 +132,13 @@ func (l *List) Entries() []Entry {
 
 // build cuts each family's address space into ranges owned by one entry.
 func (l *List) build() {
-	var v4, v6 []span
+	n4, _ := slices.BinarySearchFunc(l.entries, true, func(e Entry, _ bool) int {
+		if e.Prefix.Addr().Is4() {
+			return -1
+		}
+		return 1
+	})
+	v4, v6 := make([]span, 0, n4), make([]span, 0, len(l.entries)-n4)
 	for i, e := range l.entries {
 		s := span{lo: fromAddr(e.Prefix.Addr()), idx: int32(i)}
 		hostBits := e.Prefix.Addr().BitLen() - e.Prefix.Bits()
@@ -164,7 +170,9 @@ type span struct {
 // always starts at address 0, so every address falls in some range; last
 // is the family's highest address.
 func sweep(spans []span, last u128) []range6 {
-	out := []range6{{idx: -1}}
+	// Each prefix opens a range and closes one at most.
+	out := make([]range6, 1, 2*len(spans)+1)
+	out[0].idx = -1
 	emit := func(start u128, idx int32) {
 		n := len(out) - 1
 		if out[n].start == start {

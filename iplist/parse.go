@@ -70,6 +70,9 @@ func Parse(r io.Reader, name string) (*List, error) {
 	var (
 		entries []Entry
 		perr    ParseError
+		// A list uses a handful of categories: one string each rather
+		// than one per line.
+		categories = make(map[string]string)
 	)
 	bad := func(line int, err error) {
 		if len(perr.Lines) < maxReported {
@@ -93,6 +96,11 @@ func Parse(r io.Reader, name string) (*List, error) {
 			continue
 		}
 		if ok {
+			if c, seen := categories[e.Category]; seen {
+				e.Category = c
+			} else {
+				categories[e.Category] = e.Category
+			}
 			entries = append(entries, e)
 		}
 	}
