@@ -1,0 +1,368 @@
+package policyd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blmilter/blmilter/policy"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("policyd: server closed")
+
+// Defaults for the zero values of policy.PolicydConfig.
+const (
+	// DefaultReadTimeout is how long a connection may wait for (or in) a
+	// request. Postfix keeps an idle connection for
+	// smtpd_policy_service_max_idle (300 s) and then closes it itself.
+	DefaultReadTimeout = 5 * time.Minute
+	// DefaultMaxConnections is above Postfix's default_process_limit (100):
+	// each smtpd process holds at most one connection to a policy service.
+	DefaultMaxConnections = 200
+	// WriteTimeout bounds writing one reply; Postfix reads it at once.
+	WriteTimeout = 10 * time.Second
+)
+
+// Server is a policy delegation server. Create it with NewServer; it may
+// serve several listeners at once.
+type Server struct {
+	engine       func() *policy.Engine
+	log          *slog.Logger
+	readTimeout  time.Duration
+	writeTimeout time.Duration
+	maxConns     int
+
+	// ctx is the parent of every check; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	inShutdown atomic.Bool
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	conns      map[*conn]struct{}
+	wg         sync.WaitGroup // connection goroutines
+}
+
+// NewServer returns a server that asks engine() for the current engine at
+// each request, so a reload can swap engines under open connections.
+func NewServer(engine func() *policy.Engine, logger *slog.Logger, cfg policy.PolicydConfig) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		engine:       engine,
+		log:          logger,
+		readTimeout:  cfg.ReadTimeout.Duration,
+		writeTimeout: WriteTimeout,
+		maxConns:     cfg.MaxConnections,
+		listeners:    map[net.Listener]struct{}{},
+		conns:        map[*conn]struct{}{},
+	}
+	if s.readTimeout <= 0 {
+		s.readTimeout = DefaultReadTimeout
+	}
+	if s.maxConns <= 0 {
+		s.maxConns = DefaultMaxConnections
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// Serve accepts connections on ln until Shutdown or Close, and then returns
+// ErrServerClosed. Connections beyond the limit are closed at once, which
+// Postfix handles as an unavailable policy service
+// (smtpd_policy_service_default_action).
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.inShutdown.Load() {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	s.log.Info("policy server listening", "addr", ln.Addr().String())
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.inShutdown.Load() {
+				return ErrServerClosed
+			}
+			// Running out of file descriptors passes; wait as net/http does.
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("policy server accept failed; retrying", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("policyd: accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.inShutdown.Load() {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		if len(s.conns) >= s.maxConns {
+			s.mu.Unlock()
+			s.log.Warn("policy connection refused: too many connections",
+				"remote", remoteName(nc), "max_connections", s.maxConns)
+			nc.Close()
+			continue
+		}
+		c := newConn(s, nc)
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Shutdown stops accepting, closes idle connections, lets each busy one
+// finish its current request, and returns when all are gone or ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.inShutdown.Store(true)
+	s.closeListeners()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.closeIdle() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("policyd: shutdown: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// Close stops the server at once: listeners and connections are closed and
+// checks in flight are cancelled. It returns when every connection is gone.
+func (s *Server) Close() error {
+	s.inShutdown.Store(true)
+	s.cancel()
+	err := s.closeListeners()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) closeListeners() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for ln := range s.listeners {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("policyd: close listener %s: %w", ln.Addr(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// closeIdle closes the connections waiting for a request and returns how
+// many connections remain.
+func (s *Server) closeIdle() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.idle.Load() {
+			c.nc.Close()
+		}
+	}
+	return len(s.conns)
+}
+
+func (s *Server) remove(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Listen opens the listener for a [policyd] listen value: "host:port",
+// "inet:host:port" (also "inet6:" and "tcp:"), or "unix:/path". A stale
+// unix socket left by a crash is removed, but only when nothing answers on
+// it; the new socket gets mode (0660 when 0).
+func Listen(spec string, mode os.FileMode) (net.Listener, error) {
+	network, addr, err := splitListen(spec)
+	if err != nil {
+		return nil, err
+	}
+	if network != "unix" {
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			return nil, fmt.Errorf("policyd: listen %q: %w", spec, err)
+		}
+		return ln, nil
+	}
+	if fi, err := os.Lstat(addr); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("policyd: listen %q: %s exists and is not a socket", spec, addr)
+		}
+		if c, err := net.DialTimeout("unix", addr, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("policyd: listen %q: another process is listening on %s", spec, addr)
+		}
+		if err := os.Remove(addr); err != nil {
+			return nil, fmt.Errorf("policyd: remove stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, fmt.Errorf("policyd: listen %q: %w", spec, err)
+	}
+	if mode == 0 {
+		mode = 0o660
+	}
+	if err := os.Chmod(addr, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("policyd: set mode of %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+func splitListen(spec string) (network, addr string, err error) {
+	scheme, rest, found := strings.Cut(spec, ":")
+	switch {
+	case spec == "":
+		return "", "", errors.New("policyd: empty listen address")
+	case strings.HasPrefix(spec, "/"):
+		return "unix", spec, nil
+	case found && scheme == "unix":
+		if rest == "" {
+			return "", "", fmt.Errorf("policyd: listen %q: empty socket path", spec)
+		}
+		return "unix", rest, nil
+	case found && (scheme == "inet" || scheme == "tcp"):
+		return "tcp", rest, nil
+	case found && scheme == "inet6":
+		return "tcp6", rest, nil
+	}
+	if _, _, err := net.SplitHostPort(spec); err != nil {
+		return "", "", fmt.Errorf("policyd: listen %q: want host:port, inet:host:port or unix:/path: %w", spec, err)
+	}
+	return "tcp", spec, nil
+}
+
+func remoteName(nc net.Conn) string {
+	if a := nc.RemoteAddr(); a != nil && a.String() != "" {
+		return a.String()
+	}
+	return "unix"
+}
+
+// Buffers are pooled: Postfix opens a connection per smtpd process, and
+// processes come and go (max_use).
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, MaxLineLength) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1024) }}
+)
+
+// conn is one policy client connection.
+type conn struct {
+	s      *Server
+	nc     net.Conn
+	remote string
+	r      *bufio.Reader
+	w      *bufio.Writer
+	idle   atomic.Bool // waiting for the first byte of a request
+	req    Request
+	memo   memo
+	attrs  []slog.Attr
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{s: s, nc: nc, remote: remoteName(nc)}
+	c.idle.Store(true)
+	return c
+}
+
+func (c *conn) serve() {
+	s := c.s
+	c.r = readerPool.Get().(*bufio.Reader)
+	c.r.Reset(c.nc)
+	c.w = writerPool.Get().(*bufio.Writer)
+	c.w.Reset(c.nc)
+	defer func() {
+		c.nc.Close()
+		c.r.Reset(nil)
+		readerPool.Put(c.r)
+		c.w.Reset(nil)
+		writerPool.Put(c.w)
+		s.remove(c)
+	}()
+	for {
+		// The order matters for Shutdown: mark idle, then look at the flag.
+		c.idle.Store(true)
+		if s.inShutdown.Load() {
+			return
+		}
+		if err := c.nc.SetReadDeadline(time.Now().Add(s.readTimeout)); err != nil {
+			return
+		}
+		if _, err := c.r.Peek(1); err != nil {
+			c.readError(err, true)
+			return
+		}
+		c.idle.Store(false)
+		if err := ParseRequest(c.r, &c.req); err != nil {
+			c.readError(err, false)
+			return
+		}
+		action := c.decide()
+		if err := c.nc.SetWriteDeadline(time.Now().Add(s.writeTimeout)); err != nil {
+			return
+		}
+		c.w.WriteString("action=")
+		c.w.WriteString(action)
+		c.w.WriteString("\n\n")
+		if err := c.w.Flush(); err != nil {
+			s.log.Warn("policy reply not written", "remote", c.remote, "err", err)
+			return
+		}
+	}
+}
+
+// readError logs why a connection ends. A peer closing or going quiet
+// between requests is normal; anything else is worth a warning.
+func (c *conn) readError(err error, betweenRequests bool) {
+	var ne net.Error
+	switch {
+	case c.s.inShutdown.Load() && (errors.Is(err, net.ErrClosed) || betweenRequests):
+		// Closed by Shutdown or Close.
+	case err == io.EOF && betweenRequests:
+	case errors.As(err, &ne) && ne.Timeout() && betweenRequests:
+		c.s.log.Debug("idle policy connection closed", "remote", c.remote, "read_timeout", c.s.readTimeout)
+	case errors.As(err, &ne) && ne.Timeout():
+		c.s.log.Warn("policy connection closed: request not finished in time",
+			"remote", c.remote, "read_timeout", c.s.readTimeout)
+	case errors.Is(err, ErrLineTooLong), errors.Is(err, ErrTooManyAttributes):
+		c.s.log.Warn("policy connection dropped: bad request", "remote", c.remote, "err", err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		c.s.log.Warn("policy connection closed in the middle of a request", "remote", c.remote)
+	default:
+		c.s.log.Warn("policy connection read failed", "remote", c.remote, "err", err)
+	}
+}
