@@ -257,7 +257,7 @@ func TestLookupAgreesWithNaive(t *testing.T) {
 			for _, e := range l.Entries() {
 				byPrefix[e.Prefix] = e
 			}
-			for range 20_000 {
+			for range 5000 {
 				ip := randomQuery(r, entries)
 				got, gok := l.Lookup(ip)
 				want, wok := naiveLookup(byPrefix, ip)
