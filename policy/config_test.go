@@ -280,3 +280,29 @@ func TestCodesMostSpecificRuleWins(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParse: whatever the file says, Parse returns a config or a
+// *ConfigError, and never panics.
+func FuzzParse(f *testing.F) {
+	f.Add(DefaultTOML())
+	files, _ := filepath.Glob("../examples/*.toml")
+	for _, name := range files {
+		if data, err := os.ReadFile(name); err == nil {
+			f.Add(data)
+		}
+	}
+	f.Add([]byte("[[list]]\nname = \"a\"\nzone = \"a.example\"\n[list.codes]\n\"&3\" = { weight = -1 }\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse(data, "fuzz.toml")
+		if err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) || len(ce.Problems) == 0 {
+				t.Fatalf("error %T %v", err, err)
+			}
+			return
+		}
+		if len(cfg.Lists) == 0 {
+			t.Fatal("config without lists accepted")
+		}
+	})
+}
