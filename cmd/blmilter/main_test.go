@@ -1,0 +1,320 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+
+	"github.com/blmilter/blmilter/dnsbl"
+	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/policy"
+)
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	writeFile(t, good, "[[list]]\nname = \"x\"\nzone = \"bl.example\"\n")
+	bad := filepath.Join(dir, "bad.toml")
+	writeFile(t, bad, `[milter]
+listen = "tcp:127.0.0.1:8895"
+
+[policy]
+action = "bounce"
+
+[[list]]
+name = "x"
+zone = "bl.example"
+wieght = 3
+`)
+	missingFile := filepath.Join(dir, "missing.toml")
+	writeFile(t, missingFile, "[[list]]\nname = \"local\"\nfile = \"no-such-list.txt\"\n")
+
+	t.Run("good", func(t *testing.T) {
+		code, out, errs := runCLI("config", "check", good)
+		if code != 0 || !strings.Contains(out, "OK") {
+			t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errs)
+		}
+	})
+	t.Run("every problem listed", func(t *testing.T) {
+		code, _, errs := runCLI("config", "check", bad)
+		if code != 1 {
+			t.Fatalf("exit %d, want 1; stderr %q", code, errs)
+		}
+		for _, want := range []string{bad + ":2: milter.listen", bad + ":5: policy.action", bad + ":10: list[0].wieght", "3 problem(s)"} {
+			if !strings.Contains(errs, want) {
+				t.Errorf("stderr lacks %q:\n%s", want, errs)
+			}
+		}
+	})
+	t.Run("unreadable list file", func(t *testing.T) {
+		code, _, errs := runCLI("-config", missingFile, "config", "check")
+		if code != 1 || !strings.Contains(errs, "no-such-list.txt") {
+			t.Fatalf("exit %d, stderr %q", code, errs)
+		}
+	})
+	t.Run("no file", func(t *testing.T) {
+		code, _, errs := runCLI("config", "check", filepath.Join(dir, "nope.toml"))
+		if code != 1 || !strings.Contains(errs, "nope.toml") {
+			t.Fatalf("exit %d, stderr %q", code, errs)
+		}
+	})
+}
+
+func TestCommandLine(t *testing.T) {
+	tests := []struct {
+		args      []string
+		code      int
+		out, errs string
+	}{
+		{args: []string{"version"}, code: 0, out: "blmilter "},
+		{args: []string{"help"}, code: 0, out: "config check [FILE]"},
+		{args: []string{"help", "config", "check"}, code: 0, out: "usage: blmilter config check"},
+		{args: []string{"help", "check"}, code: 0, out: "-json"},
+		{args: []string{"check"}, code: 2, errs: "at least one IP address expected"},
+		{args: []string{"check", "mail.example.org"}, code: 2, errs: `"mail.example.org" is not an IP address`},
+		{args: []string{"check", "--bogus", "192.0.2.1"}, code: 2, errs: "flag provided but not defined: -bogus"},
+		{args: []string{"frobnicate"}, code: 2, errs: `unknown command "frobnicate"`},
+		{args: []string{"version", "extra"}, code: 2, errs: "no arguments expected"},
+		{args: []string{"-config", "/nonexistent/blmilter.toml", "check", "192.0.2.1"}, code: 1, errs: "/nonexistent/blmilter.toml"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, out, errs := runCLI(tt.args...)
+			if code != tt.code || !strings.Contains(out, tt.out) || !strings.Contains(errs, tt.errs) {
+				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", code, tt.code, out, errs)
+			}
+		})
+	}
+}
+
+func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
+
+// testConfig is a config whose one DNS list is served by s; the web
+// service and the policy server stay off.
+func testConfig(s *dnstest.Server, extra string) string {
+	return fmt.Sprintf(`[milter]
+listen = "inet:127.0.0.1:0"
+
+[web]
+listen = ""
+public_url = "https://lookup.example.org"
+
+[dns]
+servers = [%q]
+timeout = "1s"
+
+[policy]
+%s
+
+[[list]]
+name = "Test ZEN"
+zone = "zen.test"
+weight = 3
+codes = { "127.0.0.4" = "zombie" }
+`, s.Addr, extra)
+}
+
+func TestCheckCommand(t *testing.T) {
+	s := dnstest.Start(t)
+	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"exploited host"}, TTL: 600})
+	path := filepath.Join(t.TempDir(), "blmilter.toml")
+	writeFile(t, path, testConfig(s, ""))
+
+	code, out, errs := runCLI("-config", path, "check", "192.0.2.7", "192.0.2.20", "127.0.0.1")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		"192.0.2.7: reject (score 3, threshold 3)",
+		"reply: 550 5.7.1 Service unavailable; client [192.0.2.7] listed by Test ZEN (zombie); see https://lookup.example.org/ip/192.0.2.7",
+		"127.0.0.4", "exploited host", "10m0s",
+		"192.0.2.20: accept", "not listed",
+		"127.0.0.1: accept (not looked up: loopback)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	code, out, errs = runCLI("check", "-config", path, "192.0.2.7", "--json")
+	if code != 0 {
+		t.Fatalf("--json: exit %d: %s", code, errs)
+	}
+	var got []checkResult
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("--json output: %v\n%s", err, out)
+	}
+	if len(got) != 1 || got[0].IP != "192.0.2.7" || got[0].Verdict.Action != "reject" || got[0].Reply == nil || got[0].Reply.Code != 550 {
+		t.Fatalf("--json: %+v", got)
+	}
+	l := got[0].Lists
+	if len(l) != 1 || l[0].Status != "listed" || l[0].Category != "zombie" || l[0].Reason != "exploited host" ||
+		len(l[0].Codes) != 1 || l[0].Codes[0] != "127.0.0.4" || l[0].TTLSeconds != 600 {
+		t.Fatalf("--json lists: %+v", l)
+	}
+}
+
+func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
+	s := dnstest.Start(t)
+	path := filepath.Join(t.TempDir(), "blmilter.toml")
+	writeFile(t, path, testConfig(s, "threshold = 3"))
+	d := newDaemon(path, slog.New(slog.DiscardHandler))
+	d.grace = time.Hour
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := policy.NewEngine(cfg, d.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.engine.Store(first)
+	d.cfg.Store(cfg)
+	defer d.closeEngines()
+
+	writeFile(t, path, testConfig(s, "threshold = \"high\""))
+	got, err := d.reload()
+	if err == nil || !strings.Contains(err.Error(), "policy.threshold") {
+		t.Fatalf("reload of a broken file: err = %v, want the problem named", err)
+	}
+	if got != first || d.current() != first {
+		t.Fatal("a broken file replaced the running engine")
+	}
+
+	writeFile(t, path, testConfig(s, "threshold = 5"))
+	got, err = d.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == first || d.current() != got || got.Config().Policy.Threshold != 5 {
+		t.Fatalf("good reload: engine %p (first %p), threshold %v", got, first, got.Config().Policy.Threshold)
+	}
+}
+
+// TestServe runs the daemon as "blmilter serve" does and drives it with
+// signals: SIGHUP with a good file, with a broken file, then SIGTERM.
+func TestServe(t *testing.T) {
+	s := dnstest.Start(t)
+	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
+	path := filepath.Join(t.TempDir(), "blmilter.toml")
+	writeFile(t, path, testConfig(s, ""))
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(path, slog.New(slog.DiscardHandler))
+	d.grace = 10 * time.Millisecond
+	var mu sync.Mutex
+	addrs := map[string]net.Addr{}
+	listening := make(chan struct{}, 1)
+	d.onListen = func(name string, a net.Addr) {
+		mu.Lock()
+		addrs[name] = a
+		mu.Unlock()
+		listening <- struct{}{}
+	}
+	reloaded := make(chan error, 1)
+	d.onReload = func(err error) { reloaded <- err }
+	sigs := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- d.run(cfg, sigs) }()
+	select {
+	case <-listening:
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("milter not listening")
+	}
+	mu.Lock()
+	addr := addrs["milter"]
+	mu.Unlock()
+
+	rcpt := func() string {
+		t.Helper()
+		cs, err := gomilter.NewClientWithOptions(addr.Network(), addr.String(), gomilter.ClientOptions{
+			ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, ActionMask: gomilter.OptAddHeader,
+		}).Session()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cs.Close()
+		if _, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.Mail("sender@example.org", nil); err != nil {
+			t.Fatal(err)
+		}
+		act, err := cs.Rcpt("user@example.net", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%c %d %s", act.Code, act.SMTPCode, act.SMTPText)
+	}
+	if got := rcpt(); !strings.Contains(got, "550 5.7.1 Service unavailable; client [192.0.2.7]") {
+		t.Fatalf("before reload: %q", got)
+	}
+
+	reloadTo := func(policyTOML string) error {
+		t.Helper()
+		writeFile(t, path, testConfig(s, policyTOML))
+		sigs <- syscall.SIGHUP
+		select {
+		case err := <-reloaded:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("SIGHUP not handled")
+			return nil
+		}
+	}
+	if err := reloadTo(`reject_text = "Go away [{ip}]: {url}"`); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if got := rcpt(); !strings.Contains(got, "550 5.7.1 Go away [192.0.2.7]: https://lookup.example.org/ip/192.0.2.7") {
+		t.Fatalf("after reload: %q", got)
+	}
+	if err := reloadTo(`reject_text = 42`); err == nil || !strings.Contains(err.Error(), "policy.reject_text") {
+		t.Fatalf("reload of a broken file: %v", err)
+	}
+	if got := rcpt(); !strings.Contains(got, "550 5.7.1 Go away [192.0.2.7]: https://lookup.example.org/ip/192.0.2.7") {
+		t.Fatalf("after a broken reload: %q, want the previous policy", got)
+	}
+
+	sigs <- syscall.SIGTERM
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after SIGTERM")
+	}
+	if c, err := net.DialTimeout(addr.Network(), addr.String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("still accepting after shutdown")
+	}
+}

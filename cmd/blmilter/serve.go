@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/blmilter/blmilter/milter"
+	"github.com/blmilter/blmilter/policy"
+)
+
+var serveCommand = &command{
+	name:     "serve",
+	synopsis: "run the milter, and the policy server and web service when configured (default)",
+	help: `Runs blmilter: the milter on [milter] listen, and the Postfix policy server,
+the IP lookup web service and metrics when their listen addresses are set.
+Without -config the embedded default config is used.
+
+Signals:
+  SIGHUP           reload: the config file is read and a new policy engine
+                   built from it whole; it takes over new SMTP sessions and
+                   the old one is closed after -reload-grace. An invalid file
+                   is logged and the running config stays. Local list files
+                   are re-read too. Listen addresses need a restart.
+  SIGTERM, SIGINT  stop accepting connections, let sessions in progress
+                   finish (at most -shutdown-timeout), then exit.`,
+	run: runServe,
+}
+
+func runServe(c *cmdCtx, args []string) error {
+	grace := c.flags.Duration("reload-grace", 30*time.Second, "how long a replaced policy engine keeps serving checks in progress after a reload")
+	shutdownTimeout := c.flags.Duration("shutdown-timeout", 30*time.Second, "how long sessions in progress may take to finish at shutdown")
+	args, err := c.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(args) > 0 {
+		return usageError("no arguments expected")
+	}
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return err
+	}
+	logger, closeLog, err := newLogger(cfg.Log, c.stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	// go-milter reports session errors through the standard log package;
+	// this sends them to the same place as everything else.
+	slog.SetDefault(logger)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	d := newDaemon(c.configPath, logger)
+	d.grace = *grace
+	d.shutdownTimeout = *shutdownTimeout
+	return d.run(cfg, sigs)
+}
+
+// daemon is a running blmilter: the current policy engine and the servers
+// that use it.
+type daemon struct {
+	configPath      string
+	logger          *slog.Logger
+	grace           time.Duration // a replaced engine is closed this long after a reload
+	shutdownTimeout time.Duration
+
+	// onListen and onReload, when set, are told each listening address
+	// and the outcome of each SIGHUP (for tests).
+	onListen func(name string, addr net.Addr)
+	onReload func(err error)
+
+	engine   atomic.Pointer[policy.Engine]
+	opts     policy.Options // the same store and recorder for every engine
+	cfg      atomic.Pointer[policy.Config]
+	reloadMu sync.Mutex
+	quit     chan struct{} // closed at shutdown: retired engines close at once
+	retired  sync.WaitGroup
+}
+
+func newDaemon(configPath string, logger *slog.Logger) *daemon {
+	return &daemon{
+		configPath:      configPath,
+		logger:          logger,
+		grace:           30 * time.Second,
+		shutdownTimeout: 30 * time.Second,
+		quit:            make(chan struct{}),
+	}
+}
+
+// current returns the engine that judges new sessions; the front ends
+// take it as a function so a reload can swap it.
+func (d *daemon) current() *policy.Engine { return d.engine.Load() }
+
+// runner is one server started by serve: serve blocks until shutdown
+// (returning nil then) or failure; shutdown stops it gracefully.
+type runner struct {
+	name     string
+	serve    func() error
+	shutdown func(ctx context.Context) error
+}
+
+// starter starts one part of blmilter from the config, or returns no
+// runner when the config leaves that part off. The policy server, the web
+// service and metrics plug in here (see startPolicyd, startWeb,
+// startMetrics).
+type starter func(d *daemon, cfg *policy.Config) ([]runner, error)
+
+var starters = []starter{startMilter, startPolicyd, startWeb, startMetrics}
+
+// run serves until SIGTERM/SIGINT arrives on sigs (SIGHUP reloads) or a
+// server fails.
+func (d *daemon) run(cfg *policy.Config, sigs <-chan os.Signal) error {
+	closeStore, err := d.openStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	e, err := policy.NewEngine(cfg, d.opts)
+	if err != nil {
+		return fmt.Errorf("build policy engine: %w", err)
+	}
+	d.engine.Store(e)
+	d.cfg.Store(cfg)
+	defer d.closeEngines()
+
+	var runners []runner
+	for _, start := range starters {
+		rs, err := start(d, cfg)
+		if err != nil {
+			d.shutdown(runners)
+			return err
+		}
+		runners = append(runners, rs...)
+	}
+	if len(runners) == 0 {
+		return errors.New("nothing to serve: [milter] listen, [policyd] listen and [web] listen are all empty")
+	}
+
+	errc := make(chan error, len(runners))
+	for _, r := range runners {
+		go func() {
+			if err := r.serve(); err != nil {
+				errc <- fmt.Errorf("%s: %w", r.name, err)
+				return
+			}
+			errc <- nil
+		}()
+	}
+	d.logger.Info("blmilter started", slog.String("version", versionString()), slog.String("config", d.configName()), slog.Int("lists", len(cfg.Lists)))
+
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				_, err := d.reload()
+				if err != nil {
+					d.logger.Error("reload failed; the running config stays", slog.Any("err", err))
+				}
+				if d.onReload != nil {
+					d.onReload(err)
+				}
+				continue
+			}
+			d.logger.Info("shutting down", slog.String("signal", sig.String()))
+			return d.shutdown(runners)
+		case err := <-errc:
+			if err == nil {
+				continue
+			}
+			d.logger.Error("server failed; shutting down", slog.Any("err", err))
+			d.shutdown(runners)
+			return err
+		}
+	}
+}
+
+func (d *daemon) configName() string {
+	if d.configPath == "" {
+		return "(embedded default)"
+	}
+	return d.configPath
+}
+
+// shutdown stops every runner at once, each letting its sessions finish
+// within the shutdown timeout.
+func (d *daemon) shutdown(runners []runner) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d.shutdownTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(runners))
+	for i, r := range runners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.shutdown(ctx); err != nil {
+				errs[i] = fmt.Errorf("%s: shutdown: %w", r.name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// reload builds a new engine from the config file and swaps it in; the
+// old engine is closed after the grace period, so checks in progress
+// finish on it. On any problem the running engine stays: reload returns
+// the engine in use and the error. Local list files are re-read either way.
+func (d *daemon) reload() (*policy.Engine, error) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	old := d.engine.Load()
+	cfg, err := loadConfig(d.configPath)
+	if err == nil {
+		var e *policy.Engine
+		e, err = policy.NewEngine(cfg, d.opts)
+		if err == nil {
+			d.warnRestartNeeded(d.cfg.Load(), cfg)
+			d.engine.Store(e)
+			d.cfg.Store(cfg)
+			d.retire(old)
+			d.logger.Info("config reloaded", slog.String("config", d.configName()), slog.Int("lists", len(cfg.Lists)))
+			return e, nil
+		}
+	}
+	if old != nil {
+		old.ReloadFiles()
+	}
+	return old, fmt.Errorf("reload %s: %w", d.configName(), err)
+}
+
+// warnRestartNeeded logs the settings a reload cannot change: the sockets
+// stay open as they are.
+func (d *daemon) warnRestartNeeded(old, cfg *policy.Config) {
+	if old == nil {
+		return
+	}
+	for _, c := range []struct{ key, old, new string }{
+		{"milter.listen", old.Milter.Listen, cfg.Milter.Listen},
+		{"policyd.listen", old.Policyd.Listen, cfg.Policyd.Listen},
+		{"web.listen", old.Web.Listen, cfg.Web.Listen},
+		{"metrics.listen", old.Metrics.Listen, cfg.Metrics.Listen},
+		{"store.path", old.Store.Path, cfg.Store.Path},
+	} {
+		if c.old != c.new {
+			d.logger.Warn("setting changed; it takes effect at the next restart", slog.String("key", c.key), slog.String("running", c.old), slog.String("file", c.new))
+		}
+	}
+}
+
+// retire closes a replaced engine after the grace period (at once when
+// blmilter is shutting down).
+func (d *daemon) retire(e *policy.Engine) {
+	if e == nil {
+		return
+	}
+	d.retired.Add(1)
+	go func() {
+		defer d.retired.Done()
+		t := time.NewTimer(d.grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-d.quit:
+		}
+		if err := e.Close(); err != nil {
+			d.logger.Warn("closing replaced policy engine", slog.Any("err", err))
+		}
+	}()
+}
+
+func (d *daemon) closeEngines() {
+	close(d.quit)
+	d.retired.Wait()
+	if e := d.engine.Swap(nil); e != nil {
+		if err := e.Close(); err != nil {
+			d.logger.Warn("closing policy engine", slog.Any("err", err))
+		}
+	}
+}
+
+func (d *daemon) listening(name string, addr net.Addr) {
+	d.logger.Info("listening", slog.String("server", name), slog.String("addr", addr.Network()+":"+addr.String()))
+	if d.onListen != nil {
+		d.onListen(name, addr)
+	}
+}
+
+func startMilter(d *daemon, cfg *policy.Config) ([]runner, error) {
+	if cfg.Milter.Listen == "" {
+		return nil, nil
+	}
+	mode, err := socketMode(cfg.Milter.SocketMode)
+	if err != nil {
+		return nil, fmt.Errorf("milter.socket_mode: %w", err)
+	}
+	ln, err := milter.Listen(cfg.Milter.Listen, mode)
+	if err != nil {
+		return nil, err
+	}
+	d.listening("milter", ln.Addr())
+	s := milter.NewServer(d.current, d.logger, cfg.Milter)
+	return []runner{{
+		name: "milter",
+		serve: func() error {
+			if err := s.Serve(ln); !errors.Is(err, milter.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+		shutdown: s.Shutdown,
+	}}, nil
+}
+
+// socketMode parses an octal file mode such as "0660"; "" is 0660.
+func socketMode(s string) (os.FileMode, error) {
+	if s == "" {
+		return 0o660, nil
+	}
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("want an octal mode such as \"0660\", got %q", s)
+	}
+	return os.FileMode(m), nil
+}
+
+// newLogger makes the daemon's logger from [log]: level, text or JSON,
+// stderr or a file.
+func newLogger(cfg policy.LogConfig, stderr io.Writer) (*slog.Logger, func(), error) {
+	var level slog.Level
+	if cfg.Level != "" {
+		if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
+			return nil, nil, fmt.Errorf("log.level: %w", err)
+		}
+	}
+	w, closeFn := stderr, func() {}
+	if cfg.File != "" {
+		f, err := os.OpenFile(cfg.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log.file: %w", err)
+		}
+		w, closeFn = f, func() { f.Close() }
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch strings.ToLower(cfg.Format) {
+	case "json":
+		h = slog.NewJSONHandler(w, hopts)
+	case "", "text":
+		h = slog.NewTextHandler(w, hopts)
+	default:
+		closeFn()
+		return nil, nil, fmt.Errorf("log.format: want text or json, got %q", cfg.Format)
+	}
+	return slog.New(h), closeFn, nil
+}
+
+// The hooks below start the parts of blmilter that live in other packages.
+// Each reads its own section of the config and returns no runner when that
+// section leaves it off.
+
+// openStore opens the site's own list ([store] path) before the first
+// engine is built, and sets d.opts.StoreList and d.opts.Recorder so every
+// engine, across reloads, shares it. It returns the function that closes it.
+func (d *daemon) openStore(cfg *policy.Config) (func(), error) {
+	return func() {}, nil
+}
+
+// startPolicyd starts the Postfix policy delegation server on [policyd] listen.
+func startPolicyd(d *daemon, cfg *policy.Config) ([]runner, error) {
+	return nil, nil
+}
+
+// startWeb starts the IP lookup web service on [web] listen.
+func startWeb(d *daemon, cfg *policy.Config) ([]runner, error) {
+	return nil, nil
+}
+
+// startMetrics serves /metrics on [metrics] listen.
+func startMetrics(d *daemon, cfg *policy.Config) ([]runner, error) {
+	return nil, nil
+}
