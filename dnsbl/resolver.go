@@ -370,11 +370,9 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 		}
 		idx := (first + i) % n
 		share := time.Until(deadline) / time.Duration(attempts-i)
-		actx, cancel := context.WithTimeout(ctx, share)
 		m.Id = dns.Id()
 		var resp *dns.Msg
-		resp, err = r.exchange(actx, m, r.servers[idx])
-		cancel()
+		resp, err = r.exchange(ctx, time.Now().Add(share), m, r.servers[idx])
 		tries++
 		if err == nil {
 			err = check(resp, name, qtype)
@@ -410,12 +408,12 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 }
 
 // exchange sends m to server over UDP, and again over TCP if the UDP answer
-// is truncated. It returns a classified error: ErrTimeout, or a network
-// error without the server's address in it.
-func (r *Resolver) exchange(ctx context.Context, m *dns.Msg, server string) (*dns.Msg, error) {
-	resp, err := exchangeOnce(ctx, r.udp, m, server)
+// is truncated, waiting until deadline at most. It returns a classified
+// error: ErrTimeout, or a network error without the server's address.
+func (r *Resolver) exchange(ctx context.Context, deadline time.Time, m *dns.Msg, server string) (*dns.Msg, error) {
+	resp, err := exchangeOnce(ctx, deadline, r.udp, m, server)
 	if err == nil && resp.Truncated {
-		resp, err = exchangeOnce(ctx, r.tcp, m, server)
+		resp, err = exchangeOnce(ctx, deadline, r.tcp, m, server)
 	}
 	if err != nil {
 		return nil, netError(err)
@@ -427,17 +425,24 @@ func (r *Resolver) exchange(ctx context.Context, m *dns.Msg, server string) (*dn
 var longAgo = time.Unix(1, 0)
 
 // exchangeOnce is one query over one connection. It is dns.Client's
-// exchange, except that cancelling ctx (not only its deadline) ends a
-// read that is waiting.
-func exchangeOnce(ctx context.Context, c *dns.Client, m *dns.Msg, server string) (*dns.Msg, error) {
-	conn, err := c.DialContext(ctx, server)
+// exchange, except that the attempt's deadline is set on the connection
+// (no context per attempt), and cancelling ctx, not only its deadline,
+// ends a read that is waiting.
+func exchangeOnce(ctx context.Context, deadline time.Time, c *dns.Client, m *dns.Msg, server string) (*dns.Msg, error) {
+	dctx := ctx
+	if c.Net == "tcp" {
+		// A TCP connect can hang, unlike a UDP "dial"; keep it to the
+		// attempt's time (truncated answers are rare, so is this context).
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	conn, err := c.DialContext(dctx, server)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
+	conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(longAgo) })
 	defer stop()
 	if err := conn.WriteMsg(m); err != nil {
