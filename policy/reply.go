@@ -28,8 +28,12 @@ func (e *Engine) Reply(v *Verdict) Reply {
 func NewRef() string {
 	var b [7]byte
 	rand.Read(b[:])
-	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])[:10]
+	var out [12]byte
+	refEncoding.Encode(out[:], b[:])
+	return string(out[:10])
 }
+
+var refEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // topHit is the hit a reply names: the counted hit with the largest weight,
 // else (nothing counted, as in a tempfail on a list error) the first hit.
@@ -71,17 +75,43 @@ func (e *Engine) reply(v *Verdict, ref string) Reply {
 		if e.cfg.Web.PublicURL != "" {
 			url = e.cfg.Web.PublicURL + "/ip/" + ip
 		}
-		rep := strings.NewReplacer(
-			"{ip}", ip,
-			"{list}", sanitize(h.List, 64),
-			"{category}", sanitize(h.Category, 64),
-			"{url}", sanitize(url, 200),
-			"{ref}", ref,
-		)
-		r.Text = sanitize(rep.Replace(tmpl), maxReplyText)
+		r.Text = sanitize(expand(tmpl, ip, sanitize(h.List, 64), sanitize(h.Category, 64), sanitize(url, 200), ref), maxReplyText)
 	}
 	r.Header = header(v, ref)
 	return r
+}
+
+// expand fills the placeholders {ip} {list} {category} {url} {ref} in a
+// template; anything else in braces is kept as written.
+func expand(tmpl, ip, list, category, url, ref string) string {
+	var b strings.Builder
+	b.Grow(len(tmpl) + len(url) + len(list) + 32)
+	for {
+		i := strings.IndexByte(tmpl, '{')
+		if i < 0 {
+			b.WriteString(tmpl)
+			return b.String()
+		}
+		b.WriteString(tmpl[:i])
+		tmpl = tmpl[i:]
+		val, n := "", 0
+		switch {
+		case strings.HasPrefix(tmpl, "{ip}"):
+			val, n = ip, len("{ip}")
+		case strings.HasPrefix(tmpl, "{list}"):
+			val, n = list, len("{list}")
+		case strings.HasPrefix(tmpl, "{category}"):
+			val, n = category, len("{category}")
+		case strings.HasPrefix(tmpl, "{url}"):
+			val, n = url, len("{url}")
+		case strings.HasPrefix(tmpl, "{ref}"):
+			val, n = ref, len("{ref}")
+		default:
+			val, n = "{", 1
+		}
+		b.WriteString(val)
+		tmpl = tmpl[n:]
+	}
 }
 
 // header is the X-Blmilter value: "score=3 hits=Spamhaus ZEN(zombie) ref=...".
