@@ -130,9 +130,12 @@ type CacheConfig struct {
 
 // HealthConfig is the [health] section: the periodic RFC 5782 probes of DNS lists.
 type HealthConfig struct {
-	Interval    Duration `toml:"interval"`      // default 5m
+	Interval    Duration `toml:"interval"`      // between probe rounds (with jitter), default 5m
+	Timeout     Duration `toml:"timeout"`       // per probe query, default 2s
+	FailAfter   int      `toml:"fail_after"`    // failed rounds (timeouts, SERVFAIL) before a list is degraded, default 2
 	MaxHitRatio float64  `toml:"max_hit_ratio"` // a list listing more than this share of checks is degraded, default 0.9
 	MinChecks   int      `toml:"min_checks"`    // checks needed before the ratio counts, default 200
+	RatioWindow Duration `toml:"ratio_window"`  // the window the ratio is taken over, default 10m
 }
 
 // PolicyConfig is the [policy] section.
@@ -249,8 +252,11 @@ func defaults() Config {
 		},
 		Health: HealthConfig{
 			Interval:    Duration{5 * time.Minute},
+			Timeout:     Duration{2 * time.Second},
+			FailAfter:   2,
 			MaxHitRatio: 0.9,
 			MinChecks:   200,
+			RatioWindow: Duration{10 * time.Minute},
 		},
 		Policy: PolicyConfig{
 			Threshold:    3,

@@ -111,6 +111,11 @@ func (p *parser) validate(c *Config) {
 	p.nonNegative("cache.error_ttl", c.Cache.ErrorTTL)
 
 	p.positive("health.interval", c.Health.Interval)
+	p.positive("health.timeout", c.Health.Timeout)
+	p.positive("health.ratio_window", c.Health.RatioWindow)
+	if c.Health.FailAfter < 1 {
+		p.addf("health.fail_after", "must be at least 1")
+	}
 	if !(c.Health.MaxHitRatio > 0 && c.Health.MaxHitRatio <= 1) {
 		p.addf("health.max_hit_ratio", "must be above 0 and at most 1")
 	}
