@@ -1,0 +1,370 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/blmilter/blmilter/store"
+)
+
+// Report is everything the service says about one IP: the JSON API's
+// answer, and the data of the status page. Field names are stable.
+type Report struct {
+	IP          string        `json:"ip"`
+	IPVersion   int           `json:"ip_version"`
+	CheckedAt   time.Time     `json:"checked_at"`
+	Status      string        `json:"status"` // listed | not_listed | incomplete
+	Verdict     VerdictInfo   `json:"verdict"`
+	Reply       *ReplyInfo    `json:"reply"` // null when mail would be accepted
+	Lists       []ListInfo    `json:"lists"`
+	SiteListing *SiteListing  `json:"site_listing"` // null when not on the site's own list
+	ReverseDNS  ReverseDNS    `json:"reverse_dns"`
+	Decision    *DecisionInfo `json:"decision,omitempty"` // only with ?ref=
+	PageURL     string        `json:"page_url"`
+}
+
+// VerdictInfo is what this server would do with mail from the IP now.
+type VerdictInfo struct {
+	Action    string  `json:"action"`  // accept | reject | tempfail | tag | log
+	Refused   bool    `json:"refused"` // the SMTP client would get the reply
+	Score     float64 `json:"score"`
+	Threshold float64 `json:"threshold"`
+	// Exempt is set when the mail filter never looks the IP up: "loopback",
+	// "allow" (an allowed network). The lists are still asked for this page.
+	Exempt string `json:"exempt,omitempty"`
+}
+
+// ReplyInfo is the SMTP reply the client would get.
+type ReplyInfo struct {
+	Code     int    `json:"code"`
+	Enhanced string `json:"enhanced"`
+	Text     string `json:"text"`
+}
+
+// Per-list result codes.
+const (
+	ResultListed    = "listed"
+	ResultNotListed = "not_listed"
+	ResultError     = "list_error"    // the list did not give a usable answer
+	ResultDegraded  = "list_degraded" // the list fails its health checks; its answers are not used
+	ResultSkipped   = "skipped"       // the list does not take this kind of address (e.g. IPv6)
+)
+
+// ListInfo is one configured list's answer for the IP.
+type ListInfo struct {
+	Name         string     `json:"name"`
+	Kind         string     `json:"kind"` // dns | file | store
+	Result       string     `json:"result"`
+	Category     string     `json:"category,omitempty"`
+	CategoryText string     `json:"category_text,omitempty"`
+	Codes        []string   `json:"codes,omitempty"`
+	Reason       string     `json:"reason,omitempty"`
+	Weight       float64    `json:"weight"`
+	DryRun       bool       `json:"dry_run"`
+	TTLSeconds   int64      `json:"ttl_seconds,omitempty"`
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"` // when our cached answer expires
+	HelpURL      string     `json:"help_url,omitempty"`
+}
+
+// SiteListing is the IP's entry on the site's own list. It names the
+// listed network but never other addresses or who asked for what.
+type SiteListing struct {
+	Network      string     `json:"network"`
+	Category     string     `json:"category"`
+	CategoryText string     `json:"category_text"`
+	Reason       string     `json:"reason,omitempty"`
+	ListedSince  time.Time  `json:"listed_since"`
+	ExpiresAt    *time.Time `json:"expires_at"` // null: until removed
+	RemovalURL   string     `json:"removal_url"`
+	HelpURL      string     `json:"help_url"`
+}
+
+// DecisionInfo is a recorded decision, found by the ref of a bounce.
+type DecisionInfo struct {
+	Ref    string     `json:"ref"`
+	Found  bool       `json:"found"`
+	Time   *time.Time `json:"time,omitempty"`
+	Action string     `json:"action,omitempty"`
+	Hits   []HitInfo  `json:"hits,omitempty"`
+	Errors []string   `json:"list_errors,omitempty"` // names of lists that could not answer then
+	Reply  *ReplyInfo `json:"reply,omitempty"`
+}
+
+// HitInfo is one list that listed the IP at the time of a decision.
+type HitInfo struct {
+	List         string `json:"list"`
+	Category     string `json:"category,omitempty"`
+	CategoryText string `json:"category_text,omitempty"`
+	Code         string `json:"code,omitempty"`
+	Reason       string `json:"reason,omitempty"`
+	NotCounted   bool   `json:"not_counted,omitempty"` // dry-run or degraded list: logged, not scored
+}
+
+// parseIP reads the IP of a URL, or says in words why it is not one.
+func parseIP(s string) (netip.Addr, error) {
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
+		return netip.Addr{}, errors.New("no IP address was given")
+	case len(s) > 64:
+		return netip.Addr{}, errors.New("this is too long to be an IP address")
+	case strings.Contains(s, "/"):
+		return netip.Addr{}, errors.New("this is a network (CIDR), not a single address; look up one address of it")
+	case strings.Contains(s, "%"):
+		return netip.Addr{}, errors.New("IPv6 addresses with a zone (the part after %) are local to one machine; leave the zone out")
+	}
+	ip, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil {
+		if strings.IndexFunc(s, func(r rune) bool { return r >= 'g' && r <= 'z' || r >= 'G' && r <= 'Z' }) >= 0 && !strings.Contains(s, ":") {
+			return netip.Addr{}, errors.New("this looks like a host name; enter the IP address, the number shown in brackets in the bounce, e.g. 192.0.2.7")
+		}
+		return netip.Addr{}, errors.New("this is not an IPv4 address (four numbers 0-255 separated by dots) or an IPv6 address")
+	}
+	return ip.Unmap(), nil
+}
+
+// report builds the Report for ip: the engine's view of every list, the
+// site's own listing, the reverse DNS, and with ref the recorded decision.
+func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report, error) {
+	eng := s.engine()
+	if eng == nil {
+		return nil, errors.New("no engine")
+	}
+	cfg := s.config()
+	base := strings.TrimRight(cfg.Web.PublicURL, "/")
+
+	deadline := cfg.Policy.Deadline.Duration
+	if deadline <= 0 {
+		deadline = 2 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, deadline+time.Second)
+	defer cancel()
+
+	var (
+		wg  sync.WaitGroup
+		rev ReverseDNS
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rev = s.reverse(ctx, cfg, ip)
+	}()
+	ins := eng.Inspect(ctx, ip)
+	wg.Wait()
+
+	now := s.now()
+	rep := &Report{
+		IP:         ip.String(),
+		IPVersion:  4,
+		CheckedAt:  now.UTC(),
+		ReverseDNS: rev,
+		PageURL:    base + "/ip/" + ip.String(),
+		Lists:      []ListInfo{},
+	}
+	if ip.Is6() {
+		rep.IPVersion = 6
+	}
+	v := ins.Verdict
+	rep.Verdict = VerdictInfo{
+		Action:    string(v.Action),
+		Refused:   v.Action.Applies(),
+		Score:     v.Score,
+		Threshold: v.Threshold,
+		Exempt:    string(v.Skipped),
+	}
+	if ins.Reply != nil && v.Action.Applies() {
+		rep.Reply = &ReplyInfo{Code: ins.Reply.Code, Enhanced: ins.Reply.Enhanced, Text: ins.Reply.Text}
+	}
+	listed, incomplete := false, false
+	for _, lr := range ins.Lists {
+		li := ListInfo{
+			Name:   lr.List,
+			Kind:   lr.Kind,
+			Result: resultCode(lr.Status),
+			Weight: lr.Weight,
+			DryRun: lr.DryRun,
+		}
+		if li.Result == ResultListed {
+			li.Category = lr.Category
+			li.CategoryText = categoryTitle(lr.Category)
+			li.Reason = lr.Reason
+			for _, c := range lr.Codes {
+				li.Codes = append(li.Codes, c.String())
+			}
+			if _, ok := categoryByKey(lr.Category); ok {
+				li.HelpURL = base + "/help/" + lr.Category
+			}
+			if lr.Category != "allow" {
+				listed = true
+			}
+		}
+		if li.Result == ResultError || li.Result == ResultDegraded {
+			incomplete = true
+		}
+		if lr.TTL > 0 {
+			li.TTLSeconds = int64(lr.TTL / time.Second)
+		}
+		if !lr.Expires.IsZero() {
+			t := lr.Expires.UTC()
+			li.ExpiresAt = &t
+		}
+		rep.Lists = append(rep.Lists, li)
+	}
+
+	if s.store != nil {
+		if l, ok := s.store.ListingFor(ip); ok && !l.Expired(now) {
+			rep.SiteListing = siteListing(l, base, ip)
+			listed = true
+		}
+	}
+	switch {
+	case listed:
+		rep.Status = "listed"
+	case incomplete:
+		rep.Status = "incomplete"
+	default:
+		rep.Status = "not_listed"
+	}
+	if ref != "" {
+		rep.Decision = s.decision(ctx, ref, ip)
+	}
+	return rep, nil
+}
+
+func resultCode(status string) string {
+	switch status {
+	case "listed":
+		return ResultListed
+	case "clean":
+		return ResultNotListed
+	case "degraded":
+		return ResultDegraded
+	case "skipped":
+		return ResultSkipped
+	default:
+		// Anything unknown is an error: it must never read as a listing.
+		return ResultError
+	}
+}
+
+func siteListing(l store.Listing, base string, ip netip.Addr) *SiteListing {
+	sl := &SiteListing{
+		Network:      l.Prefix.String(),
+		Category:     l.Category,
+		CategoryText: categoryTitle(l.Category),
+		Reason:       l.Reason,
+		ListedSince:  l.ListedAt.UTC(),
+		RemovalURL:   base + "/ip/" + ip.String() + "/removal",
+		HelpURL:      base + "/help/local",
+	}
+	if l.Prefix.IsSingleIP() {
+		sl.Network = l.Prefix.Addr().String()
+	}
+	if _, ok := categoryByKey(l.Category); ok {
+		sl.HelpURL = base + "/help/" + l.Category
+	}
+	if l.ExpiresAt != nil {
+		t := l.ExpiresAt.UTC()
+		sl.ExpiresAt = &t
+	}
+	return sl
+}
+
+// validRef reports whether ref can be a decision reference; others are
+// not looked up (and never echoed into a query).
+func validRef(ref string) bool {
+	if ref == "" || len(ref) > 64 {
+		return false
+	}
+	for _, r := range ref {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// decision looks up a recorded decision. One recorded for another IP is
+// reported as not found, so a ref never tells about other addresses.
+func (s *Server) decision(ctx context.Context, ref string, ip netip.Addr) *DecisionInfo {
+	di := &DecisionInfo{Ref: ref}
+	if s.store == nil || !validRef(ref) {
+		return di
+	}
+	d, err := s.store.Decision(ctx, ref)
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("web: decision lookup failed", "ref", ref, "err", err)
+		}
+		return di
+	}
+	if d.IP.Unmap() != ip {
+		return di
+	}
+	di.Found = true
+	t := d.Time.UTC()
+	di.Time = &t
+	di.Action = string(d.Action)
+	for _, h := range d.Hits {
+		hi := HitInfo{List: h.List, Category: h.Category, CategoryText: categoryTitle(h.Category), Reason: h.Reason,
+			NotCounted: h.DryRun || h.Degraded}
+		if h.Code.IsValid() {
+			hi.Code = h.Code.String()
+		}
+		di.Hits = append(di.Hits, hi)
+	}
+	for _, e := range d.Errors {
+		di.Errors = append(di.Errors, e.List)
+	}
+	if d.Reply.Code != 0 {
+		di.Reply = &ReplyInfo{Code: d.Reply.Code, Enhanced: d.Reply.Enhanced, Text: d.Reply.Text}
+	}
+	return di
+}
+
+// verdictWords says the verdict in a sentence for the page.
+func verdictWords(r *Report) string {
+	v := r.Verdict
+	switch {
+	case v.Exempt == "loopback":
+		return "This is a loopback address: this mail server never checks it, so mail from it is accepted. The lists are shown for information."
+	case v.Exempt == "allow":
+		return "This address is in a network this mail server always accepts mail from. The lists are shown for information."
+	case v.Exempt != "":
+		return "This mail server does not check this address."
+	case v.Action == "reject":
+		return "Mail from this address would be refused now."
+	case v.Action == "tempfail":
+		return "Mail from this address would be deferred now (a temporary refusal; the sender's server retries later)."
+	case v.Action == "tag":
+		return "Mail from this address would be accepted but marked as coming from a listed address."
+	case v.Action == "log":
+		return "Mail from this address would be accepted; this server only logs listings for now (dry run)."
+	default:
+		return "Mail from this address would be accepted."
+	}
+}
+
+func resultWords(result string) string {
+	switch result {
+	case ResultListed:
+		return "listed"
+	case ResultNotListed:
+		return "not listed"
+	case ResultDegraded:
+		return "could not check (list failing its health checks)"
+	case ResultSkipped:
+		return "not asked (list does not cover this kind of address)"
+	default:
+		return "could not check (list did not answer usably)"
+	}
+}
+
+func scoreText(f float64) string {
+	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".")
+}

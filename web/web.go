@@ -1,0 +1,234 @@
+// Package web serves the IP lookup service: the status page and JSON API
+// for one IP, the help pages every bounce links to, removal requests for
+// the site's own list, and the operator's admin API.
+package web
+
+import (
+	"context"
+	"crypto/rand"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/blmilter/blmilter/cache"
+	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/store"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// Options configure a Server.
+type Options struct {
+	// Engine returns the current engine; it is called per request, so a
+	// reload that swaps engines takes effect at once. Required.
+	Engine func() *policy.Engine
+	// Store is the site's own list. Nil: the pages work, but there is no
+	// site listing section, no removal requests and no admin API.
+	Store *store.Store
+	// Config returns the configuration; nil uses Engine().Config().
+	Config func() *policy.Config
+	Logger *slog.Logger
+	// Now is the clock (time.Now when nil); tests move it.
+	Now func() time.Time
+}
+
+// Server is the IP lookup service.
+type Server struct {
+	engine  func() *policy.Engine
+	store   siteStore // nil without a store
+	config  func() *policy.Config
+	log     *slog.Logger
+	now     func() time.Time
+	pages   map[string]*template.Template
+	csrf    csrf
+	lookups *limiter
+	removal *limiter
+	handler http.Handler
+	http    *http.Server
+
+	rdns      atomic.Pointer[rdnsResolver]
+	rdnsCache *cache.Cache[netip.Addr, ReverseDNS]
+}
+
+// Limits on what one client may ask.
+const (
+	maxBody          = 16 << 10 // a removal form is an email and a short text
+	maxReason        = 2000
+	maxEmail         = 254
+	mailsPerAddress  = 3 // confirmation mails per email address per day
+	removalsPerHour  = 5 // removal requests per client per hour
+	limiterClients   = 10000
+	defaultLookupRPS = 2
+	defaultBurst     = 20
+)
+
+// New builds a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Engine == nil {
+		return nil, errors.New("web: Options.Engine is required")
+	}
+	s := &Server{engine: opts.Engine, config: opts.Config, log: opts.Logger, now: opts.Now}
+	if opts.Store != nil {
+		s.store = opts.Store
+	}
+	if s.config == nil {
+		s.config = func() *policy.Config { return s.engine().Config() }
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("web: form secret: %w", err)
+	}
+	s.csrf = csrf{secret: secret, now: s.now}
+	s.rdnsCache = cache.New[netip.Addr, ReverseDNS](cache.Options{Size: 10000})
+
+	cfg := s.config().Web
+	lr, lb := rate.Limit(cfg.LookupRate), cfg.LookupBurst
+	if lr <= 0 {
+		lr = defaultLookupRPS
+	}
+	if lb <= 0 {
+		lb = defaultBurst
+	}
+	s.lookups = newLimiter(lr, lb, limiterClients, s.now)
+	s.removal = newLimiter(rate.Every(time.Hour/removalsPerHour), removalsPerHour, limiterClients, s.now)
+
+	pages, err := parsePages()
+	if err != nil {
+		return nil, err
+	}
+	s.pages = pages
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler returns the service's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Serve serves the service on ln until Shutdown. Like http.Server.Serve it
+// returns http.ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.http = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		// Long enough for a status page whose lists time out and for sending
+		// a confirmation mail through a slow relay.
+		WriteTimeout:   60 * time.Second,
+		IdleTimeout:    60 * time.Second,
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s.http.Serve(ln)
+}
+
+// ListenAndServe listens on addr and serves.
+func (s *Server) ListenAndServe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("web: listen %s: %w", addr, err)
+	}
+	return s.Serve(ln)
+}
+
+// Shutdown stops accepting connections and waits for requests in progress.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.http == nil {
+		return nil
+	}
+	return s.http.Shutdown(ctx)
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	static, _ := fs.Sub(staticFS, "static")
+	mux.Handle("GET /static/", http.StripPrefix("/static/", cacheFor(24*time.Hour, http.FileServerFS(static))))
+	mux.HandleFunc("GET /{$}", s.handleIndex)
+	mux.HandleFunc("GET /ip", s.handleIPForm)
+	mux.HandleFunc("GET /ip/{ip}", s.limited(s.handleStatus))
+	mux.HandleFunc("POST /ip/{ip}/removal", s.handleRemoval)
+	mux.HandleFunc("GET /confirm/{token}", s.handleConfirmPage)
+	mux.HandleFunc("POST /confirm/{token}", s.handleConfirm)
+	mux.HandleFunc("GET /api/v1/ip/{ip}", s.limited(s.handleAPI))
+	mux.HandleFunc("GET /help", s.handleHelp)
+	mux.HandleFunc("GET /help/{category}", s.handleHelpCategory)
+	mux.HandleFunc("GET /healthz", s.handleHealth)
+	s.adminRoutes(mux)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/admin/") {
+			writeJSONError(w, http.StatusNotFound, "not_found", "no such endpoint")
+			return
+		}
+		s.errorPage(w, r, http.StatusNotFound, "Page not found", "There is no page at this address.")
+	})
+	return securityHeaders(mux)
+}
+
+// securityHeaders forbids everything the pages do not need: they load only
+// their own style sheet, run no scripts and are never framed. The
+// confirmation link carries its token in the path, hence no-referrer.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
+
+func cacheFor(d time.Duration, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(d.Seconds())))
+		next.ServeHTTP(w, r)
+	})
+}
+
+// limited applies the per-client lookup rate to h.
+func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.lookups.allow(remoteIP(r)) {
+			w.Header().Set("Retry-After", "10")
+			if strings.HasPrefix(r.URL.Path, "/api/") {
+				writeJSONError(w, http.StatusTooManyRequests, "rate_limited", "too many lookups from your address; slow down")
+				return
+			}
+			s.errorPage(w, r, http.StatusTooManyRequests, "Too many lookups",
+				"Your address has made too many lookups in a short time. Wait a minute and try again.")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if s.engine() == nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "no engine")
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
