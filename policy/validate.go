@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"net"
 	"net/mail"
 	"net/netip"
 	"net/url"
@@ -28,8 +29,13 @@ func (p *parser) validate(c *Config) {
 	}
 
 	if c.Web.Listen != "" {
-		if _, err := netip.ParseAddrPort(c.Web.Listen); err != nil && !strings.HasPrefix(c.Web.Listen, ":") {
-			p.addf("web.listen", "must be IP:port such as \"127.0.0.1:8080\", got %q", c.Web.Listen)
+		if _, port, err := net.SplitHostPort(c.Web.Listen); err != nil || port == "" {
+			p.addf("web.listen", "must be HOST:PORT such as \"127.0.0.1:8080\", got %q", c.Web.Listen)
+		}
+	}
+	if c.Metrics.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {
+			p.addf("metrics.listen", "must be HOST:PORT such as \"127.0.0.1:9110\", got %q", c.Metrics.Listen)
 		}
 	}
 	c.Web.PublicURL = strings.TrimRight(c.Web.PublicURL, "/")
