@@ -297,7 +297,13 @@ type querier interface {
 }
 
 // tx runs fn in a write transaction and commits when it returns nil.
+// Writers queue on writeMu rather than in SQLite: a writer that finds the
+// database locked sleeps in SQLite's busy handler (up to 100ms a time),
+// where a mutex hands over at once. busy_timeout still covers writers in
+// other processes.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)

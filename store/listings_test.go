@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -315,4 +317,81 @@ func TestChangeByAnotherProcess(t *testing.T) {
 	if cat, _, _ := daemon.Lookup(mustAddr(t, "203.0.113.5")); cat != "local" {
 		t.Errorf("daemon Lookup: %q, want local", cat)
 	}
+}
+
+// The snapshot agrees with netip.Prefix.Contains on the longest match, for
+// random prefixes of every length in both families.
+func TestSnapshotMatchesContains(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	randAddr := func(v6 bool, base netip.Addr, keep int) netip.Addr {
+		var b [16]byte
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		if !v6 {
+			a := netip.AddrFrom4([4]byte(b[:4]))
+			if base.IsValid() {
+				p, _ := base.Prefix(keep)
+				a = withPrefix(p, a)
+			}
+			return a
+		}
+		a := netip.AddrFrom16(b)
+		if base.IsValid() {
+			p, _ := base.Prefix(keep)
+			a = withPrefix(p, a)
+		}
+		return a
+	}
+	var ls []Listing
+	seen := map[netip.Prefix]bool{}
+	for i := range 400 {
+		v6 := i%2 == 1
+		bits := rng.IntN(33)
+		if v6 {
+			bits = rng.IntN(129)
+		}
+		p, _ := randAddr(v6, netip.Addr{}, 0).Prefix(bits)
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		ls = append(ls, Listing{ID: int64(i), Prefix: p, Category: fmt.Sprint(i)})
+	}
+	snap := newSnapshot(ls, 1, time.Now())
+	for i := range 20000 {
+		// Half the probes land inside a listed prefix, the rest anywhere.
+		l := ls[rng.IntN(len(ls))]
+		ip := randAddr(l.Prefix.Addr().Is6(), netip.Addr{}, 0)
+		if i%2 == 0 {
+			ip = randAddr(l.Prefix.Addr().Is6(), l.Prefix.Addr(), l.Prefix.Bits())
+		}
+		want, wantOK := -1, false
+		for j, c := range ls {
+			if c.Prefix.Contains(ip) && (!wantOK || c.Prefix.Bits() > ls[want].Prefix.Bits()) {
+				want, wantOK = j, true
+			}
+		}
+		e, ok := snap.lookup(ip)
+		if ok != wantOK || (ok && e.l.ID != ls[want].ID) {
+			t.Fatalf("lookup(%s) = %v, %v; want %v (%v)", ip, e, ok, wantOK, ls[max(want, 0)].Prefix)
+		}
+	}
+}
+
+// withPrefix sets the first p.Bits() bits of a to those of p.
+func withPrefix(p netip.Prefix, a netip.Addr) netip.Addr {
+	pb, ab := p.Addr().AsSlice(), a.AsSlice()
+	for i := range ab {
+		bit := i * 8
+		switch {
+		case bit+8 <= p.Bits():
+			ab[i] = pb[i]
+		case bit < p.Bits():
+			m := byte(0xff) << (8 - (p.Bits() - bit))
+			ab[i] = pb[i]&m | ab[i]&^m
+		}
+	}
+	out, _ := netip.AddrFromSlice(ab)
+	return out
 }

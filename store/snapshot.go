@@ -1,28 +1,39 @@
 package store
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"time"
 )
 
 // snapshot is the listings as the mail path sees them: for each prefix
-// length in use, a map from masked prefix to listing. A lookup masks the
-// address to each length, longest first, and takes the first listing that
-// has not expired, so an expired /32 falls through to a live /24 without
-// waiting for a rebuild. There are at most 33 (IPv4) or 129 (IPv6) lengths
-// and real lists use a handful, so this is a few map probes and no
-// allocation.
+// length in use, a map from the masked address to the listing. A lookup
+// masks the address to each length, longest first, and takes the first
+// listing that has not expired, so an expired /32 falls through to a live
+// /24 without waiting for a rebuild. There are at most 33 (IPv4) or 129
+// (IPv6) lengths and real lists use a handful, so this is a few map probes
+// on integer keys and no allocation.
 type snapshot struct {
-	v4, v6 []level
-	all    map[netip.Prefix]*Listing // every live listing, to diff snapshots
-	next   time.Time                 // earliest expiry in the future; zero: none
-	gen    int64                     // meta.listings_gen it was built from
+	v4   []level4
+	v6   []level6
+	all  map[netip.Prefix]*Listing // every live listing, to diff snapshots
+	next time.Time                 // earliest expiry in the future; zero: none
+	gen  int64                     // meta.listings_gen it was built from
 }
 
-type level struct {
+type level4 struct {
 	bits int
-	m    map[netip.Prefix]*entry
+	mask uint32
+	m    map[uint32]*entry
+}
+
+type key6 struct{ hi, lo uint64 }
+
+type level6 struct {
+	bits int
+	mask key6
+	m    map[key6]*entry
 }
 
 type entry struct {
@@ -30,10 +41,40 @@ type entry struct {
 	expires int64 // Unix nanoseconds; 0: never
 }
 
+func mask4(bits int) uint32 {
+	if bits == 0 {
+		return 0
+	}
+	return ^uint32(0) << (32 - bits)
+}
+
+func mask6(bits int) key6 {
+	switch {
+	case bits == 0:
+		return key6{}
+	case bits <= 64:
+		return key6{hi: ^uint64(0) << (64 - bits)}
+	case bits == 128:
+		return key6{hi: ^uint64(0), lo: ^uint64(0)}
+	default:
+		return key6{hi: ^uint64(0), lo: ^uint64(0) << (128 - bits)}
+	}
+}
+
+func addr4(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
+}
+
+func addr6(a netip.Addr) key6 {
+	b := a.As16()
+	return key6{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
+}
+
 func newSnapshot(ls []Listing, gen int64, now time.Time) *snapshot {
 	s := &snapshot{all: make(map[netip.Prefix]*Listing, len(ls)), gen: gen}
-	v4 := map[int]map[netip.Prefix]*entry{}
-	v6 := map[int]map[netip.Prefix]*entry{}
+	v4 := map[int]*level4{}
+	v6 := map[int]*level6{}
 	for i := range ls {
 		l := &ls[i]
 		e := &entry{l: *l}
@@ -46,64 +87,64 @@ func newSnapshot(ls []Listing, gen int64, now time.Time) *snapshot {
 				s.next = *l.ExpiresAt
 			}
 		}
-		byLen := v6
-		if l.Prefix.Addr().Is4() {
-			byLen = v4
+		p, bits := l.Prefix.Masked(), l.Prefix.Bits()
+		if p.Addr().Is4() {
+			lv := v4[bits]
+			if lv == nil {
+				lv = &level4{bits: bits, mask: mask4(bits), m: map[uint32]*entry{}}
+				v4[bits] = lv
+			}
+			lv.m[addr4(p.Addr())] = e
+		} else {
+			lv := v6[bits]
+			if lv == nil {
+				lv = &level6{bits: bits, mask: mask6(bits), m: map[key6]*entry{}}
+				v6[bits] = lv
+			}
+			lv.m[addr6(p.Addr())] = e
 		}
-		m := byLen[l.Prefix.Bits()]
-		if m == nil {
-			m = map[netip.Prefix]*entry{}
-			byLen[l.Prefix.Bits()] = m
-		}
-		m[l.Prefix] = e
-		s.all[l.Prefix] = &e.l
+		s.all[p] = &e.l
 	}
-	s.v4 = levels(v4)
-	s.v6 = levels(v6)
+	for _, lv := range v4 {
+		s.v4 = append(s.v4, *lv)
+	}
+	for _, lv := range v6 {
+		s.v6 = append(s.v6, *lv)
+	}
+	slices.SortFunc(s.v4, func(a, b level4) int { return b.bits - a.bits })
+	slices.SortFunc(s.v6, func(a, b level6) int { return b.bits - a.bits })
 	return s
-}
-
-func levels(byLen map[int]map[netip.Prefix]*entry) []level {
-	out := make([]level, 0, len(byLen))
-	for bits, m := range byLen {
-		out = append(out, level{bits: bits, m: m})
-	}
-	slices.SortFunc(out, func(a, b level) int { return b.bits - a.bits })
-	return out
 }
 
 // lookup finds the longest live listing that contains ip.
 func (s *snapshot) lookup(ip netip.Addr) (*entry, bool) {
 	ip = ip.Unmap()
-	var ls []level
+	var now int64
+	live := func(e *entry) bool {
+		if e.expires == 0 {
+			return true
+		}
+		if now == 0 {
+			now = time.Now().UnixNano()
+		}
+		return now < e.expires
+	}
 	switch {
 	case ip.Is4():
-		ls = s.v4
+		a := addr4(ip)
+		for i := range s.v4 {
+			if e, ok := s.v4[i].m[a&s.v4[i].mask]; ok && live(e) {
+				return e, true
+			}
+		}
 	case ip.Is6():
-		ls = s.v6
-		ip = ip.WithZone("")
-	default:
-		return nil, false
-	}
-	var now int64
-	for i := range ls {
-		p, err := ip.Prefix(ls[i].bits)
-		if err != nil {
-			continue
-		}
-		e, ok := ls[i].m[p]
-		if !ok {
-			continue
-		}
-		if e.expires != 0 {
-			if now == 0 {
-				now = time.Now().UnixNano()
-			}
-			if now >= e.expires {
-				continue
+		a := addr6(ip)
+		for i := range s.v6 {
+			lv := &s.v6[i]
+			if e, ok := lv.m[key6{a.hi & lv.mask.hi, a.lo & lv.mask.lo}]; ok && live(e) {
+				return e, true
 			}
 		}
-		return e, true
 	}
 	return nil, false
 }

@@ -104,10 +104,11 @@ func (o *Options) fill() {
 
 // Store is the open database. Its methods are safe for concurrent use.
 type Store struct {
-	db   *sql.DB
-	path string
-	opts Options
-	log  *slog.Logger
+	db      *sql.DB
+	path    string
+	writeMu sync.Mutex // see tx
+	opts    Options
+	log     *slog.Logger
 
 	// listings snapshot, replaced whole; readers never lock.
 	snap      atomic.Pointer[snapshot]

@@ -1,0 +1,140 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// benchStore has n listings: host listings in 10.0.0.0/8, /24 networks in
+// 172.16.0.0/12, and IPv6 /48s and hosts.
+func benchStore(b *testing.B, n int) *Store {
+	b.Helper()
+	s := openTest(b, Options{PollInterval: -1})
+	ctx := context.Background()
+	tx, err := s.db.Begin()
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := nanos(time.Now())
+	for i := range n {
+		var p string
+		switch i % 4 {
+		case 0:
+			p = fmt.Sprintf("10.%d.%d.%d/32", i>>16&255, i>>8&255, i&255)
+		case 1:
+			p = fmt.Sprintf("172.%d.%d.0/24", 16+i>>16&15, i>>8&255)
+		case 2:
+			p = fmt.Sprintf("2001:db8:%x::/48", i&0xffff)
+		case 3:
+			p = fmt.Sprintf("2001:db9::%x:%x/128", i>>16, i&0xffff)
+		}
+		if _, err := tx.Exec(`INSERT OR IGNORE INTO listings (prefix, category, listed_at) VALUES (?, 'zombie', ?)`,
+			netip.MustParsePrefix(p).Masked().String(), now); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.refresh(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+func BenchmarkLookup(b *testing.B) {
+	s := benchStore(b, 100000)
+	for _, tc := range []struct{ name, ip string }{
+		{"v4-host-hit", "10.0.0.4"},
+		{"v4-network-hit", "172.16.0.77"},
+		{"v4-miss", "192.0.2.1"},
+		{"v6-hit", "2001:db8:5::1"},
+		{"v6-miss", "2001:dba::1"},
+	} {
+		ip := netip.MustParseAddr(tc.ip)
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Lookup(ip)
+			}
+		})
+	}
+	b.Run("parallel", func(b *testing.B) {
+		ip := netip.MustParseAddr("172.16.0.77")
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				s.Lookup(ip)
+			}
+		})
+	})
+}
+
+func BenchmarkCreateRequest(b *testing.B) {
+	report := func(b *testing.B) {
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
+	}
+	b.Run("serial", func(b *testing.B) {
+		s := openTest(b, Options{PollInterval: -1})
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.CreateRequest(ctx, "192.0.2.7", "owner@example.org", "fixed"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b)
+	})
+	b.Run("parallel", func(b *testing.B) {
+		s := openTest(b, Options{PollInterval: -1})
+		ctx := context.Background()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.CreateRequest(ctx, "192.0.2.7", "owner@example.org", "fixed"); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		report(b)
+	})
+}
+
+// BenchmarkRecordDecision is the mail path's cost: a non-blocking enqueue.
+func BenchmarkRecordDecision(b *testing.B) {
+	s := openTest(b, Options{PollInterval: -1})
+	d := sampleDecision("bench", time.Now())
+	b.ReportAllocs()
+	for b.Loop() {
+		s.RecordDecision(d)
+	}
+}
+
+// BenchmarkDecisionWriter is what the writer sustains: decisions recorded
+// and written in its batched transactions, waiting for it every 1024 so
+// none is dropped.
+func BenchmarkDecisionWriter(b *testing.B) {
+	s := openTest(b, Options{PollInterval: -1})
+	d := sampleDecision("", time.Now())
+	refs := make([]string, 1024)
+	for i := range refs {
+		refs[i] = fmt.Sprint("bench-", i)
+	}
+	i := 0
+	for b.Loop() {
+		d.Ref = refs[i%len(refs)]
+		i++
+		s.RecordDecision(d)
+		if i%len(refs) == 0 {
+			s.Flush()
+		}
+	}
+	s.Flush()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decisions/s")
+	if n := s.DroppedDecisions(); n > 0 {
+		b.Fatalf("%d dropped", n)
+	}
+}
