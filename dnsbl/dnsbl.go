@@ -12,8 +12,16 @@
 // REFUSED and timeouts are list errors, which the caller must never turn
 // into a reject on its own.
 //
-// The package knows nothing of caching, scoring or categories: a Result
-// carries the codes and the TTL so that the callers can decide.
+// Queries go over miekg/dns to the configured recursive resolvers (or those
+// of /etc/resolv.conf), with recursion desired, over UDP and again over TCP
+// when the answer is truncated. A timeout, SERVFAIL, REFUSED or network
+// error moves on to the next server; an answer that does not match the
+// question is rejected. One timeout bounds the whole lookup, retries and
+// TXT included, so a dead list costs a mail session a known time.
+//
+// The package knows nothing of caching, scoring or categories, and does
+// not log: a Result carries the codes, the TTL and the error so that the
+// callers can decide and say.
 package dnsbl
 
 import (
