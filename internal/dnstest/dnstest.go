@@ -5,6 +5,7 @@
 package dnstest
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -45,15 +46,9 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{names: map[string]Answer{}, zones: map[string]Answer{}, soaMin: 60}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := listenPair()
 	if err != nil {
-		t.Fatalf("dnstest: listen udp: %v", err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		t.Fatalf("dnstest: listen tcp on port %d: %v", port, err)
+		t.Fatalf("dnstest: %v", err)
 	}
 	s.Addr = pc.LocalAddr().String()
 	started := make(chan struct{}, 2)
@@ -69,6 +64,25 @@ func Start(t testing.TB) *Server {
 		s.tcp.Shutdown()
 	})
 	return s
+}
+
+// listenPair listens on one port for UDP and TCP. The kernel picks a free
+// UDP port, which may be taken for TCP; then it tries again.
+func listenPair() (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen udp: %w", err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+	}
+	return nil, nil, fmt.Errorf("listen tcp beside udp: %w", lastErr)
 }
 
 // Set sets the answer for one name (a query name such as
