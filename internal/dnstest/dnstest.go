@@ -200,8 +200,8 @@ func (s *Server) serve(overTCP bool) func(dns.ResponseWriter, *dns.Msg) {
 			min := s.soaMin
 			s.mu.RUnlock()
 			m.Ns = append(m.Ns, &dns.SOA{
-				Hdr:     dns.RR_Header{Name: "test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: min},
-				Ns:      "ns.test.", Mbox: "hostmaster.test.", Serial: 1,
+				Hdr: dns.RR_Header{Name: "test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: min},
+				Ns:  "ns.test.", Mbox: "hostmaster.test.", Serial: 1,
 				Refresh: 3600, Retry: 600, Expire: 86400, Minttl: min,
 			})
 		}
