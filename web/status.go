@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -69,6 +70,7 @@ type ListInfo struct {
 	TTLSeconds   int64      `json:"ttl_seconds,omitempty"`
 	ExpiresAt    *time.Time `json:"expires_at,omitempty"` // when our cached answer expires
 	HelpURL      string     `json:"help_url,omitempty"`
+	Note         string     `json:"note,omitempty"` // why a list was skipped
 }
 
 // SiteListing is the IP's entry on the site's own list. It names the
@@ -206,6 +208,9 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		if li.Result == ResultError || li.Result == ResultDegraded {
 			incomplete = true
 		}
+		if li.Result == ResultSkipped {
+			li.Note = skipNote(v.Skipped, ip)
+		}
 		if lr.TTL > 0 {
 			li.TTLSeconds = int64(lr.TTL / time.Second)
 		}
@@ -234,6 +239,23 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		rep.Decision = s.decision(ctx, ref, ip)
 	}
 	return rep, nil
+}
+
+// skipNote says why a list was not asked: the address is exempt from
+// checks, or the list does not take its kind of address.
+func skipNote(skip policy.Skip, ip netip.Addr) string {
+	switch {
+	case skip == policy.SkipLoopback:
+		return "not asked: this server never checks loopback addresses"
+	case skip == policy.SkipAllow:
+		return "not asked: this server never checks addresses in its allowed networks"
+	case skip != policy.SkipNone:
+		return "not asked: this server does not check this address"
+	case ip.Is6():
+		return "not asked: the list does not take IPv6 addresses"
+	default:
+		return "not asked: the list does not take IPv4 addresses"
+	}
 }
 
 func resultCode(status string) string {
@@ -359,7 +381,7 @@ func resultWords(result string) string {
 	case ResultDegraded:
 		return "could not check (list failing its health checks)"
 	case ResultSkipped:
-		return "not asked (list does not cover this kind of address)"
+		return "not asked"
 	default:
 		return "could not check (list did not answer usably)"
 	}

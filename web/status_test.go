@@ -74,6 +74,7 @@ func TestStatusPage(t *testing.T) {
 			path:     "/ip/127.0.0.2",
 			rows:     map[string]string{"Test ZEN": "", "Site list": ""},
 			contains: []string{"loopback address", "Listed for the browser test", "Ask for removal"},
+			lacks:    []string{"550 5.7.1"},
 		},
 	}
 	for _, tc := range tests {

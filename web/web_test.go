@@ -3,10 +3,13 @@ package web
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/blmilter/blmilter/policy"
 )
 
 func TestRoutes(t *testing.T) {
@@ -121,4 +124,40 @@ func TestBadIP(t *testing.T) {
 			t.Fatalf("status %d body %s", resp.StatusCode, body)
 		}
 	})
+}
+
+// Without a store the pages work; removal and admin are off.
+func TestNoStore(t *testing.T) {
+	e := newEnv(t, envOpts{noStore: true, adminToken: "tok"})
+	if resp, body := e.get("/ip/192.0.2.1"); resp.StatusCode != 200 || !strings.Contains(body, "Test ZEN") || strings.Contains(body, "Ask for removal") {
+		t.Errorf("status page without store: %d", resp.StatusCode)
+	}
+	if resp, _ := e.do("POST", "/ip/192.0.2.50/removal", "", nil); resp.StatusCode != 404 {
+		t.Errorf("removal without store: %d, want 404", resp.StatusCode)
+	}
+	if resp, _ := e.do("GET", "/admin/api/listings", "", map[string]string{"Authorization": "Bearer tok"}); resp.StatusCode != 404 {
+		t.Errorf("admin without store: %d, want 404", resp.StatusCode)
+	}
+	if resp, _ := e.get("/confirm/abc"); resp.StatusCode != 404 {
+		t.Errorf("confirm without store: %d, want 404", resp.StatusCode)
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	if resp, body := e.get("/healthz"); resp.StatusCode != 200 || body != "ok\n" {
+		t.Errorf("healthz: %d %q", resp.StatusCode, body)
+	}
+	srv, err := New(Options{Engine: func() *policy.Engine { return nil }, Config: func() *policy.Config { return e.cfg }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/healthz", nil))
+	if w.Code != 503 {
+		t.Errorf("healthz without engine: %d, want 503", w.Code)
+	}
+	if _, err := New(Options{}); err == nil {
+		t.Error("New without engine succeeded")
+	}
 }
