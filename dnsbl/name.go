@@ -74,14 +74,15 @@ func appendName(dst []byte, ip netip.Addr, zone string) []byte {
 	case ip.Is6():
 		// RFC 5782 section 2.4: all 32 nibbles, low nibble first, reversed,
 		// lower-case hex, no zero compression. Each byte becomes four
-		// characters ("b.a." for 0xab) taken whole from a table.
+		// characters ("b.a." for 0xab) taken whole from a table, two bytes
+		// per store, straight into dst.
 		a := ip.As16()
-		var buf [64]byte
-		for i := range 16 {
-			binary.LittleEndian.PutUint32(buf[4*i:], nibbles[a[15-i]])
+		n := len(dst)
+		dst = slices.Grow(dst, 64+len(zone)+1)[:n+64]
+		out := (*[64]byte)(dst[n:])
+		for i := range 8 {
+			binary.LittleEndian.PutUint64(out[8*i:], uint64(nibbles[a[15-2*i]])|uint64(nibbles[a[14-2*i]])<<32)
 		}
-		dst = slices.Grow(dst, len(buf)+len(zone)+1)
-		dst = append(dst, buf[:]...)
 	default:
 		return dst
 	}
