@@ -45,6 +45,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock (time.Now when nil); tests move it.
 	Now func() time.Time
+	// Metrics, when set, is served at GET /metrics (for [metrics] listen = "").
+	Metrics http.Handler
 }
 
 // Server is the IP lookup service.
@@ -59,6 +61,7 @@ type Server struct {
 	lookups *limiter
 	removal *limiter
 	handler http.Handler
+	metrics http.Handler
 	http    *http.Server
 
 	rdns      atomic.Pointer[rdnsResolver]
@@ -82,7 +85,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Engine == nil {
 		return nil, errors.New("web: Options.Engine is required")
 	}
-	s := &Server{engine: opts.Engine, config: opts.Config, log: opts.Logger, now: opts.Now}
+	s := &Server{engine: opts.Engine, config: opts.Config, log: opts.Logger, now: opts.Now, metrics: opts.Metrics}
 	if opts.Store != nil {
 		s.store = opts.Store
 	}
@@ -174,6 +177,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /help/{category}", s.handleHelpCategory)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	s.adminRoutes(mux)
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/admin/") {
 			writeJSONError(w, http.StatusNotFound, "not_found", "no such endpoint")

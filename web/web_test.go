@@ -161,3 +161,23 @@ func TestHealthz(t *testing.T) {
 		t.Error("New without engine succeeded")
 	}
 }
+
+func TestMetricsMount(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	srv, err := New(Options{Engine: e.srv.engine, Metrics: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("blmilter_up 1\n"))
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	if w.Code != 200 || w.Body.String() != "blmilter_up 1\n" {
+		t.Errorf("metrics: %d %q", w.Code, w.Body.String())
+	}
+	w = httptest.NewRecorder()
+	e.srv.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	if w.Code != 404 {
+		t.Errorf("metrics without handler: %d, want 404", w.Code)
+	}
+}
