@@ -294,16 +294,15 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	})
 }
 
-// pruneDecisions deletes decisions older than DecisionMaxAge, then the
-// oldest beyond DecisionMaxRows.
 func (s *Store) pruneDecisions() {
 	if err := s.PruneDecisions(context.Background(), time.Now()); err != nil {
 		s.log.Warn("pruning decisions", "err", err)
 	}
 }
 
-// PruneDecisions applies the age and row limits as of now. The writer does
-// this on its own; it is exported for tests and maintenance.
+// PruneDecisions applies the decisions' age and row limits as of now, and
+// deletes unconfirmed requests StalePendingAge after their link expired.
+// The writer does this on its own; it is exported for tests and maintenance.
 func (s *Store) PruneDecisions(ctx context.Context, now time.Time) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM decisions WHERE at < ?`, nanos(now.Add(-s.opts.DecisionMaxAge))); err != nil {
@@ -313,6 +312,12 @@ func (s *Store) PruneDecisions(ctx context.Context, now time.Time) error {
 DELETE FROM decisions WHERE ref IN (SELECT ref FROM decisions ORDER BY at DESC LIMIT -1 OFFSET ?)`,
 			s.opts.DecisionMaxRows); err != nil {
 			return fmt.Errorf("prune decisions by count: %w", err)
+		}
+		// Unconfirmed requests whose link died long ago are noise in the
+		// operator's list; nothing refers to them.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM removal_requests WHERE status = ? AND token_expires < ?`,
+			StatusPending, nanos(now.Add(-StalePendingAge))); err != nil {
+			return fmt.Errorf("prune stale requests: %w", err)
 		}
 		return nil
 	})

@@ -202,11 +202,25 @@ ORDER BY prefix`, nanos(now))
 // added, changed, removed or expired, after the snapshot shows the change.
 // Changes made through this Store call fn before the changing method
 // returns; changes by other processes and expiries within PollInterval.
-// fn runs on the changing goroutine and must not block.
+// fn runs on the changing goroutine; it must not block or change listings.
 func (s *Store) OnChange(fn func(prefix netip.Prefix)) {
 	s.cbMu.Lock()
 	s.callbacks = append(s.callbacks, fn)
 	s.cbMu.Unlock()
+}
+
+// InvalidateFor adapts a cache invalidation by address, such as
+// policy.Engine.Invalidate (where the zero Addr purges everything), for
+// OnChange: a single-address listing drops that address, a network drops
+// every cached verdict, since the cache is keyed by address.
+func InvalidateFor(invalidate func(ip netip.Addr)) func(prefix netip.Prefix) {
+	return func(p netip.Prefix) {
+		if p.IsSingleIP() {
+			invalidate(p.Addr())
+			return
+		}
+		invalidate(netip.Addr{})
+	}
 }
 
 // changed rebuilds the snapshot after a write of ours. The write is

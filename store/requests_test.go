@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -305,5 +307,52 @@ func TestRequestsByEmailSince(t *testing.T) {
 	}
 	if n, _ := s.RequestsByEmailSince(ctx, "a@example.org", time.Now().Add(time.Minute)); n != 0 {
 		t.Errorf("requests in the future: %d", n)
+	}
+}
+
+func TestPruneStalePendingRequests(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{TokenTTL: time.Hour})
+	stale, err := s.CreateRequest(ctx, "192.0.2.1", "a@example.org", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := s.CreateRequest(ctx, "192.0.2.2", "a@example.org", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	add(t, s, "192.0.2.3", "local")
+	decided := confirmed(t, s, "192.0.2.3")
+	if err := s.DenyRequest(ctx, decided.ID, "op"); err != nil {
+		t.Fatal(err)
+	}
+	// As of a moment just past the stale request's expiry plus the grace period.
+	now := stale.TokenExpires.Add(StalePendingAge + time.Second)
+	if _, err := s.db.Exec(`UPDATE removal_requests SET token_expires = ? WHERE id = ?`,
+		nanos(now.Add(-time.Minute)), fresh.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PruneDecisions(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Request(ctx, stale.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("stale pending request: %v, want deleted", err)
+	}
+	for _, id := range []int64{fresh.ID, decided.ID} {
+		if _, err := s.Request(ctx, id); err != nil {
+			t.Errorf("request %d: %v, want kept", id, err)
+		}
+	}
+}
+
+func TestInvalidateFor(t *testing.T) {
+	var got []netip.Addr
+	fn := InvalidateFor(func(ip netip.Addr) { got = append(got, ip) })
+	fn(netip.MustParsePrefix("192.0.2.7/32"))
+	fn(netip.MustParsePrefix("2001:db8::1/128"))
+	fn(netip.MustParsePrefix("198.51.100.0/24"))
+	want := []netip.Addr{netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::1"), {}}
+	if !slices.Equal(got, want) {
+		t.Errorf("invalidated %v, want %v", got, want)
 	}
 }

@@ -35,16 +35,16 @@ const (
 	DefaultPruneInterval   = 10 * time.Minute
 	DefaultBusyTimeout     = 5 * time.Second
 
-	// Self-service removal defaults, for callers whose configuration leaves them unset.
+	// Self-service removal defaults (the config's [web] removal_quota and
+	// removal_window), for callers without a config.
 	DefaultRemovalQuota  = 2
 	DefaultRemovalWindow = 90 * 24 * time.Hour
-)
 
-// DefaultSelfServiceCategories are the listing categories whose owners may
-// remove themselves once they confirm their address: the causes are on the
-// owner's side and fixable by them. "local" listings are an operator's
-// judgement and wait for an operator.
-var DefaultSelfServiceCategories = []string{"zombie", "open-proxy", "spam-source", "dynamic"}
+	// StalePendingAge is how long after its link expired an unconfirmed
+	// request is kept (for the per-address mail limit and for operators
+	// to see) before the pruner deletes it.
+	StalePendingAge = 7 * 24 * time.Hour
+)
 
 // Errors callers tell apart with errors.Is.
 var (
