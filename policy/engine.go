@@ -45,6 +45,20 @@ type Options struct {
 	Logger    *slog.Logger
 	StoreList StoreList // needed by lists with store = true; without it they are skipped
 	Recorder  Recorder
+	// Observers see every DNS answer and every verdict: the metrics and the
+	// health monitor's hit-ratio alarm.
+	Observers []Observer
+}
+
+// Observer is told what the engine sees. Its methods run on the mail path,
+// so they must be quick and must not block.
+type Observer interface {
+	// ObserveAnswer is called for each answer of a DNS list asked on
+	// behalf of a client (cache misses only; lookups from Inspect are not
+	// reported): result is "listed", "clean" or "error".
+	ObserveAnswer(list, result string, degraded bool, took time.Duration)
+	// ObserveCheck is called for every Check, cached or not.
+	ObserveCheck(v Verdict)
 }
 
 // ListInfo describes one configured list, for the health monitor and metrics.
@@ -307,6 +321,9 @@ func (e *Engine) Check(ctx context.Context, ip netip.Addr) Verdict {
 	v.Cached = cached
 	e.finish(&v, r)
 	v.Duration = e.mono() - start
+	for _, o := range e.opts.Observers {
+		o.ObserveCheck(v)
+	}
 	return v
 }
 
@@ -444,6 +461,13 @@ wait:
 			outs[i].res = dnsbl.Result{Status: dnsbl.Error, Err: errDeadline, Duration: e.cfg.Policy.Deadline.Duration}
 		}
 	}
+	if !all {
+		for _, o := range outs {
+			for _, obs := range e.opts.Observers {
+				obs.ObserveAnswer(o.l.cfg.Name, o.res.Status.String(), o.degraded, o.res.Duration)
+			}
+		}
+	}
 	return outs
 }
 
@@ -490,7 +514,7 @@ func (e *Engine) build(outs []outcome) (*dnsResult, time.Duration) {
 
 func (e *Engine) hit(lc *ListConfig, res dnsbl.Result, degraded bool) Hit {
 	m := lc.match(res.Codes)
-	h := Hit{List: lc.Name, Category: m.category, Code: m.code, Reason: res.Reason, Weight: m.weight, DryRun: lc.DryRun, Degraded: degraded}
+	h := Hit{List: lc.Name, Category: m.category, Code: m.code, Reason: res.Reason, Weight: m.weight, ListWeight: m.weight, DryRun: lc.DryRun, Degraded: degraded}
 	if h.DryRun || h.Degraded {
 		h.Weight = 0
 	}
@@ -500,7 +524,7 @@ func (e *Engine) hit(lc *ListConfig, res dnsbl.Result, degraded bool) Hit {
 // localHit asks a file or store list about ip.
 func (e *Engine) localHit(l *list, ip netip.Addr) (Hit, bool) {
 	lc := l.cfg
-	h := Hit{List: lc.Name, Category: lc.Category, Weight: lc.Weight, DryRun: lc.DryRun}
+	h := Hit{List: lc.Name, Category: lc.Category, Weight: lc.Weight, ListWeight: lc.Weight, DryRun: lc.DryRun}
 	switch l.kind {
 	case KindFile:
 		ent, ok := l.file.List().Lookup(ip)

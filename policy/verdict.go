@@ -32,8 +32,11 @@ type Hit struct {
 	Code     netip.Addr // the DNS answer; invalid for file and store lists
 	Reason   string     // TXT record or file comment
 	Weight   float64    // what it adds to the score (0 when it did not count)
-	DryRun   bool       // the list is in dry run: logged, not scored
-	Degraded bool       // the list failed its health check: logged, not scored
+	// ListWeight is what the hit would add if it counted: the weight of its
+	// code or list, also for dry-run and degraded lists (shadow statistics).
+	ListWeight float64
+	DryRun     bool // the list is in dry run: logged, not scored
+	Degraded   bool // the list failed its health check: logged, not scored
 }
 
 // ListError is a list that could not answer for this IP. It is never a listing.
