@@ -65,6 +65,13 @@ type Server struct {
 
 	closing atomic.Bool
 
+	// now is a coarse clock (Unix nanoseconds) kept by a ticker while the
+	// server listens, so that deadlines are re-armed without reading the
+	// system clock on every packet (see conn).
+	now       atomic.Int64
+	clockOnce sync.Once
+	clockStop chan struct{}
+
 	mu        sync.Mutex
 	listeners map[*listener]struct{}
 	conns     map[*conn]struct{}
@@ -90,7 +97,30 @@ func newServer(logger *slog.Logger, readTimeout, writeTimeout time.Duration, new
 		listeners:    map[*listener]struct{}{},
 		conns:        map[*conn]struct{}{},
 		drained:      make(chan struct{}),
+		clockStop:    make(chan struct{}),
 	}
+}
+
+// startClock starts the coarse clock; stopListening stops it. Connections
+// still open then keep their last deadlines, which bound them all the same.
+func (s *Server) startClock() {
+	s.clockOnce.Do(func() {
+		tick := min(s.readTimeout, s.writeTimeout) / 4
+		tick = min(max(tick, time.Millisecond), 250*time.Millisecond)
+		s.now.Store(time.Now().UnixNano())
+		go func() {
+			t := time.NewTicker(tick)
+			defer t.Stop()
+			for {
+				select {
+				case now := <-t.C:
+					s.now.Store(now.UnixNano())
+				case <-s.clockStop:
+					return
+				}
+			}
+		}()
+	})
 }
 
 // Serve accepts MTA connections on ln until Shutdown or Close, and then
@@ -105,6 +135,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
+	s.startClock()
 
 	gm := &gomilter.Server{
 		NewMilter: s.newMilter,
@@ -146,6 +177,9 @@ func (s *Server) Close() error {
 
 func (s *Server) stopListening() error {
 	s.mu.Lock()
+	if !s.closing.Load() {
+		close(s.clockStop)
+	}
 	s.closing.Store(true)
 	lns := make([]*listener, 0, len(s.listeners))
 	for l := range s.listeners {
@@ -248,16 +282,23 @@ func temporaryAcceptError(err error) bool {
 	return false
 }
 
-// conn is an MTA connection: each read from the network gets a deadline of
-// read_timeout and each write one of write_timeout, so a stuck MTA cannot
-// hold a session forever. Reads are buffered: go-milter reads a packet's
-// length and its body separately, which would be two system calls.
+// conn is an MTA connection: reads and writes have deadlines of
+// read_timeout and write_timeout from the time they start, so a stuck MTA
+// cannot hold a session forever. Re-arming a deadline costs two clock
+// reads, so it is done only once the coarse clock says a slack (a quarter
+// of the timeout, at most a second) has passed since the last arming: an
+// MTA gets at least the timeout less the slack and one clock tick.
+//
+// Reads are buffered: go-milter reads a packet's length and its body
+// separately, which would be two system calls.
 type conn struct {
 	net.Conn
-	srv       *Server
-	br        *bufio.Reader
-	closeOnce sync.Once
-	closeErr  error
+	srv        *Server
+	br         *bufio.Reader
+	readArmed  int64 // coarse time the read deadline was last set; 0: never
+	writeArmed int64
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 func newConn(nc net.Conn, srv *Server) *conn {
@@ -266,12 +307,17 @@ func newConn(nc net.Conn, srv *Server) *conn {
 	return c
 }
 
+func slack(timeout time.Duration) int64 { return int64(min(timeout/4, time.Second)) }
+
 // netReader is the conn's own network reader under the buffer.
 type netReader conn
 
 func (r *netReader) Read(p []byte) (int, error) {
-	if err := r.Conn.SetReadDeadline(time.Now().Add(r.srv.readTimeout)); err != nil {
-		return 0, err
+	if now := r.srv.now.Load(); r.readArmed == 0 || now-r.readArmed >= slack(r.srv.readTimeout) {
+		if err := r.Conn.SetReadDeadline(time.Now().Add(r.srv.readTimeout)); err != nil {
+			return 0, err
+		}
+		r.readArmed = max(now, 1)
 	}
 	return r.Conn.Read(p)
 }
@@ -279,8 +325,11 @@ func (r *netReader) Read(p []byte) (int, error) {
 func (c *conn) Read(p []byte) (int, error) { return c.br.Read(p) }
 
 func (c *conn) Write(p []byte) (int, error) {
-	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout)); err != nil {
-		return 0, err
+	if now := c.srv.now.Load(); c.writeArmed == 0 || now-c.writeArmed >= slack(c.srv.writeTimeout) {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout)); err != nil {
+			return 0, err
+		}
+		c.writeArmed = max(now, 1)
 	}
 	return c.Conn.Write(p)
 }

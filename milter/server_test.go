@@ -193,6 +193,27 @@ func TestReadDeadlineClosesIdleConnection(t *testing.T) {
 	waitFor(t, func() bool { return s.Connections() == 0 })
 }
 
+func TestReadDeadlineRearmedWhileBusy(t *testing.T) {
+	s := noopServer(t, 200*time.Millisecond)
+	network, addr := startServer(t, s, "tcp")
+	cs, err := newClient(network, addr).Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if act, err := cs.Conn("client.example", gomilter.FamilyInet, 2525, "192.0.2.1"); err != nil || act.Code != gomilter.ActContinue {
+		t.Fatalf("Conn = %+v, %v", act, err)
+	}
+	// Commands every 50 ms for three times the read timeout: each gap is
+	// well inside the timeout, so the session must live on.
+	for i := 0; i < 12; i++ {
+		time.Sleep(50 * time.Millisecond)
+		if act, err := cs.Rcpt("user@example.net", nil); err != nil || act.Code != gomilter.ActContinue {
+			t.Fatalf("command %d, %v into the session: %+v, %v", i, time.Duration(i+1)*50*time.Millisecond, act, err)
+		}
+	}
+}
+
 func TestMalformedPacketsDoNotStopServer(t *testing.T) {
 	s := noopServer(t, 5*time.Second)
 	network, addr := startServer(t, s, "tcp")
