@@ -88,6 +88,14 @@ func (r *bindRetryTB) Fatalf(format string, args ...any) {
 
 func startDNS(t testing.TB) *dnstest.Server {
 	t.Helper()
+	// Each failed port is held while retrying, or the next attempt would
+	// get the same one.
+	var held []net.PacketConn
+	defer func() {
+		for _, pc := range held {
+			pc.Close()
+		}
+	}()
 	for attempt := 1; ; attempt++ {
 		r := &bindRetryTB{TB: t}
 		var d *dnstest.Server
@@ -100,8 +108,14 @@ func startDNS(t testing.TB) *dnstest.Server {
 		if d != nil {
 			return d
 		}
-		if attempt == 5 {
+		if attempt == 10 {
 			t.Fatalf("%s (after %d attempts)", r.err, attempt)
+		}
+		var port int
+		if _, err := fmt.Sscanf(r.err, "dnstest: listen tcp on port %d", &port); err == nil {
+			if pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+				held = append(held, pc)
+			}
 		}
 	}
 }
@@ -412,7 +426,7 @@ func TestRejectAtConnect(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	d := newDNS(t)
 	e := newEngine(t, d, "reject", "")
-	ts := start(t, e, "tcp", policy.PolicydConfig{ReadTimeout: policy.Duration{Duration: 300 * time.Millisecond}})
+	ts := start(t, e, "tcp", policy.PolicydConfig{ReadTimeout: policy.Duration{Duration: time.Second}})
 	tests := []struct {
 		name  string
 		input string
@@ -575,7 +589,7 @@ func TestShutdown(t *testing.T) {
 	busy := ts.dial(t)
 	half := rcpt(listedIP, "u@example.org")
 	busy.send(half[:20])
-	waitBusy(t, ts.srv, 1)
+	waitConns(t, ts.srv, 1, 1)
 
 	done := make(chan error, 1)
 	go func() { done <- ts.srv.Shutdown(context.Background()) }()
@@ -608,25 +622,27 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
-// waitBusy waits until n connections are inside a request, so that
-// Shutdown counts them as busy.
-func waitBusy(t *testing.T, s *Server, n int) {
+// waitConns waits until the server has exactly busy connections inside a
+// request and idle ones waiting for one, so that Shutdown sees them so.
+func waitConns(t *testing.T, s *Server, busy, idle int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		busy := 0
+		b, i := 0, 0
 		s.mu.Lock()
 		for c := range s.conns {
-			if !c.idle.Load() {
-				busy++
+			if c.idle.Load() {
+				i++
+			} else {
+				b++
 			}
 		}
 		s.mu.Unlock()
-		if busy >= n {
+		if b == busy && i == idle {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d busy connections, want %d", busy, n)
+			t.Fatalf("%d busy and %d idle connections, want %d and %d", b, i, busy, idle)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -638,7 +654,7 @@ func TestShutdownTimeout(t *testing.T) {
 	ts := start(t, newEngine(t, d, "reject", ""), "tcp", policy.PolicydConfig{})
 	busy := ts.dial(t)
 	busy.send("client_address=" + listedIP + "\n")
-	waitBusy(t, ts.srv, 1)
+	waitConns(t, ts.srv, 1, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := ts.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
