@@ -157,6 +157,9 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		rev = s.reverse(ctx, cfg, ip)
 	}()
 	ins := eng.Inspect(ctx, ip)
+	if ins.Verdict.Skipped != policy.SkipNone && allSkipped(ins.Lists) {
+		ins.Lists = s.inspectExempt(ctx, eng, cfg, ip)
+	}
 	wg.Wait()
 
 	now := s.now()
@@ -209,7 +212,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 			incomplete = true
 		}
 		if li.Result == ResultSkipped {
-			li.Note = skipNote(v.Skipped, ip)
+			li.Note = skipNote(ip)
 		}
 		if lr.TTL > 0 {
 			li.TTLSeconds = int64(lr.TTL / time.Second)
@@ -241,16 +244,19 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 	return rep, nil
 }
 
-// skipNote says why a list was not asked: the address is exempt from
-// checks, or the list does not take its kind of address.
-func skipNote(skip policy.Skip, ip netip.Addr) string {
+func allSkipped(ls []policy.ListResult) bool {
+	for _, l := range ls {
+		if l.Status != "skipped" {
+			return false
+		}
+	}
+	return true
+}
+
+// skipNote says why a list was not asked: it does not take this kind of
+// address.
+func skipNote(ip netip.Addr) string {
 	switch {
-	case skip == policy.SkipLoopback:
-		return "not asked: this server never checks loopback addresses"
-	case skip == policy.SkipAllow:
-		return "not asked: this server never checks addresses in its allowed networks"
-	case skip != policy.SkipNone:
-		return "not asked: this server does not check this address"
 	case ip.Is6():
 		return "not asked: the list does not take IPv6 addresses"
 	default:

@@ -72,8 +72,8 @@ func TestStatusPage(t *testing.T) {
 		{
 			name:     "loopback",
 			path:     "/ip/127.0.0.2",
-			rows:     map[string]string{"Test ZEN": "", "Site list": ""},
-			contains: []string{"loopback address", "Listed for the browser test", "Ask for removal"},
+			rows:     map[string]string{"Test ZEN": `class="result">listed<`, "Site list": `class="result">listed<`, "Broken List": "not listed"},
+			contains: []string{"loopback address", "Listed for the browser test", "Ask for removal", "RFC 5782 test point", "Spam source</a>", "127.0.0.2"},
 			lacks:    []string{"550 5.7.1"},
 		},
 	}
