@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"strconv"
 	"unsafe"
 )
 
@@ -14,6 +15,22 @@ const hexDigits = "0123456789abcdef"
 var nibbles = func() (t [256]uint32) {
 	for b := range t {
 		t[b] = uint32(hexDigits[b&0x0f]) | '.'<<8 | uint32(hexDigits[b>>4])<<16 | '.'<<24
+	}
+	return t
+}()
+
+// decimals[b] is b in decimal followed by a dot ("7." "42." "255."),
+// packed little-endian into text, with its length.
+var decimals = func() (t [256]struct {
+	text uint32
+	len  uint8
+}) {
+	for b := range t {
+		s := strconv.Itoa(b) + "."
+		var buf [4]byte
+		copy(buf[:], s)
+		t[b].text = binary.LittleEndian.Uint32(buf[:])
+		t[b].len = uint8(len(s))
 	}
 	return t
 }()
@@ -29,10 +46,7 @@ func QueryName(ip netip.Addr, zone string) string {
 	var n int
 	switch {
 	case ip.Is4():
-		a := ip.As4()
-		for _, b := range a {
-			n += octetLen(b) + 1
-		}
+		n = 16 // appendName writes the longest form, then cuts
 	case ip.Is6():
 		n = 64
 	default:
@@ -41,8 +55,8 @@ func QueryName(ip netip.Addr, zone string) string {
 	if zone != "" {
 		n += len(zone) + 1
 	}
-	// Exactly one allocation of exactly the right size, handed over as the
-	// string without a copy: nothing else holds b.
+	// Exactly one allocation, handed over as the string without a copy:
+	// nothing else holds b.
 	b := appendName(make([]byte, 0, n), ip, zone)
 	return unsafe.String(unsafe.SliceData(b), len(b))
 }
@@ -56,28 +70,29 @@ func AppendQueryName(dst []byte, ip netip.Addr, zone string) []byte {
 
 // appendName is AppendQueryName without the unmapping, so that an
 // IPv4-mapped address is written as IPv6 nibbles (see Query.KeepMapped).
+// Both forms are written from tables several bytes per store, straight
+// into dst.
 func appendName(dst []byte, ip netip.Addr, zone string) []byte {
 	zone = trimDot(zone)
+	n := len(dst)
 	switch {
 	case ip.Is4():
 		// RFC 5782 section 2.1: the octets in reverse order, in decimal.
+		// Room for the longest form ("255.255.255.255."), then cut.
 		a := ip.As4()
-		var buf [16]byte
-		n := 0
+		dst = slices.Grow(dst, 16+len(zone)+1)[:n+16]
+		out := (*[16]byte)(dst[n:])
+		w := 0
 		for i := 3; i >= 0; i-- {
-			n += putOctet(buf[n:], a[i])
-			buf[n] = '.'
-			n++
+			d := decimals[a[i]]
+			binary.LittleEndian.PutUint32(out[w:], d.text)
+			w += int(d.len)
 		}
-		dst = slices.Grow(dst, n+len(zone)+1)
-		dst = append(dst, buf[:n]...)
+		dst = dst[:n+w]
 	case ip.Is6():
 		// RFC 5782 section 2.4: all 32 nibbles, low nibble first, reversed,
-		// lower-case hex, no zero compression. Each byte becomes four
-		// characters ("b.a." for 0xab) taken whole from a table, two bytes
-		// per store, straight into dst.
+		// lower-case hex, no zero compression.
 		a := ip.As16()
-		n := len(dst)
 		dst = slices.Grow(dst, 64+len(zone)+1)[:n+64]
 		out := (*[64]byte)(dst[n:])
 		for i := range 8 {
@@ -99,29 +114,4 @@ func trimDot(zone string) string {
 		return zone[:n-1]
 	}
 	return zone
-}
-
-func octetLen(b byte) int {
-	switch {
-	case b >= 100:
-		return 3
-	case b >= 10:
-		return 2
-	}
-	return 1
-}
-
-// putOctet writes b in decimal to buf (room for 3 bytes) and returns the
-// number of bytes written.
-func putOctet(buf []byte, b byte) int {
-	switch {
-	case b >= 100:
-		buf[0], buf[1], buf[2] = '0'+b/100, '0'+b/10%10, '0'+b%10
-		return 3
-	case b >= 10:
-		buf[0], buf[1] = '0'+b/10, '0'+b%10
-		return 2
-	}
-	buf[0] = '0' + b
-	return 1
 }
