@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,56 +67,10 @@ func (l *logBuffer) waitFor(t *testing.T, want string) {
 // newDNS starts the test DNS server with bl.test listing listedIP and
 // err.test failing for brokenIP.
 func newDNS(t testing.TB) *dnstest.Server {
-	d := startDNS(t)
+	d := dnstest.Start(t)
 	d.Set("10.2.0.192.bl.test", dnstest.Answer{A: []string{"127.0.0.2"}, TXT: []string{"seen at spam traps"}})
 	d.Set("20.2.0.192.err.test", dnstest.Answer{Rcode: dns.RcodeServerFailure})
 	return d
-}
-
-// bindRetryTB turns dnstest's Fatalf into a retry: the UDP port it picks
-// is sometimes taken for TCP on a busy machine.
-type bindRetryTB struct {
-	testing.TB
-	err string
-}
-
-func (r *bindRetryTB) Fatalf(format string, args ...any) {
-	r.err = fmt.Sprintf(format, args...)
-	runtime.Goexit()
-}
-
-func startDNS(t testing.TB) *dnstest.Server {
-	t.Helper()
-	// Each failed port is held while retrying, or the next attempt would
-	// get the same one.
-	var held []net.PacketConn
-	defer func() {
-		for _, pc := range held {
-			pc.Close()
-		}
-	}()
-	for attempt := 1; ; attempt++ {
-		r := &bindRetryTB{TB: t}
-		var d *dnstest.Server
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			d = dnstest.Start(r)
-		}()
-		<-done
-		if d != nil {
-			return d
-		}
-		if attempt == 10 {
-			t.Fatalf("%s (after %d attempts)", r.err, attempt)
-		}
-		var port int
-		if _, err := fmt.Sscanf(r.err, "dnstest: listen tcp on port %d", &port); err == nil {
-			if pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-				held = append(held, pc)
-			}
-		}
-	}
 }
 
 // newEngine builds a real engine on the test DNS server. action is the
