@@ -1,0 +1,174 @@
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/blmilter/blmilter/dnsbl"
+	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/policy"
+)
+
+// scrape fetches /metrics and returns the value of one series, -1 when absent.
+func scrape(t *testing.T, url, series string) float64 {
+	t.Helper()
+	resp, err := httptestClient.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
+	m := re.FindSubmatch(body)
+	if m == nil {
+		return -1
+	}
+	v, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+var httptestClient = httptestClientFor()
+
+func TestSeriesMove(t *testing.T) {
+	s := dnstest.Start(t)
+	listed := netip.MustParseAddr("192.0.2.7")
+	s.Set(dnsbl.QueryName(listed, "bl.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
+	s.Set(dnsbl.QueryName(listed, "shadow.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	cfg, err := policy.Parse([]byte(fmt.Sprintf(`
+[dns]
+servers = [%q]
+[[list]]
+name = "Test BL"
+zone = "bl.test"
+weight = 3
+codes = { "127.0.0.4" = "zombie" }
+[[list]]
+name = "Shadow BL"
+zone = "shadow.test"
+weight = 3
+dry_run = true
+`, s.Addr)), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := New("test")
+	e, err := policy.NewEngine(cfg, policy.Options{Observers: []policy.Observer{m}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	m.SetCacheStats(e.CacheStats)
+	m.SetListHealthy("Test BL", true)
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+
+	ctx := context.Background()
+	e.Check(ctx, listed)                              // miss, reject
+	e.Check(ctx, listed)                              // hit, reject
+	e.Check(ctx, netip.MustParseAddr("192.0.2.8"))    // miss, accept
+	e.Check(ctx, netip.MustParseAddr("198.51.100.1")) // miss, accept
+
+	want := map[string]float64{
+		`blmilter_checks_total{action="reject"}`:                        2,
+		`blmilter_checks_total{action="accept"}`:                        2,
+		`blmilter_list_results_total{list="Test BL",result="listed"}`:   1,
+		`blmilter_list_results_total{list="Test BL",result="clean"}`:    2,
+		`blmilter_list_results_total{list="Shadow BL",result="listed"}`: 1,
+		`blmilter_list_duration_seconds_count{list="Test BL"}`:          3,
+		`blmilter_check_duration_seconds_count`:                         4,
+		`blmilter_cache_hits_total`:                                     1,
+		`blmilter_cache_misses_total`:                                   3,
+		`blmilter_cache_entries`:                                        3,
+		`blmilter_list_healthy{list="Test BL"}`:                         1,
+		// Both lists would have rejected 192.0.2.7 on their own, twice
+		// (cached checks count too); neither alone.
+		`blmilter_list_would_reject_total{list="Shadow BL"}`:       2,
+		`blmilter_list_would_reject_alone_total{list="Shadow BL"}`: 0,
+		`blmilter_build_info{version="test"}`:                      1,
+	}
+	for series, v := range want {
+		if got := scrape(t, srv.URL, series); got != v {
+			t.Errorf("%s = %v, want %v", series, got, v)
+		}
+	}
+
+	m.SetListHealthy("Test BL", false)
+	m.ConfigReload(false)
+	m.PolicydRequest("DUNNO")
+	for series, v := range map[string]float64{
+		`blmilter_list_healthy{list="Test BL"}`:           0,
+		`blmilter_config_reloads_total{result="error"}`:   1,
+		`blmilter_config_reloads_total{result="ok"}`:      0,
+		`blmilter_policyd_requests_total{action="DUNNO"}`: 1,
+		`blmilter_milter_sessions_in_flight`:              0,
+	} {
+		if got := scrape(t, srv.URL, series); got != v {
+			t.Errorf("%s = %v, want %v", series, got, v)
+		}
+	}
+}
+
+func TestSessionsInFlight(t *testing.T) {
+	m := New("test")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := m.CountSessions(ln)
+	defer cl.Close()
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	accepted := make(chan net.Conn)
+	go func() {
+		c, err := cl.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc := <-accepted
+	if got := scrape(t, srv.URL, "blmilter_milter_sessions_in_flight"); got != 1 {
+		t.Fatalf("in flight with one session = %v", got)
+	}
+	sc.Close()
+	sc.Close() // closing twice must not count twice
+	if got := scrape(t, srv.URL, "blmilter_milter_sessions_in_flight"); got != 0 {
+		t.Fatalf("in flight after close = %v", got)
+	}
+}
+
+// Label values are bounded: never an IP.
+func TestNoIPLabels(t *testing.T) {
+	m := New("test")
+	m.ObserveCheck(policy.Verdict{IP: netip.MustParseAddr("192.0.2.1"), Action: policy.ActionReject, Threshold: 3,
+		Hits: []policy.Hit{{List: "L", Weight: 3, ListWeight: 3}}})
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	resp, err := httptestClient.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if strings.Contains(string(body), "192.0.2.1") {
+		t.Fatal("an IP appears in the metrics")
+	}
+}
+
+func httptestClientFor() *http.Client { return &http.Client{} }
