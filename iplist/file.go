@@ -17,10 +17,14 @@ type File struct {
 
 	mu     sync.Mutex  // serialises Reload
 	loaded os.FileInfo // of the file version in list
-	// failed is the file version that last failed to parse, and why; the
-	// same version is not read again, but keeps reporting its error.
-	failed    os.FileInfo
-	failedErr error
+	// failed is the file version that last failed to parse; it is not
+	// read again until it changes.
+	failed os.FileInfo
+	// missing: the last Reload could not stat the file (already reported).
+	missing bool
+	// problem is why the list in use is not the file on disk (nil when
+	// it is).
+	problem atomic.Pointer[error]
 }
 
 // OpenFile reads and parses the list at path. Unlike Reload it has no
@@ -46,35 +50,56 @@ func (f *File) List() *List { return f.list.Load() }
 func (f *File) Lookup(ip netip.Addr) (Entry, bool) { return f.list.Load().Lookup(ip) }
 
 // Reload re-reads the file if it changed (another size, modification time
-// or file) since the version in use. On a read or parse error the list in
-// use stays and the error, naming the path, is returned; a file version
-// that failed keeps returning its error without being read again, until it
-// changes. Safe to call concurrently with lookups and with itself.
+// or file) since the version last read. On a read or parse error the list
+// in use stays and the error, naming the path and every bad line, is
+// returned. A version that failed to parse, or a file that has gone, is
+// reported once, not again on every later Reload, so that a caller polling
+// the file logs one warning per broken edit; Err tells whether the problem
+// persists. Safe to call
+// concurrently with lookups and with itself.
 func (f *File) Reload() (changed bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fi, err := os.Stat(f.path)
 	if err != nil {
-		return false, fmt.Errorf("iplist: reloading %s (keeping the previous list): %w", f.path, err)
+		if f.missing {
+			return false, nil // reported already
+		}
+		f.missing = true
+		return false, f.fail(err)
 	}
+	f.missing = false
 	if sameVersion(fi, f.loaded) {
+		f.problem.Store(nil) // back to the version in use
 		return false, nil
 	}
-	if f.failed != nil && sameVersion(fi, f.failed) {
-		return false, f.failedErr
+	if sameVersion(fi, f.failed) {
+		return false, nil
 	}
 	l, rfi, err := f.read()
 	if err != nil {
-		err = fmt.Errorf("iplist: reloading %s (keeping the previous list): %w", f.path, err)
-		if rfi != nil {
-			f.failed, f.failedErr = rfi, err
-		}
-		return false, err
+		f.failed = rfi // nil unless that version is known to be bad
+		return false, f.fail(err)
 	}
 	f.list.Store(l)
-	f.loaded = rfi
-	f.failed, f.failedErr = nil, nil
+	f.loaded, f.failed = rfi, nil
+	f.problem.Store(nil)
 	return true, nil
+}
+
+func (f *File) fail(err error) error {
+	err = fmt.Errorf("iplist: reloading %s (keeping the previous list): %w", f.path, err)
+	f.problem.Store(&err)
+	return err
+}
+
+// Err returns the error of the last Reload that could not take the file
+// on disk, or nil once the list in use matches the file again.
+func (f *File) Err() error {
+	if p := f.problem.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // read parses the file and returns the FileInfo of the version read, taken

@@ -49,6 +49,7 @@ func TestFileReload(t *testing.T) {
 		write       func()
 		wantChanged bool
 		wantErr     string // part of the error, "" for none
+		stillBad    string // part of Err() afterwards, "" for nil
 		want        map[string]string
 	}{
 		{
@@ -75,10 +76,11 @@ func TestFileReload(t *testing.T) {
 			want:    map[string]string{"192.0.2.2": "zombie", "198.51.100.9": "dynamic"},
 		},
 		{
-			name:    "the broken version keeps reporting its error",
-			write:   func() {},
-			wantErr: path + ":3: bad network",
-			want:    map[string]string{"192.0.2.2": "zombie"},
+			name:     "the broken version is reported once",
+			write:    func() {},
+			wantErr:  "",
+			stillBad: path + ":3: bad network",
+			want:     map[string]string{"192.0.2.2": "zombie"},
 		},
 		{
 			name:        "fixed file is taken",
@@ -105,6 +107,12 @@ func TestFileReload(t *testing.T) {
 			want:    map[string]string{"203.0.113.5": "zombie-----"},
 		},
 		{
+			name:     "deleted file is reported once",
+			write:    func() {},
+			stillBad: "no such file",
+			want:     map[string]string{"203.0.113.5": "zombie-----"},
+		},
+		{
 			name:        "file back",
 			write:       func() { writeList(t, path, "", 6) },
 			wantChanged: true,
@@ -124,6 +132,13 @@ func TestFileReload(t *testing.T) {
 				t.Errorf("Reload: %v", err)
 			case st.wantErr != "" && (err == nil || !strings.Contains(err.Error(), st.wantErr) || !strings.Contains(err.Error(), "keeping the previous list")):
 				t.Errorf("Reload error %v, want one containing %q and saying the list was kept", err, st.wantErr)
+			}
+			stillBad := st.stillBad
+			if stillBad == "" {
+				stillBad = st.wantErr
+			}
+			if got := f.Err(); (got == nil) != (stillBad == "") || got != nil && !strings.Contains(got.Error(), stillBad) {
+				t.Errorf("Err() = %v, want one containing %q", got, stillBad)
 			}
 			for ip, want := range st.want {
 				if got := category(f, ip); got != want {
