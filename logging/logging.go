@@ -1,0 +1,144 @@
+// Package logging builds blmilter's log/slog logger from the [log] section
+// (text or JSON, stderr or a file that SIGUSR1 reopens for logrotate), and
+// logs list errors at warning level without letting a dead list flood the
+// log.
+package logging
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/blmilter/blmilter/policy"
+)
+
+// Output is where log lines go: stderr, or a file that can be reopened.
+type Output struct {
+	path string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+// Write writes one log line to the current file.
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.f == nil {
+		return os.Stderr.Write(p)
+	}
+	return o.f.Write(p)
+}
+
+// Reopen opens the log file again, so logrotate can move the old one away
+// (its postrotate sends SIGUSR1). On stderr it does nothing.
+func (o *Output) Reopen() error {
+	if o.path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(o.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("reopen log file %s: %w", o.path, err)
+	}
+	o.mu.Lock()
+	old := o.f
+	o.f = f
+	o.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// Close closes the log file.
+func (o *Output) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.f == nil {
+		return nil
+	}
+	err := o.f.Close()
+	o.f = nil
+	return err
+}
+
+// New builds the logger for cfg. The Output is returned so SIGUSR1 can
+// reopen it.
+func New(cfg policy.LogConfig) (*slog.Logger, *Output, error) {
+	out := &Output{path: cfg.File}
+	if err := out.Reopen(); err != nil {
+		return nil, nil, err
+	}
+	return slog.New(Handler(cfg, out)), out, nil
+}
+
+// Handler returns a text or JSON handler at the configured level on w.
+func Handler(cfg policy.LogConfig, w io.Writer) slog.Handler {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.NewJSONHandler(w, opts)
+	}
+	return slog.NewTextHandler(w, opts)
+}
+
+// ListErrors is a policy.Observer that logs list errors at warning level,
+// at most one line per list per interval, with the number of errors the
+// line stands for: a dead list answering nothing must not flood the log.
+type ListErrors struct {
+	Log      *slog.Logger
+	Interval time.Duration // default 1m
+	Now      func() time.Time
+
+	mu    sync.Mutex
+	lists map[string]*errorWindow
+}
+
+type errorWindow struct {
+	last       time.Time
+	suppressed int
+}
+
+// ObserveCheck is part of policy.Observer; the decision line is the front
+// end's.
+func (l *ListErrors) ObserveCheck(policy.Verdict) {}
+
+// ObserveAnswer logs a list error, rate-limited per list.
+func (l *ListErrors) ObserveAnswer(list, result string, degraded bool, took time.Duration) {
+	if result != "error" {
+		return
+	}
+	now := time.Now
+	if l.Now != nil {
+		now = l.Now
+	}
+	interval := l.Interval
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	t := now()
+	l.mu.Lock()
+	if l.lists == nil {
+		l.lists = map[string]*errorWindow{}
+	}
+	w := l.lists[list]
+	if w == nil {
+		w = &errorWindow{}
+		l.lists[list] = w
+	}
+	if !w.last.IsZero() && t.Sub(w.last) < interval {
+		w.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	suppressed := w.suppressed
+	w.last, w.suppressed = t, 0
+	l.mu.Unlock()
+	l.Log.Warn("list error: the list did not answer for a client; never counted as a listing",
+		"list", list, "degraded", degraded, "took", took, "errors_since_last_line", suppressed+1)
+}
