@@ -130,6 +130,7 @@ func (s *Server) badIP(w http.ResponseWriter, in string, err error) {
 
 type statusBody struct {
 	Report       *Report
+	Unchecked    bool // some list could not be checked
 	VerdictWords string
 	PTRAdvice    string
 	CSRF         string
@@ -157,6 +158,9 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		PTRAdvice:    ptrAdvice,
 		Quota:        quota(cfg.RemovalQuota),
 		Window:       windowWords(window(cfg.RemovalWindow.Duration)),
+	}
+	for _, l := range rep.Lists {
+		body.Unchecked = body.Unchecked || l.Result == ResultError || l.Result == ResultDegraded
 	}
 	if rep.SiteListing != nil {
 		body.CSRF = s.csrf.token("removal", rep.IP)

@@ -65,7 +65,7 @@ type ListInfo struct {
 	CategoryText string     `json:"category_text,omitempty"`
 	Codes        []string   `json:"codes,omitempty"`
 	Reason       string     `json:"reason,omitempty"`
-	Weight       float64    `json:"weight"`
+	Weight       float64    `json:"weight"` // what the list adds to the score now (0 unless listed)
 	DryRun       bool       `json:"dry_run"`
 	TTLSeconds   int64      `json:"ttl_seconds,omitempty"`
 	ExpiresAt    *time.Time `json:"expires_at,omitempty"` // when our cached answer expires
@@ -166,7 +166,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 	rep := &Report{
 		IP:         ip.String(),
 		IPVersion:  4,
-		CheckedAt:  now.UTC(),
+		CheckedAt:  now.UTC().Truncate(time.Second),
 		ReverseDNS: rev,
 		PageURL:    base + "/ip/" + ip.String(),
 		Lists:      []ListInfo{},
@@ -218,7 +218,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 			li.TTLSeconds = int64(lr.TTL / time.Second)
 		}
 		if !lr.Expires.IsZero() {
-			t := lr.Expires.UTC()
+			t := lr.Expires.UTC().Truncate(time.Second)
 			li.ExpiresAt = &t
 		}
 		rep.Lists = append(rep.Lists, li)
