@@ -58,11 +58,7 @@ func runCheck(c *cmdCtx, args []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	d := newDaemon(c.configPath, logger)
-	closeStore, err := d.openStore(cfg)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
+	defer d.openStore(cfg, false)()
 	e, err := policy.NewEngine(cfg, d.opts)
 	if err != nil {
 		return fmt.Errorf("build policy engine: %w", err)

@@ -35,6 +35,9 @@ type command struct {
 	// work. A usageError prints the usage and exits 2, an exitCode exits
 	// with that code, other errors print "blmilter NAME: err" and exit 1.
 	run func(c *cmdCtx, args []string) error
+	// selfHelp commands print their own usage when run with -h (to
+	// c.stderr); "help NAME" shows that instead of help and c.flags.
+	selfHelp bool
 }
 
 var commands []*command
@@ -42,7 +45,45 @@ var commands []*command
 func addCommands(cs ...*command) { commands = append(commands, cs...) }
 
 func init() {
-	addCommands(serveCommand, checkCommand, configCheckCommand, versionCommand)
+	addCommands(serveCommand, checkCommand, configCheckCommand, versionCommand, listCommand, requestsCommand)
+}
+
+// The site's own list and its removal requests (store_cmds.go) keep their
+// verbs, flags and usage texts; these adapt them to the command table.
+var (
+	listCommand = &command{
+		name:     "list",
+		args:     "add|remove|show IP-or-CIDR...",
+		synopsis: "manage the site's own list",
+		selfHelp: true,
+		run: func(c *cmdCtx, args []string) error {
+			return storeExit(storeRunList(withConfig(args, c.configPath), c.stdout, c.stderr))
+		},
+	}
+	requestsCommand = &command{
+		name:     "requests",
+		args:     "list|approve|deny [ID...]",
+		synopsis: "show and decide removal requests",
+		selfHelp: true,
+		run: func(c *cmdCtx, args []string) error {
+			return storeExit(storeRunRequests(withConfig(args, c.configPath), c.stdout, c.stderr))
+		},
+	}
+)
+
+// withConfig passes the global -config on to a store command's verb.
+func withConfig(args []string, configPath string) []string {
+	if configPath == "" || len(args) == 0 || strings.HasPrefix(args[0], "-") || args[0] == "help" {
+		return args
+	}
+	return append([]string{args[0], "-config", configPath}, args[1:]...)
+}
+
+func storeExit(code int) error {
+	if code != 0 {
+		return exitCode(code)
+	}
+	return nil
 }
 
 // cmdCtx is what a running command gets.
@@ -196,6 +237,10 @@ func runHelp(args []string, stdout, stderr io.Writer, global *flag.FlagSet) int 
 	if cmd == nil || len(rest) > 0 {
 		fmt.Fprintf(stderr, "blmilter help: unknown command %q\n", strings.Join(args, " "))
 		return 2
+	}
+	if cmd.selfHelp {
+		cmd.run(&cmdCtx{cmd: cmd, flags: flag.NewFlagSet(cmd.name, flag.ContinueOnError), stdout: stdout, stderr: stdout}, []string{"-h"})
+		return 0
 	}
 	fs := flag.NewFlagSet("blmilter "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)

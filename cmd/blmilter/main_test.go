@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -114,15 +117,18 @@ func TestCommandLine(t *testing.T) {
 
 func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
 
-// testConfig is a config whose one DNS list is served by s; the web
-// service and the policy server stay off.
-func testConfig(s *dnstest.Server, extra string) string {
+// testConfig is a config whose one DNS list is served by s, with the
+// store in dir; the web service and the policy server stay off.
+func testConfig(s *dnstest.Server, dir, extra string) string {
 	return fmt.Sprintf(`[milter]
 listen = "inet:127.0.0.1:0"
 
 [web]
 listen = ""
 public_url = "https://lookup.example.org"
+
+[store]
+path = %q
 
 [dns]
 servers = [%q]
@@ -136,14 +142,15 @@ name = "Test ZEN"
 zone = "zen.test"
 weight = 3
 codes = { "127.0.0.4" = "zombie" }
-`, s.Addr, extra)
+`, filepath.Join(dir, "blmilter.db"), s.Addr, extra)
 }
 
 func TestCheckCommand(t *testing.T) {
 	s := dnstest.Start(t)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"exploited host"}, TTL: 600})
-	path := filepath.Join(t.TempDir(), "blmilter.toml")
-	writeFile(t, path, testConfig(s, ""))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "blmilter.toml")
+	writeFile(t, path, testConfig(s, dir, ""))
 
 	code, out, errs := runCLI("-config", path, "check", "192.0.2.7", "192.0.2.20", "127.0.0.1")
 	if code != 0 {
@@ -181,8 +188,9 @@ func TestCheckCommand(t *testing.T) {
 
 func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 	s := dnstest.Start(t)
-	path := filepath.Join(t.TempDir(), "blmilter.toml")
-	writeFile(t, path, testConfig(s, "threshold = 3"))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "blmilter.toml")
+	writeFile(t, path, testConfig(s, dir, "threshold = 3"))
 	d := newDaemon(path, slog.New(slog.DiscardHandler))
 	d.grace = time.Hour
 	cfg, err := loadConfig(path)
@@ -197,7 +205,7 @@ func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 	d.cfg.Store(cfg)
 	defer d.closeEngines()
 
-	writeFile(t, path, testConfig(s, "threshold = \"high\""))
+	writeFile(t, path, testConfig(s, dir, "threshold = \"high\""))
 	got, err := d.reload()
 	if err == nil || !strings.Contains(err.Error(), "policy.threshold") {
 		t.Fatalf("reload of a broken file: err = %v, want the problem named", err)
@@ -206,7 +214,7 @@ func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 		t.Fatal("a broken file replaced the running engine")
 	}
 
-	writeFile(t, path, testConfig(s, "threshold = 5"))
+	writeFile(t, path, testConfig(s, dir, "threshold = 5"))
 	got, err = d.reload()
 	if err != nil {
 		t.Fatal(err)
@@ -221,8 +229,14 @@ func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 func TestServe(t *testing.T) {
 	s := dnstest.Start(t)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
-	path := filepath.Join(t.TempDir(), "blmilter.toml")
-	writeFile(t, path, testConfig(s, ""))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "blmilter.toml")
+	// The milter, the policy server and the web service, all on loopback.
+	serveConfig := func(policyTOML string) string {
+		c := strings.Replace(testConfig(s, dir, policyTOML), "[web]\nlisten = \"\"", "[web]\nlisten = \"127.0.0.1:0\"", 1)
+		return c + "\n[policyd]\nlisten = \"127.0.0.1:0\"\n"
+	}
+	writeFile(t, path, serveConfig(""))
 	cfg, err := loadConfig(path)
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +245,7 @@ func TestServe(t *testing.T) {
 	d.grace = 10 * time.Millisecond
 	var mu sync.Mutex
 	addrs := map[string]net.Addr{}
-	listening := make(chan struct{}, 1)
+	listening := make(chan struct{}, 3)
 	d.onListen = func(name string, a net.Addr) {
 		mu.Lock()
 		addrs[name] = a
@@ -243,16 +257,40 @@ func TestServe(t *testing.T) {
 	sigs := make(chan os.Signal, 1)
 	done := make(chan error, 1)
 	go func() { done <- d.run(cfg, sigs) }()
-	select {
-	case <-listening:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("milter not listening")
+	for range 3 {
+		select {
+		case <-listening:
+		case err := <-done:
+			t.Fatalf("run: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("not listening: %v", addrs)
+		}
 	}
 	mu.Lock()
 	addr := addrs["milter"]
 	mu.Unlock()
+
+	// The policy server and the web service answer with the same engine.
+	pc, err := net.Dial("tcp", addrs["policyd"].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(pc, "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.7\nrecipient=user@example.net\n\n")
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(pc).ReadString('\n')
+	pc.Close()
+	if err != nil || !strings.HasPrefix(line, "action=550 5.7.1 ") || !strings.Contains(line, "[192.0.2.7]") {
+		t.Fatalf("policy server: %q, %v", line, err)
+	}
+	resp, err := http.Get("http://" + addrs["web"].String() + "/api/v1/ip/192.0.2.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "Test ZEN") {
+		t.Fatalf("web: %s %s", resp.Status, body)
+	}
 
 	rcpt := func() string {
 		t.Helper()
@@ -281,7 +319,7 @@ func TestServe(t *testing.T) {
 
 	reloadTo := func(policyTOML string) error {
 		t.Helper()
-		writeFile(t, path, testConfig(s, policyTOML))
+		writeFile(t, path, serveConfig(policyTOML))
 		sigs <- syscall.SIGHUP
 		select {
 		case err := <-reloaded:

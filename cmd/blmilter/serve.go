@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -18,6 +19,9 @@ import (
 
 	"github.com/blmilter/blmilter/milter"
 	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/policyd"
+	"github.com/blmilter/blmilter/store"
+	"github.com/blmilter/blmilter/web"
 )
 
 var serveCommand = &command{
@@ -85,6 +89,7 @@ type daemon struct {
 	onReload func(err error)
 
 	engine   atomic.Pointer[policy.Engine]
+	store    *store.Store   // nil without one
 	opts     policy.Options // the same store and recorder for every engine
 	cfg      atomic.Pointer[policy.Config]
 	reloadMu sync.Mutex
@@ -125,11 +130,7 @@ var starters = []starter{startMilter, startPolicyd, startWeb, startMetrics}
 // run serves until SIGTERM/SIGINT arrives on sigs (SIGHUP reloads) or a
 // server fails.
 func (d *daemon) run(cfg *policy.Config, sigs <-chan os.Signal) error {
-	closeStore, err := d.openStore(cfg)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
+	defer d.openStore(cfg, true)()
 
 	e, err := policy.NewEngine(cfg, d.opts)
 	if err != nil {
@@ -370,28 +371,108 @@ func newLogger(cfg policy.LogConfig, stderr io.Writer) (*slog.Logger, func(), er
 	return slog.New(h), closeFn, nil
 }
 
-// The hooks below start the parts of blmilter that live in other packages.
-// Each reads its own section of the config and returns no runner when that
-// section leaves it off.
+// The functions below start the parts of blmilter that live in other
+// packages. Each reads its own section of the config and returns no runner
+// when that section leaves it off.
 
 // openStore opens the site's own list ([store] path) before the first
-// engine is built, and sets d.opts.StoreList and d.opts.Recorder so every
-// engine, across reloads, shares it. It returns the function that closes it.
-func (d *daemon) openStore(cfg *policy.Config) (func(), error) {
-	return func() {}, nil
+// engine is built and shares it with every engine, across reloads, as the
+// store list and the decision recorder. With create false a missing
+// database is left alone (for commands that only read). A store that cannot
+// be opened is logged and blmilter goes on without it: the mail must flow.
+//
+// Store changes need no cache invalidation: the engine asks the store on
+// every check and caches only DNS answers.
+func (d *daemon) openStore(cfg *policy.Config, create bool) (closeStore func()) {
+	path := cfg.Store.Path
+	if path == "" {
+		return func() {}
+	}
+	if !create {
+		if _, err := os.Stat(path); err != nil {
+			return func() {}
+		}
+	}
+	st, err := store.Open(path, store.Options{
+		Logger:          d.logger,
+		DecisionMaxAge:  cfg.Store.DecisionMaxAge.Duration,
+		DecisionMaxRows: cfg.Store.DecisionMaxRows,
+	})
+	if err != nil {
+		d.logger.Error("store unavailable: running without the site's own list, removal requests and decision records",
+			slog.String("path", path), slog.Any("err", err))
+		return func() {}
+	}
+	d.store = st
+	d.opts.StoreList = st
+	d.opts.Recorder = st
+	return func() {
+		if err := st.Close(); err != nil {
+			d.logger.Warn("closing store", slog.Any("err", err))
+		}
+	}
 }
 
 // startPolicyd starts the Postfix policy delegation server on [policyd] listen.
 func startPolicyd(d *daemon, cfg *policy.Config) ([]runner, error) {
-	return nil, nil
+	if cfg.Policyd.Listen == "" {
+		return nil, nil
+	}
+	mode, err := socketMode(cfg.Policyd.SocketMode)
+	if err != nil {
+		return nil, fmt.Errorf("policyd.socket_mode: %w", err)
+	}
+	ln, err := policyd.Listen(cfg.Policyd.Listen, mode)
+	if err != nil {
+		return nil, err
+	}
+	d.listening("policyd", ln.Addr())
+	s := policyd.NewServer(d.current, d.logger, cfg.Policyd)
+	return []runner{{
+		name: "policyd",
+		serve: func() error {
+			if err := s.Serve(ln); !errors.Is(err, policyd.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+		shutdown: s.Shutdown,
+	}}, nil
 }
 
 // startWeb starts the IP lookup web service on [web] listen.
 func startWeb(d *daemon, cfg *policy.Config) ([]runner, error) {
-	return nil, nil
+	if cfg.Web.Listen == "" {
+		return nil, nil
+	}
+	w, err := web.New(web.Options{
+		Engine: d.current,
+		Store:  d.store,
+		Config: d.cfg.Load,
+		Logger: d.logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Web.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("web: listen on %s: %w", cfg.Web.Listen, err)
+	}
+	d.listening("web", ln.Addr())
+	return []runner{{
+		name: "web",
+		serve: func() error {
+			if err := w.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+		shutdown: w.Shutdown,
+	}}, nil
 }
 
-// startMetrics serves /metrics on [metrics] listen.
+// startMetrics serves /metrics on [metrics] listen. The metrics package
+// plugs in here (and, for [metrics] listen = "", through web.Options.Metrics).
 func startMetrics(d *daemon, cfg *policy.Config) ([]runner, error) {
 	return nil, nil
 }
