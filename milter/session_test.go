@@ -56,7 +56,7 @@ func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(
 // lists plus policyTOML (the body of a [policy] section).
 func newEnv(t testing.TB, network, policyTOML string) *env {
 	t.Helper()
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	config := fmt.Sprintf("[dns]\nservers = [%q]\ntimeout = \"1s\"\n[policy]\nallow = [\"198.51.100.0/24\"]\n%s\n%s", s.Addr, policyTOML, testLists)
 	cfg, err := policy.Parse([]byte(config), "test.toml")
 	if err != nil {
@@ -92,41 +92,6 @@ func (e *env) session(t testing.TB) *gomilter.ClientSession {
 	}
 	t.Cleanup(func() { cs.Close() })
 	return cs
-}
-
-// startDNS starts the loopback DNS server. dnstest takes a free UDP port
-// and then needs the same port for TCP, which one of the many short
-// loopback connections of these tests may hold: try again then.
-func startDNS(t testing.TB) *dnstest.Server {
-	t.Helper()
-	for i := 0; i < 5; i++ {
-		if s, ok := tryStartDNS(t); ok {
-			return s
-		}
-	}
-	t.Fatal("dnstest: no port free for both UDP and TCP after 5 tries")
-	return nil
-}
-
-type retryTB struct{ testing.TB }
-
-type dnsStartFailed string
-
-func (retryTB) Fatalf(format string, args ...any) {
-	panic(dnsStartFailed(fmt.Sprintf(format, args...)))
-}
-
-func tryStartDNS(t testing.TB) (s *dnstest.Server, ok bool) {
-	defer func() {
-		if v := recover(); v != nil {
-			if _, is := v.(dnsStartFailed); !is {
-				panic(v)
-			}
-			t.Logf("retrying: %s", v)
-			ok = false
-		}
-	}()
-	return dnstest.Start(retryTB{t}), true
 }
 
 type syncBuffer struct {
