@@ -123,6 +123,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.pages = pages
 	s.handler = s.routes()
+	s.http = s.newHTTPServer()
 	return s, nil
 }
 
@@ -132,7 +133,13 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Serve serves the service on ln until Shutdown. Like http.Server.Serve it
 // returns http.ErrServerClosed after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.http = &http.Server{
+	return s.http.Serve(ln)
+}
+
+// newHTTPServer sets the timeouts a public service needs: a slow or idle
+// client holds a connection for seconds, not forever.
+func (s *Server) newHTTPServer() *http.Server {
+	return &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
@@ -143,7 +150,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		MaxHeaderBytes: 16 << 10,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	return s.http.Serve(ln)
 }
 
 // ListenAndServe listens on addr and serves.
@@ -157,9 +163,6 @@ func (s *Server) ListenAndServe(addr string) error {
 
 // Shutdown stops accepting connections and waits for requests in progress.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if s.http == nil {
-		return nil
-	}
 	return s.http.Shutdown(ctx)
 }
 
