@@ -726,3 +726,30 @@ func TestExpandAndSanitize(t *testing.T) {
 		t.Errorf("SendmailSafe: %q", got)
 	}
 }
+
+// The lookup page is about any address: an address the mail path exempts
+// still gets every list's answer, but no verdict and no reply.
+func TestInspectExempt(t *testing.T) {
+	s := startDNS(t)
+	s.Set(qname("127.0.0.2", "zen.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	s.Set(qname("10.1.2.3", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
+	e := newEngine(t, s, zenConfig+"[policy]\nallow = [\"10.0.0.0/8\"]\n", Options{})
+	for _, tt := range []struct {
+		ip   string
+		skip Skip
+		code string
+	}{{"127.0.0.2", SkipLoopback, "127.0.0.2"}, {"10.1.2.3", SkipAllow, "127.0.0.4"}} {
+		t.Run(tt.ip, func(t *testing.T) {
+			in := e.Inspect(context.Background(), netip.MustParseAddr(tt.ip))
+			if in.Verdict.Skipped != tt.skip || in.Verdict.Action != ActionAccept || in.Reply != nil {
+				t.Fatalf("verdict %+v reply %+v, want skipped %q, accept, no reply", in.Verdict, in.Reply, tt.skip)
+			}
+			if len(in.Lists) != 1 || in.Lists[0].Status != "listed" || len(in.Lists[0].Codes) != 1 || in.Lists[0].Codes[0].String() != tt.code {
+				t.Fatalf("lists %+v, want the list's own answer %s", in.Lists, tt.code)
+			}
+			if v := e.Check(context.Background(), netip.MustParseAddr(tt.ip)); v.Skipped != tt.skip || v.Action != ActionAccept {
+				t.Fatalf("Check after Inspect: %+v", v)
+			}
+		})
+	}
+}

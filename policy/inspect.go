@@ -36,18 +36,20 @@ type Inspection struct {
 // Inspect asks every list about ip, bypassing the cache (whose entry it
 // refreshes), and waits for degraded lists too. The reply is what a client
 // would get, without a ref and without being recorded.
+//
+// An address the mail path exempts (loopback, allow) is still asked about:
+// the lookup page is about any address, and /ip/127.0.0.2 shows each list
+// answering its RFC 5782 test point. Its verdict stays Skipped, with no
+// reply, because mail from it is never judged.
 func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 	start := time.Now()
 	ip = ip.Unmap()
 	in := Inspection{Verdict: Verdict{IP: ip, Threshold: e.cfg.Policy.Threshold, Action: ActionAccept}}
-	if skip := e.Exempt(ip); skip != SkipNone {
-		in.Verdict.Skipped = skip
-		for _, l := range e.lists {
-			in.Lists = append(in.Lists, ListResult{List: l.cfg.Name, Kind: l.kind, Status: "skipped", Reason: "not looked up: " + string(skip), DryRun: l.cfg.DryRun})
-		}
-		in.Verdict.Duration = time.Since(start)
+	if !ip.IsValid() {
+		in.Verdict.Skipped = SkipInvalid
 		return in
 	}
+	skip := e.Exempt(ip)
 	dnsLists := e.dnsLists(ip)
 	r := emptyResult
 	var outs []outcome
@@ -55,7 +57,7 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 		outs = e.query(ctx, ip, dnsLists, true)
 		var ttl time.Duration
 		r, ttl = e.build(outs)
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && skip == SkipNone {
 			e.cache.Set(ip, r, ttl)
 		}
 	}
@@ -115,6 +117,11 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 		in.Lists = append(in.Lists, lr)
 	}
 	in.Verdict.IP = ip
+	if skip != SkipNone {
+		in.Verdict.Skipped = skip
+		in.Verdict.Duration = time.Since(start)
+		return in
+	}
 	e.finish(&in.Verdict, r)
 	in.Verdict.Duration = time.Since(start)
 	if in.Verdict.Action.Applies() {

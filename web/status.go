@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -157,9 +156,6 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		rev = s.reverse(ctx, cfg, ip)
 	}()
 	ins := eng.Inspect(ctx, ip)
-	if ins.Verdict.Skipped != policy.SkipNone && allSkipped(ins.Lists) {
-		ins.Lists = s.inspectExempt(ctx, eng, cfg, ip)
-	}
 	wg.Wait()
 
 	now := s.now()
@@ -242,15 +238,6 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		rep.Decision = s.decision(ctx, ref, ip)
 	}
 	return rep, nil
-}
-
-func allSkipped(ls []policy.ListResult) bool {
-	for _, l := range ls {
-		if l.Status != "skipped" {
-			return false
-		}
-	}
-	return true
 }
 
 // skipNote says why a list was not asked: it does not take this kind of

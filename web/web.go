@@ -65,7 +65,6 @@ type Server struct {
 	http    *http.Server
 
 	rdns      atomic.Pointer[rdnsResolver]
-	exempt    atomic.Pointer[exemptLists]
 	rdnsCache *cache.Cache[netip.Addr, ReverseDNS]
 }
 
