@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -144,7 +143,7 @@ func TestLookup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := startDNS(t)
+			s := dnstest.Start(t)
 			ip := netip.MustParseAddr(tt.ip)
 			name := QueryName(ip, zone)
 			if tt.answer != nil {
@@ -215,7 +214,7 @@ func TestLookupInvalidQuery(t *testing.T) {
 }
 
 func TestLookupSilentServer(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone(zone, dnstest.Answer{Silent: true})
 	const timeout = 150 * time.Millisecond
 	r := newTestResolver(t, timeout, s.Addr)
@@ -236,7 +235,7 @@ func TestLookupSilentServer(t *testing.T) {
 }
 
 func TestLookupQueryTimeoutOverridesDefault(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone(zone, dnstest.Answer{Silent: true})
 	r := newTestResolver(t, time.Minute, s.Addr)
 	res := r.Lookup(context.Background(), Query{Zone: zone, IP: netip.MustParseAddr("192.0.2.1"), Timeout: 100 * time.Millisecond})
@@ -246,7 +245,7 @@ func TestLookupQueryTimeoutOverridesDefault(t *testing.T) {
 }
 
 func TestLookupBoundedByContext(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone(zone, dnstest.Answer{Silent: true})
 	r := newTestResolver(t, time.Minute, s.Addr)
 	ip := netip.MustParseAddr("192.0.2.1")
@@ -282,7 +281,7 @@ func TestLookupRetriesNextServer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s1, s2 := startDNS(t), startDNS(t)
+			s1, s2 := dnstest.Start(t), dnstest.Start(t)
 			s1.SetZone(zone, tt.first)
 			s2.Set(name, dnstest.Answer{A: []string{"127.0.0.2"}, TXT: []string{"from the second"}})
 			r := newTestResolver(t, 2*time.Second, s1.Addr, s2.Addr)
@@ -316,7 +315,7 @@ func TestLookupRetriesAfterNetworkError(t *testing.T) {
 	dead := pc.LocalAddr().String()
 	pc.Close()
 
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	ip := netip.MustParseAddr("192.0.2.1")
 	s.Set(QueryName(ip, zone), dnstest.Answer{A: []string{"127.0.0.2"}})
 	r := newTestResolver(t, 2*time.Second, dead, s.Addr)
@@ -473,7 +472,7 @@ func TestLookupRawAnswers(t *testing.T) {
 // The RFC 5782 IPv6 test point ::ffff:127.0.0.2 is published under its
 // nibble name; KeepMapped asks that name, a plain query the IPv4 one.
 func TestLookupKeepMapped(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	nibbles := "2.0.0.0.0.0.f.7.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0." + zone
 	s.Set(nibbles, dnstest.Answer{A: []string{"127.0.0.2"}})
 	r := newTestResolver(t, 2*time.Second, s.Addr)
@@ -622,7 +621,7 @@ func TestPrintable(t *testing.T) {
 }
 
 func BenchmarkLookup(b *testing.B) {
-	s := startDNS(b)
+	s := dnstest.Start(b)
 	listed := netip.MustParseAddr("192.0.2.2")
 	s.Set(QueryName(listed, zone), dnstest.Answer{A: []string{"127.0.0.2"}, TXT: []string{"listed"}})
 	r := newTestResolver(b, 2*time.Second, s.Addr)
@@ -648,7 +647,7 @@ func BenchmarkLookup(b *testing.B) {
 
 // One Resolver serves all sessions at once; every lookup gets its own answer.
 func TestLookupConcurrent(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	const n = 32
 	for i := range n {
 		if i%2 == 0 {
@@ -679,37 +678,3 @@ func TestLookupConcurrent(t *testing.T) {
 	}
 }
 
-// startDNS is dnstest.Start, tried again when the server cannot bind TCP
-// on the port it got for UDP: with many loopback TCP connections in
-// TIME_WAIT on the machine (load tests of other packages), that port is
-// often taken, which says nothing about this package.
-func startDNS(t testing.TB) *dnstest.Server {
-	t.Helper()
-	var last string
-	for range 20 {
-		var s *dnstest.Server
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			s = dnstest.Start(bindTB{TB: t, failed: &last})
-		}()
-		<-done
-		if s != nil {
-			return s
-		}
-	}
-	t.Fatalf("no loopback DNS server after 20 tries: %s", last)
-	return nil
-}
-
-// bindTB turns the Fatalf of a failed dnstest.Start into a retry: it
-// records the message and ends the goroutine running Start.
-type bindTB struct {
-	testing.TB
-	failed *string
-}
-
-func (b bindTB) Fatalf(format string, args ...any) {
-	*b.failed = fmt.Sprintf(format, args...)
-	runtime.Goexit()
-}

@@ -10,7 +10,7 @@ import (
 
 // benchEngine has the default ZEN list plus a file list, the usual shape.
 func benchEngine(b *testing.B) (*Engine, *dnstest.Server) {
-	s := startDNS(b)
+	s := dnstest.Start(b)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TTL: 3600})
 	return newEngine(b, s, zenConfig, Options{}), s
 }

@@ -18,43 +18,6 @@ import (
 	"github.com/blmilter/blmilter/internal/dnstest"
 )
 
-// retryTB turns dnstest.Start's Fatalf into a panic that startDNS
-// recovers, so a port clash can be retried.
-type retryTB struct{ testing.TB }
-
-type startFailure string
-
-func (retryTB) Fatalf(format string, args ...any) { panic(startFailure(fmt.Sprintf(format, args...))) }
-
-// startDNS starts a dnstest server, retrying when the TCP side of the
-// randomly chosen UDP port is taken (common on a busy machine).
-func startDNS(t testing.TB) *dnstest.Server {
-	t.Helper()
-	var last startFailure
-	for range 20 {
-		s, err := tryStartDNS(t)
-		if err == "" {
-			return s
-		}
-		last = err
-	}
-	t.Fatalf("%s", last)
-	return nil
-}
-
-func tryStartDNS(t testing.TB) (s *dnstest.Server, failure startFailure) {
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(startFailure)
-			if !ok {
-				panic(r)
-			}
-			failure = f
-		}
-	}()
-	return dnstest.Start(retryTB{t}), ""
-}
-
 // newEngine builds an engine whose DNS lists are served by s.
 func newEngine(t testing.TB, s *dnstest.Server, config string, opts Options) *Engine {
 	t.Helper()
@@ -84,7 +47,7 @@ codes = { "127.0.0.2" = "spam-source", "127.0.0.4-127.0.0.7" = "zombie", "127.0.
 `
 
 func TestCheckListedCleanError(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"exploited host"}})
 	s.Set(qname("192.0.2.8", "zen.test"), dnstest.Answer{A: []string{"127.255.255.254"}})
 	s.Set(qname("192.0.2.9", "zen.test"), dnstest.Answer{A: []string{"192.0.2.99"}})
@@ -115,7 +78,7 @@ func TestCheckListedCleanError(t *testing.T) {
 }
 
 func TestOnError(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone("fail.test", dnstest.Answer{Rcode: dns.RcodeServerFailure})
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
 	for _, tc := range []struct {
@@ -152,7 +115,7 @@ on_error = %q
 }
 
 func TestScoring(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	ip := "192.0.2.7"
 	s.Set(qname(ip, "a.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
 	s.Set(qname(ip, "b.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
@@ -194,7 +157,7 @@ func TestScoring(t *testing.T) {
 }
 
 func TestExempt(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone("zen.test", dnstest.Answer{A: []string{"127.0.0.2"}})
 	e := newEngine(t, s, "[policy]\nallow = [\"10.0.0.0/8\", \"2001:db8:1::/48\", \"192.0.2.55\"]\n"+zenConfig, Options{})
 	for _, tc := range []struct {
@@ -229,7 +192,7 @@ func TestExempt(t *testing.T) {
 }
 
 func TestDeadline(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone("silent.test", dnstest.Answer{Silent: true})
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
 	e := newEngine(t, s, "[policy]\ndeadline = \"300ms\"\n"+zenConfig+`
@@ -249,7 +212,7 @@ timeout = "10s"
 }
 
 func TestListsInParallel(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	const n, delay = 5, 300 * time.Millisecond
 	var config strings.Builder
 	config.WriteString("[policy]\ndeadline = \"5s\"\n")
@@ -272,7 +235,7 @@ func TestListsInParallel(t *testing.T) {
 }
 
 func TestCache(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	name := qname("192.0.2.7", "zen.test")
 	s.Set(name, dnstest.Answer{A: []string{"127.0.0.4"}, TTL: 1})
 	e := newEngine(t, s, zenConfig, Options{})
@@ -305,7 +268,7 @@ func TestCache(t *testing.T) {
 }
 
 func TestCacheTTLs(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	listed := qname("192.0.2.7", "zen.test")
 	clean := qname("192.0.2.8", "zen.test")
 	failing := qname("192.0.2.9", "zen.test")
@@ -336,7 +299,7 @@ func TestCacheTTLs(t *testing.T) {
 }
 
 func TestConcurrentChecksShareOneQuery(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	name := qname("192.0.2.7", "zen.test")
 	s.Set(name, dnstest.Answer{A: []string{"127.0.0.4"}, Delay: 200 * time.Millisecond})
 	e := newEngine(t, s, zenConfig, Options{})
@@ -357,7 +320,7 @@ func TestConcurrentChecksShareOneQuery(t *testing.T) {
 }
 
 func TestIPv6Lists(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	ip6 := "2001:db8::7"
 	s.Set(qname(ip6, "v6.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
 	s.SetZone("v4only.test", dnstest.Answer{A: []string{"127.0.0.2"}})
@@ -399,7 +362,7 @@ func writeFile(t *testing.T, path, content string) {
 }
 
 func TestFileList(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "local.txt")
 	writeFile(t, path, "192.0.2.0/24 spam-source # seen at our traps\n2001:db8::/32\n")
@@ -460,7 +423,7 @@ func (r *recorder) RecordDecision(d Decision) {
 }
 
 func TestReply(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
 	store := storeList{
 		netip.MustParseAddr("192.0.2.66"): {"zombie\r\nRCPT TO:<victim@example.org>\x00%s", "because"},
@@ -503,7 +466,7 @@ func TestReply(t *testing.T) {
 }
 
 func TestReplyTemplateAndTag(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.10"}})
 	e := newEngine(t, s, `
 [policy]
@@ -525,7 +488,7 @@ reject_text = "{list} says {category}: {url} (ref {ref}) for {ip}"
 }
 
 func TestListHealth(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone("zen.test", dnstest.Answer{A: []string{"127.0.0.4"}})
 	e := newEngine(t, s, zenConfig, Options{})
 	ctx := context.Background()
@@ -552,7 +515,7 @@ func TestListHealth(t *testing.T) {
 }
 
 func TestDegradedListDoesNotHoldCheck(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.SetZone("silent.test", dnstest.Answer{Silent: true})
 	s.SetZone("zen.test", dnstest.Answer{Rcode: dns.RcodeNameError})
 	e := newEngine(t, s, "[policy]\ndeadline = \"5s\"\n"+zenConfig+"[[list]]\nname = \"Silent\"\nzone = \"silent.test\"\ntimeout = \"5s\"\non_error = \"tempfail\"\n", Options{})
@@ -568,7 +531,7 @@ func TestDegradedListDoesNotHoldCheck(t *testing.T) {
 }
 
 func TestInspect(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	ip := "192.0.2.7"
 	s.Set(qname(ip, "zen.test"), dnstest.Answer{A: []string{"127.0.0.4", "127.0.0.10"}, TXT: []string{"see https://check.example"}, TTL: 600})
 	s.SetZone("fail.test", dnstest.Answer{Rcode: dns.RcodeRefused})
@@ -686,7 +649,7 @@ func TestConfigChangedInCode(t *testing.T) {
 }
 
 func TestCacheStats(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	e := newEngine(t, s, zenConfig, Options{})
 	ip := netip.MustParseAddr("192.0.2.1")
 	e.Check(context.Background(), ip)
@@ -730,7 +693,7 @@ func TestExpandAndSanitize(t *testing.T) {
 // The lookup page is about any address: an address the mail path exempts
 // still gets every list's answer, but no verdict and no reply.
 func TestInspectExempt(t *testing.T) {
-	s := startDNS(t)
+	s := dnstest.Start(t)
 	s.Set(qname("127.0.0.2", "zen.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
 	s.Set(qname("10.1.2.3", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
 	e := newEngine(t, s, zenConfig+"[policy]\nallow = [\"10.0.0.0/8\"]\n", Options{})

@@ -57,7 +57,7 @@ type envOpts struct {
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, dns: startDNS(t)}
+	e := &env{t: t, dns: dnstest.Start(t)}
 	zen := func(ip netip.Addr) string { return dnsbl.QueryName(ip, "zen.test") }
 	e.dns.Set(zen(ipListed), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"Compromised host, see https://lists.example/why"}, TTL: 600})
 	e.dns.Set(zen(ipV6Listed), dnstest.Answer{A: []string{"127.0.0.2"}, TXT: []string{"Spam source v6"}, TTL: 600})
@@ -287,37 +287,3 @@ func dnsTestNX() dnstest.Answer { return dnstest.Answer{Rcode: dns.RcodeNameErro
 
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-// startDNS starts dnstest, retrying when the UDP port it got is taken for
-// TCP (it needs both on one port, and this package holds many TCP
-// listeners).
-func startDNS(t testing.TB) *dnstest.Server {
-	t.Helper()
-	for i := 0; ; i++ {
-		s, err := tryStartDNS(t)
-		if err == nil {
-			return s
-		}
-		if i == 20 {
-			t.Fatalf("dnstest: %v", err)
-		}
-	}
-}
-
-type portTaken struct{ msg string }
-
-type retryTB struct{ testing.TB }
-
-func (r retryTB) Fatalf(format string, args ...any) { panic(portTaken{fmt.Sprintf(format, args...)}) }
-
-func tryStartDNS(t testing.TB) (s *dnstest.Server, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			p, ok := r.(portTaken)
-			if !ok {
-				panic(r)
-			}
-			err = fmt.Errorf("%s", p.msg)
-		}
-	}()
-	return dnstest.Start(retryTB{t}), nil
-}
