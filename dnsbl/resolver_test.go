@@ -677,4 +677,3 @@ func TestLookupConcurrent(t *testing.T) {
 		}
 	}
 }
-

@@ -286,4 +286,3 @@ func (p *ptrServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 func dnsTestNX() dnstest.Answer { return dnstest.Answer{Rcode: dns.RcodeNameError} }
 
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
-
