@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"hash/maphash"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -78,23 +77,6 @@ func BenchmarkGetHitOneShardParallel(b *testing.B) {
 			i += 7
 		}
 	})
-}
-
-// BenchmarkGetHitMaphashComparable is the generic hash path, kept to show
-// why netip.Addr keys get their own hash.
-func BenchmarkGetHitMaphashComparable(b *testing.B) {
-	keys := benchKeys(4096)
-	seed := maphash.MakeSeed()
-	c := NewWithHash[netip.Addr, *verdict](Options{Size: 100_000}, func(a netip.Addr) uint64 {
-		return maphash.Comparable(seed, a)
-	})
-	filled(b, c, keys)
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		c.Get(keys[i&4095])
-		i++
-	}
 }
 
 func BenchmarkLoadHitParallel(b *testing.B) {

@@ -5,9 +5,11 @@
 //
 // Each shard is a hashicorp/golang-lru/v2 simplelru behind its own mutex;
 // keys are spread over the shards by hash, so a hit only contends with
-// other operations on the same shard. The cache starts no goroutines:
-// expired entries are dropped when they are read or when their shard needs
-// room, and loads run on the caller's goroutine.
+// other operations on the same shard. The cache runs no goroutines of its
+// own: expired entries are dropped when they are read or when their shard
+// needs room, loads run on the caller's goroutine, and the clock that
+// expires entries is refreshed by a one-shot timer only while the cache is
+// in use.
 package cache
 
 import (
@@ -17,7 +19,6 @@ import (
 	"hash/maphash"
 	"math"
 	"math/bits"
-	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -61,7 +62,7 @@ var ErrLoadPanicked = errors.New("cache: load panicked")
 
 type entry[V any] struct {
 	v   V
-	exp int64 // nanoseconds since Cache.epoch
+	exp int64 // clock value at which the entry expires
 }
 
 // call is one load in flight; waiters block on done.
@@ -99,35 +100,67 @@ type Cache[K comparable, V any] struct {
 	shift    uint // hash >> shift selects the shard
 	perShard int
 	hash     func(K) uint64
-	epoch    time.Time
-	now      func() int64 // tests replace the clock; nil: monotonic time since epoch
+	clk      *coarseClock
+	now      func() int64 // tests replace the clock; nil: clk
 }
 
-// New makes a cache. Keys of type netip.Addr and string are hashed without
-// allocating; other key types go through hash/maphash.Comparable, which
-// allocates for keys that contain pointers — use NewWithHash for those.
+// clockTick bounds how far the cache's clock may lag behind real time, and
+// so how long past its TTL an entry may be served. DNS TTLs are seconds to
+// hours (and min_ttl keeps them at a minute by default), so a tenth of a
+// second does not matter; not reading the system clock on every hit does.
+const clockTick = 100 * time.Millisecond
+
+// coarseClock is a monotonic clock read from memory. A read that finds it
+// older than clockTick reads the system clock and arms a one-shot timer
+// that marks it old again after clockTick; an idle cache has no timer
+// pending and nothing running.
+type coarseClock struct {
+	epoch time.Time
+	now   atomic.Int64 // nanoseconds since epoch
+	fresh atomic.Bool  // now is less than clockTick old
+	timer *time.Timer
+}
+
+func newCoarseClock() *coarseClock {
+	k := &coarseClock{epoch: time.Now()}
+	// The closure holds the clock, not the cache, so a pending timer
+	// never keeps a dropped cache alive.
+	k.timer = time.AfterFunc(time.Hour, func() { k.fresh.Store(false) })
+	k.timer.Stop()
+	return k
+}
+
+func (k *coarseClock) read() int64 {
+	if k.fresh.Load() {
+		return k.now.Load()
+	}
+	now := int64(time.Since(k.epoch))
+	k.now.Store(now)
+	// Only the reader that marks the clock fresh arms the timer, and the
+	// flag is cleared only when the timer fires, so the timer is never
+	// reset while pending.
+	if k.fresh.CompareAndSwap(false, true) {
+		k.timer.Reset(clockTick)
+	}
+	return now
+}
+
+// New makes a cache.
 func New[K comparable, V any](opts Options) *Cache[K, V] {
-	return NewWithHash[K, V](opts, nil)
-}
-
-// NewWithHash makes a cache that spreads keys over shards with hash. Equal
-// keys must hash equally; the hash need not be collision free. A nil hash
-// picks the default of New.
-func NewWithHash[K comparable, V any](opts Options, hash func(K) uint64) *Cache[K, V] {
 	size := opts.Size
 	if size <= 0 {
 		size = DefaultSize
 	}
 	n := shardCount(size, opts.Shards)
+	seed := maphash.MakeSeed()
 	c := &Cache[K, V]{
 		shards:   make([]shard[K, V], n),
 		shift:    uint(64 - bits.TrailingZeros(uint(n))),
 		perShard: (size + n - 1) / n,
-		hash:     hash,
-		epoch:    time.Now(),
-	}
-	if c.hash == nil {
-		c.hash = defaultHash[K]()
+		// maphash.Comparable does not allocate for the keys used here
+		// (netip.Addr, strings and structs of them; see the tests).
+		hash: func(k K) uint64 { return maphash.Comparable(seed, k) },
+		clk:  newCoarseClock(),
 	}
 	for i := range c.shards {
 		c.shards[i].lru = newLRU[K, V](c.perShard)
@@ -158,40 +191,11 @@ func shardCount(size, want int) int {
 	return n
 }
 
-func defaultHash[K comparable]() func(K) uint64 {
-	seed := maphash.MakeSeed()
-	var k K
-	switch any(k).(type) {
-	case netip.Addr:
-		// maphash.Comparable makes a netip.Addr escape (it holds a
-		// pointer for the zone), which costs an allocation per Get.
-		s := maphash.Comparable(seed, uint64(0))
-		return any(func(a netip.Addr) uint64 { return hashAddr(a, s) }).(func(K) uint64)
-	case string:
-		return any(func(s string) uint64 { return maphash.String(seed, s) }).(func(K) uint64)
-	}
-	return func(k K) uint64 { return maphash.Comparable(seed, k) }
-}
-
-// hashAddr mixes the 128 address bits with a seed (a multiply-fold in the
-// manner of wyhash). The zone is left out: equal keys still hash equally.
-func hashAddr(a netip.Addr, seed uint64) uint64 {
-	b := a.As16()
-	hi := uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
-		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
-	lo := uint64(b[8])<<56 | uint64(b[9])<<48 | uint64(b[10])<<40 | uint64(b[11])<<32 |
-		uint64(b[12])<<24 | uint64(b[13])<<16 | uint64(b[14])<<8 | uint64(b[15])
-	h1, l1 := bits.Mul64(hi^seed^0xa0761d6478bd642f, lo^0xe7037ed1a0b428db)
-	h2, l2 := bits.Mul64(h1^l1, seed^0x8ebc6af09c88c6e3)
-	return h2 ^ l2
-}
-
 func (c *Cache[K, V]) shardFor(key K) *shard[K, V] {
 	return &c.shards[c.shardIndex(key)]
 }
 
 func (c *Cache[K, V]) shardIndex(key K) uint64 {
-	// The top bits: the multiply-fold mixes them best.
 	return c.hash(key) >> c.shift & uint64(len(c.shards)-1)
 }
 
@@ -199,7 +203,7 @@ func (c *Cache[K, V]) clock() int64 {
 	if c.now != nil {
 		return c.now()
 	}
-	return int64(time.Since(c.epoch))
+	return c.clk.read()
 }
 
 // expiry returns the clock value at which an entry stored now for ttl ends.

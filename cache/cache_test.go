@@ -604,6 +604,16 @@ func TestGetHitDoesNotAllocate(t *testing.T) {
 			c.Set(ip, new(int), time.Minute)
 			return func() bool { _, ok := c.Get(ip); return ok }
 		}()},
+		{"struct of string and netip.Addr", func() func() bool {
+			type key struct {
+				zone string
+				ip   netip.Addr
+			}
+			c := New[key, *int](Options{Size: 100})
+			k := key{"zen.example.org", netip.MustParseAddr("192.0.2.1")}
+			c.Set(k, new(int), time.Minute)
+			return func() bool { _, ok := c.Get(k); return ok }
+		}()},
 		{"string", func() func() bool {
 			c := New[string, *int](Options{Size: 100})
 			c.Set("zen.example.org", new(int), time.Minute)
@@ -622,11 +632,39 @@ func TestGetHitDoesNotAllocate(t *testing.T) {
 	}
 }
 
+func TestCoarseClockKeepsUp(t *testing.T) {
+	k := newCoarseClock()
+	var maxLag time.Duration
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); {
+		got := k.read()
+		lag := time.Since(k.epoch) - time.Duration(got)
+		maxLag = max(maxLag, lag)
+		time.Sleep(time.Millisecond)
+	}
+	// clockTick plus room for a late timer on a busy machine; a clock
+	// that stopped would lag by the whole loop.
+	if maxLag > clockTick+500*time.Millisecond {
+		t.Errorf("clock lagged real time by %v, want about %v at most", maxLag, clockTick)
+	}
+}
+
+func TestExpiryWithRealClock(t *testing.T) {
+	c := New[string, int](Options{Size: 10})
+	c.Set("a", 1, 50*time.Millisecond)
+	if _, ok := c.Get("a"); !ok {
+		t.Fatal("fresh entry missed")
+	}
+	waitFor(t, "the entry to expire", func() bool { _, ok := c.Get("a"); return !ok })
+}
+
 func TestNoGoroutinesStarted(t *testing.T) {
 	before := runtime.NumGoroutine()
 	c := New[string, int](Options{Size: 100})
 	c.Set("a", 1, time.Millisecond)
 	c.Load(context.Background(), "b", func(context.Context) (int, time.Duration, error) { return 1, time.Minute, nil })
+	// The clock's timer runs its function on a goroutine of its own for a
+	// moment when it fires; past that, nothing is left running.
+	time.Sleep(3 * clockTick)
 	if after := runtime.NumGoroutine(); after > before {
 		t.Errorf("goroutines %d -> %d: the cache must not start any", before, after)
 	}

@@ -55,8 +55,7 @@ func (f *File) Lookup(ip netip.Addr) (Entry, bool) { return f.list.Load().Lookup
 // returned. A version that failed to parse, or a file that has gone, is
 // reported once, not again on every later Reload, so that a caller polling
 // the file logs one warning per broken edit; Err tells whether the problem
-// persists. Safe to call
-// concurrently with lookups and with itself.
+// persists. Safe to call concurrently with lookups and with itself.
 func (f *File) Reload() (changed bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
