@@ -62,6 +62,7 @@ type Server struct {
 	readTimeout  time.Duration
 	writeTimeout time.Duration
 	newMilter    func() gomilter.Milter
+	decisions    *decisionLog
 
 	closing atomic.Bool
 
@@ -94,6 +95,7 @@ func newServer(logger *slog.Logger, readTimeout, writeTimeout time.Duration, new
 		readTimeout:  readTimeout,
 		writeTimeout: writeTimeout,
 		newMilter:    newMilter,
+		decisions:    newDecisionLog(logger),
 		listeners:    map[*listener]struct{}{},
 		conns:        map[*conn]struct{}{},
 		drained:      make(chan struct{}),
@@ -136,6 +138,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
 	s.startClock()
+	s.decisions.start()
 
 	gm := &gomilter.Server{
 		NewMilter: s.newMilter,
@@ -159,6 +162,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // ctx is done; then it closes what is left and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.stopListening()
+	defer s.decisions.stop()
 	select {
 	case <-s.drained:
 		return err
@@ -172,6 +176,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	err := s.stopListening()
 	s.closeConns()
+	s.decisions.stop()
 	return err
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	gomilter "github.com/emersion/go-milter"
 
@@ -199,18 +200,11 @@ func (s *session) decide(stage, exempt string) policy.Reply {
 }
 
 func (s *session) decideLog(stage, exempt string) {
-	attrs := logAttrs(s.verdict)
-	attrs = append(attrs, slog.String("stage", stage))
-	if s.queueID != "" {
-		attrs = append(attrs, slog.String("queue_id", s.queueID))
+	d := decisionLine{when: time.Now(), verdict: s.verdict, stage: stage, queueID: s.queueID, exempt: exempt}
+	if s.reply != nil {
+		d.ref = s.reply.Ref
 	}
-	if s.reply != nil && s.reply.Ref != "" {
-		attrs = append(attrs, slog.String("ref", s.reply.Ref))
-	}
-	if exempt != "" {
-		attrs = append(attrs, slog.String("accepted_for", exempt))
-	}
-	s.srv.logger.LogAttrs(context.Background(), slog.LevelInfo, "milter decision", attrs...)
+	s.srv.decisions.log(d)
 }
 
 // replyResponse is the milter reply for r: "550 5.7.1 text". '%' is

@@ -297,6 +297,7 @@ func TestTagAddsHeader(t *testing.T) {
 	}
 	// The decision log names the same reference as the header.
 	ref := mods[0].HeaderValue[strings.LastIndex(mods[0].HeaderValue, "=")+1:]
+	e.srv.Close() // flushes the decision log
 	if !strings.Contains(e.logs.String(), "ref="+ref) {
 		t.Errorf("log does not name ref %s:\n%s", ref, e.logs)
 	}
@@ -362,6 +363,9 @@ func TestDecisionLog(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Lines are written off the session's path; Close flushes them.
+	cs.Close()
+	e.srv.Close()
 	lines := strings.Split(strings.TrimSpace(e.logs.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("%d log lines, want 2 (the reject and the postmaster exemption):\n%s", len(lines), e.logs)
