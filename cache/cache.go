@@ -135,7 +135,11 @@ func (k *coarseClock) read() int64 {
 		return k.now.Load()
 	}
 	now := int64(time.Since(k.epoch))
-	k.now.Store(now)
+	// Never move back: a reader that read the system clock earlier may
+	// get here after one that read it later.
+	for old := k.now.Load(); now > old && !k.now.CompareAndSwap(old, now); {
+		old = k.now.Load()
+	}
 	// Only the reader that marks the clock fresh arms the timer, and the
 	// flag is cleared only when the timer fires, so the timer is never
 	// reset while pending.
