@@ -1,7 +1,8 @@
 // Package cache keeps recent lookup answers in memory: a sharded LRU with a
 // lifetime per entry (the DNS TTL of the answer), a bounded size, hit, miss
 // and eviction counters, and at most one load in flight per key so that
-// concurrent checks of one IP share one DNS query.
+// concurrent checks of one IP share one DNS query. A "not listed" answer
+// is an entry like any other, kept for the negative TTL its caller gives.
 //
 // Each shard is a hashicorp/golang-lru/v2 simplelru behind its own mutex;
 // keys are spread over the shards by hash, so a hit only contends with
