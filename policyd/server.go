@@ -95,7 +95,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 	}()
-	s.log.Info("policy server listening", "addr", ln.Addr().String())
+	s.log.Debug("policy server listening", "addr", ln.Addr().String())
 
 	var backoff time.Duration
 	for {
