@@ -53,6 +53,7 @@ func BenchmarkGetHitParallel(b *testing.B) {
 	c := New[netip.Addr, *verdict](Options{Size: 100_000})
 	filled(b, c, keys)
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
@@ -64,12 +65,13 @@ func BenchmarkGetHitParallel(b *testing.B) {
 	})
 }
 
-// BenchmarkGetHitOneShard shows what sharding buys under RunParallel.
+// BenchmarkGetHitOneShardParallel shows what sharding buys under RunParallel.
 func BenchmarkGetHitOneShardParallel(b *testing.B) {
 	keys := benchKeys(4096)
 	c := New[netip.Addr, *verdict](Options{Size: 100_000, Shards: 1})
 	filled(b, c, keys)
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
@@ -86,6 +88,7 @@ func BenchmarkLoadHitParallel(b *testing.B) {
 	load := func(context.Context) (*verdict, time.Duration, error) { return nil, 0, nil }
 	ctx := context.Background()
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
