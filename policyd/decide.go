@@ -124,8 +124,18 @@ func (c *conn) decide() string {
 	if repeat && strings.HasPrefix(action, "PREPEND ") {
 		action = actionDunno // one header per message
 	}
-	c.logDecision(st, action, repeat)
+	c.pending = pendingLog{set: true, stage: st, action: action, repeat: repeat}
 	return action
+}
+
+// pendingLog is a decision to log once its reply is on its way: Postfix
+// waits for the reply, not for the log line, which costs as much as a
+// cached check.
+type pendingLog struct {
+	set    bool
+	stage  stage
+	action string
+	repeat bool
 }
 
 // exempt logs a request that was not judged.
@@ -138,7 +148,13 @@ func (c *conn) exempt(st stage, why string) {
 		"queue_id", c.req.QueueID, "stage", st.String())
 }
 
-func (c *conn) logDecision(st stage, action string, repeat bool) {
+func (c *conn) logDecision() {
+	p := c.pending
+	c.pending = pendingLog{}
+	if !p.set {
+		return
+	}
+	st, action, repeat := p.stage, p.action, p.repeat
 	ctx := context.Background()
 	if !c.s.log.Enabled(ctx, slog.LevelInfo) {
 		return

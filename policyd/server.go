@@ -282,15 +282,16 @@ var (
 
 // conn is one policy client connection.
 type conn struct {
-	s      *Server
-	nc     net.Conn
-	remote string
-	r      *bufio.Reader
-	w      *bufio.Writer
-	idle   atomic.Bool // waiting for the first byte of a request
-	req    Request
-	memo   memo
-	attrs  []slog.Attr
+	s       *Server
+	nc      net.Conn
+	remote  string
+	r       *bufio.Reader
+	w       *bufio.Writer
+	idle    atomic.Bool // waiting for the first byte of a request
+	req     Request
+	memo    memo
+	pending pendingLog
+	attrs   []slog.Attr
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -338,7 +339,9 @@ func (c *conn) serve() {
 		c.w.WriteString("action=")
 		c.w.WriteString(action)
 		c.w.WriteString("\n\n")
-		if err := c.w.Flush(); err != nil {
+		err := c.w.Flush()
+		c.logDecision()
+		if err != nil {
 			s.log.Warn("policy reply not written", "remote", c.remote, "err", err)
 			return
 		}
