@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -90,8 +91,16 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomi
 	// needed at RCPT. The engine bounds the check with its deadline.
 	s.done = make(chan struct{})
 	go func() {
+		defer close(s.done)
+		defer func() {
+			// A failed check must not take every session down with the
+			// process: this client is let through, and the log says why.
+			if p := recover(); p != nil {
+				s.srv.logger.Error("milter: policy check panicked; accepting the client", slog.String("ip", ip.String()), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+				s.verdict = policy.Verdict{IP: ip, Action: policy.ActionAccept}
+			}
+		}()
 		s.verdict = eng.Check(context.Background(), ip)
-		close(s.done)
 	}()
 	return gomilter.RespContinue, nil
 }
@@ -111,6 +120,10 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	if s.auth {
 		// SASL-authenticated senders are judged by their credentials, not
 		// by the network they happen to send from.
+		if !s.loggedOther {
+			s.loggedOther = true
+			s.srv.logger.Debug("milter: authenticated client not judged", slog.String("queue_id", s.queueID))
+		}
 		return gomilter.RespContinue, nil
 	}
 	<-s.done
@@ -168,7 +181,11 @@ func (s *session) Abort(m *gomilter.Modifier) error {
 func (s *session) resetTransaction() {
 	s.auth = false
 	s.queueID = ""
-	s.reply = nil
+	if s.rejectAt != "connect" {
+		// With reject_at = "connect" the decision, and its reference, is
+		// the connection's; otherwise each message gets its own.
+		s.reply = nil
+	}
 	s.loggedApplied = false
 	s.loggedOther = false
 }

@@ -457,3 +457,31 @@ func TestReplyResponse(t *testing.T) {
 		}
 	}
 }
+
+func TestTagWithRejectAtConnect(t *testing.T) {
+	e := newEnv(t, "tcp", "action = \"tag\"\nreject_at = \"connect\"")
+	cs := e.session(t)
+	act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
+	expect(t, "connect", act, err, "continue")
+	var refs []string
+	for i := 0; i < 2; i++ {
+		act, err = cs.Mail("sender@example.org", nil)
+		expect(t, "mail", act, err, "continue")
+		act, err = cs.Rcpt("user@example.net", nil)
+		expect(t, "rcpt", act, err, "continue")
+		mods, act, err := cs.End()
+		expect(t, "end of message", act, err, "continue")
+		if len(mods) != 1 || mods[0].HeaderName != "X-Blmilter" {
+			t.Fatalf("message %d: modifications %+v", i, mods)
+		}
+		v := mods[0].HeaderValue
+		refs = append(refs, v[strings.LastIndex(v, "=")+1:])
+	}
+	cs.Close()
+	e.srv.Close() // flushes the decision log
+	// One decision for the connection: one log line, one reference.
+	lines := strings.Split(strings.TrimSpace(e.logs.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], "stage=connect") || !strings.Contains(lines[0], "ref="+refs[0]) || refs[0] != refs[1] {
+		t.Fatalf("refs %v, log:\n%s", refs, e.logs)
+	}
+}
