@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Load comparison through real Postfix instances (see TestLoad in
+# load_test.go): sessions/s for Postfix without milter, with a no-op milter,
+# with blmilter as milter (warm cache), with blmilter as policy server and
+# without policy service, and the ratios c/b and d/e.
+#
+#   e2e/load.sh                      # defaults: 3000 sessions x 16 workers x 3 rounds
+#   BLMILTER_LOAD_N=10000 BLMILTER_LOAD_C=32 BLMILTER_LOAD_ROUNDS=5 e2e/load.sh
+#   BLMILTER_LOAD_REPORT=/tmp/load.txt e2e/load.sh   # also write the summary there
+#
+# Needs root and the packages e2e/deps.sh installs. Every run is bounded
+# (sessions per round and 90 s per blmload run) and stops every service it
+# started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash e2e/deps.sh
+BLMILTER_LOAD=1 go test -count=1 -v -timeout 30m -run '^TestLoad$' ./e2e "$@" |
+	grep -E '^(=== RUN|--- |PASS|FAIL|ok )|load_test.go|^ +\(|c/b'

@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// loadReport is the part of blmload -json output the comparison uses.
+type loadReport struct {
+	Sessions int            `json:"sessions"`
+	Errors   int            `json:"errors"`
+	Elapsed  float64        `json:"elapsed_s"`
+	Rate     float64        `json:"sessions_per_s"`
+	P50      float64        `json:"p50_ms"`
+	P99      float64        `json:"p99_ms"`
+	Codes    map[string]int `json:"codes"`
+	First    string         `json:"first_error"`
+}
+
+// envInt reads a positive integer knob of the load test.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// TestLoad measures sessions per second through five private Postfix
+// instances in one run, with the same client spread for each:
+//
+//	(a) no milter, no policy service
+//	(b) the no-op milter (e2e/noopmilter)
+//	(c) blmilter as milter, warm cache
+//	(d) blmilter as policy server (check_policy_service)
+//	(e) no policy service, the same restrictions otherwise (the same Postfix as a)
+//
+// and reports c/b (target 0.95 or more: blmilter costs next to nothing on
+// top of having a milter at all) and d/e (target 0.90 or more). Rounds
+// alternate between the variants so drift hits all alike; each variant's
+// figure is its median round. Figures go to the log, not into assertions:
+// the test fails only if sessions fail.
+//
+// BLMILTER_LOAD=1 turns it on (e2e/load.sh); BLMILTER_LOAD_N (sessions per
+// round, default 3000), BLMILTER_LOAD_C (workers, default 16) and
+// BLMILTER_LOAD_ROUNDS (default 3) tune it.
+func TestLoad(t *testing.T) {
+	if os.Getenv("BLMILTER_LOAD") == "" {
+		t.Skip("load comparison: set BLMILTER_LOAD=1 (or run e2e/load.sh)")
+	}
+	need(t, "postfix", "rbldnsd")
+	n := envInt("BLMILTER_LOAD_N", 3000)
+	c := envInt("BLMILTER_LOAD_C", 16)
+	rounds := envInt("BLMILTER_LOAD_ROUNDS", 3)
+	load := binary(t, "github.com/blmilter/blmilter/cmd/blmload")
+
+	dns := startRbldnsd(t)
+	b := startBlmilter(t, blmilterOpts{DNS: dns})
+	noop := startNoopMilter(t)
+
+	type variant struct {
+		key, name string
+		pf        *postfix
+		rates     []float64
+		last      loadReport
+	}
+	plain := startPostfix(t, postfixOpts{})
+	vs := []*variant{
+		{key: "a", name: "Postfix, no milter", pf: plain},
+		{key: "b", name: "Postfix + no-op milter", pf: startPostfix(t, postfixOpts{Milter: "inet:" + noop.addr})},
+		{key: "c", name: "Postfix + blmilter milter (warm cache)", pf: startPostfix(t, postfixOpts{Milter: "inet:" + b.Milter})},
+		{key: "d", name: "Postfix + blmilter policy server", pf: startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy})},
+		{key: "e", name: "Postfix, no policy service", pf: plain},
+	}
+
+	// 203.0.113.0/24: the first quarter is listed, so blmilter rejects
+	// some sessions and accepts the rest, as in real traffic.
+	runLoad := func(addr string, sessions int) loadReport {
+		t.Helper()
+		cmd := exec.Command(load, "-addr", addr, "-n", strconv.Itoa(sessions), "-c", strconv.Itoa(c),
+			"-duration", "90s", "-timeout", "30s", "-clients", clientLoadPool, "-json")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("blmload against %s: %v\n%s", addr, err, out)
+		}
+		var r loadReport
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("blmload output: %v\n%s", err, out)
+		}
+		if r.Errors > 0 {
+			t.Fatalf("blmload against %s: %d failed sessions, first: %s", addr, r.Errors, r.First)
+		}
+		return r
+	}
+
+	// Warm up every instance and blmilter's cache: each address of the pool
+	// at least once through the milter and the policy server.
+	for _, v := range vs[:4] {
+		runLoad(v.pf.Addr, 600)
+	}
+	for round := range rounds {
+		for _, v := range vs {
+			r := runLoad(v.pf.Addr, n)
+			v.rates = append(v.rates, r.Rate)
+			v.last = r
+			t.Logf("round %d %s %-42s %7.1f sessions/s  p50 %6.2f ms  p99 %6.2f ms  replies %v",
+				round+1, v.key, v.name, r.Rate, r.P50, r.P99, r.Codes)
+		}
+	}
+
+	med := map[string]float64{}
+	var report strings.Builder
+	fmt.Fprintf(&report, "load: %d sessions per round, %d workers, %d rounds, median sessions/s:\n", n, c, rounds)
+	for _, v := range vs {
+		s := slices.Clone(v.rates)
+		slices.Sort(s)
+		med[v.key] = s[len(s)/2]
+		fmt.Fprintf(&report, "  (%s) %-42s %7.1f  (p50 %.2f ms, p99 %.2f ms last round)\n", v.key, v.name, med[v.key], v.last.P50, v.last.P99)
+	}
+	cb, de := med["c"]/med["b"], med["d"]/med["e"]
+	fmt.Fprintf(&report, "  c/b = %.3f (target >= 0.95)   d/e = %.3f (target >= 0.90)   b/a = %.3f (what any milter costs)\n",
+		cb, de, med["b"]/med["a"])
+	t.Log(report.String())
+	if out := os.Getenv("BLMILTER_LOAD_REPORT"); out != "" {
+		os.WriteFile(out, []byte(report.String()), 0o644)
+	}
+
+	// The blmilter variants must have judged: the listed quarter refused.
+	if v := vs[2].last; v.Codes["550"] == 0 || v.Codes["250"] == 0 {
+		t.Errorf("blmilter milter replies %v: want both 550 and 250", v.Codes)
+	}
+	if v := vs[3].last; v.Codes["550"] == 0 || v.Codes["250"] == 0 {
+		t.Errorf("blmilter policy server replies %v: want both 550 and 250", v.Codes)
+	}
+}
