@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -58,8 +59,25 @@ type memo struct {
 	action   string
 }
 
-// decide answers the request in c.req and logs the decision.
-func (c *conn) decide() string {
+// decide answers the request in c.req. A panic below it is a bug in a
+// check: the client is let through (fail safe for mail) and the server
+// keeps running.
+func (c *conn) decide() (action string) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.pending = pendingLog{}
+			c.s.log.Error("policy check panicked; answered DUNNO", "panic", r,
+				"client_address", c.req.ClientAddress, "queue_id", c.req.QueueID,
+				"stack", string(debug.Stack()))
+			action = actionDunno
+		}
+	}()
+	return c.decideRequest()
+}
+
+// decideRequest answers the request in c.req and notes the decision for
+// the log.
+func (c *conn) decideRequest() string {
 	s, req := c.s, &c.req
 	st := stageOf(req.ProtocolState)
 	if req.Malformed != "" {

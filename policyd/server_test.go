@@ -892,3 +892,24 @@ func TestEngineSwap(t *testing.T) {
 		t.Fatalf("no engine: action=%s", got)
 	}
 }
+
+// A check that panics lets the client through and the server goes on.
+func TestPanicFailsOpen(t *testing.T) {
+	broken := &policy.Engine{} // not built by NewEngine: its methods panic
+	ln, err := Listen("127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &logBuffer{}
+	srv := NewServer(func() *policy.Engine { return broken }, slog.New(slog.NewTextHandler(lb, nil)), policy.PolicydConfig{})
+	go srv.Serve(ln)
+	defer srv.Close()
+	ts := &testServer{srv: srv, network: "tcp", addr: ln.Addr().String(), log: lb}
+	c := ts.dial(t)
+	for range 2 {
+		if got := c.ask(rcpt(listedIP, "u@example.org")); got != "DUNNO" {
+			t.Fatalf("action=%s, want DUNNO", got)
+		}
+	}
+	lb.waitFor(t, "policy check panicked")
+}
