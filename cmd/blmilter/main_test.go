@@ -356,3 +356,30 @@ func TestServe(t *testing.T) {
 		t.Fatal("still accepting after shutdown")
 	}
 }
+
+func TestServeStartFailureClosesListeners(t *testing.T) {
+	s := dnstest.Start(t)
+	dir := t.TempDir()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	sock := filepath.Join(dir, "milter.sock")
+	text := strings.Replace(testConfig(s, dir, ""), `listen = "inet:127.0.0.1:0"`, fmt.Sprintf("listen = %q", "unix:"+sock), 1)
+	text = strings.Replace(text, "[web]\nlisten = \"\"", fmt.Sprintf("[web]\nlisten = %q", busy.Addr().String()), 1)
+	path := filepath.Join(dir, "blmilter.toml")
+	writeFile(t, path, text)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(path, slog.New(slog.DiscardHandler))
+	err = d.run(cfg, make(chan os.Signal))
+	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
+		t.Fatalf("run with the web port taken: %v", err)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("milter socket left behind after a failed start: %v", err)
+	}
+}

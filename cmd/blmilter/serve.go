@@ -112,9 +112,11 @@ func newDaemon(configPath string, logger *slog.Logger) *daemon {
 func (d *daemon) current() *policy.Engine { return d.engine.Load() }
 
 // runner is one server started by serve: serve blocks until shutdown
-// (returning nil then) or failure; shutdown stops it gracefully.
+// (returning nil then) or failure; shutdown stops it gracefully. ln is
+// its listener, closed directly when blmilter fails to start.
 type runner struct {
 	name     string
+	ln       net.Listener
 	serve    func() error
 	shutdown func(ctx context.Context) error
 }
@@ -144,7 +146,9 @@ func (d *daemon) run(cfg *policy.Config, sigs <-chan os.Signal) error {
 	for _, start := range starters {
 		rs, err := start(d, cfg)
 		if err != nil {
-			d.shutdown(runners)
+			for _, r := range runners {
+				r.ln.Close()
+			}
 			return err
 		}
 		runners = append(runners, rs...)
@@ -318,6 +322,7 @@ func startMilter(d *daemon, cfg *policy.Config) ([]runner, error) {
 	s := milter.NewServer(d.current, d.logger, cfg.Milter)
 	return []runner{{
 		name: "milter",
+		ln:   ln,
 		serve: func() error {
 			if err := s.Serve(ln); !errors.Is(err, milter.ErrServerClosed) {
 				return err
@@ -430,6 +435,7 @@ func startPolicyd(d *daemon, cfg *policy.Config) ([]runner, error) {
 	s := policyd.NewServer(d.current, d.logger, cfg.Policyd)
 	return []runner{{
 		name: "policyd",
+		ln:   ln,
 		serve: func() error {
 			if err := s.Serve(ln); !errors.Is(err, policyd.ErrServerClosed) {
 				return err
@@ -461,6 +467,7 @@ func startWeb(d *daemon, cfg *policy.Config) ([]runner, error) {
 	d.listening("web", ln.Addr())
 	return []runner{{
 		name: "web",
+		ln:   ln,
 		serve: func() error {
 			if err := w.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return err
