@@ -22,8 +22,14 @@
 //	tag       action=PREPEND X-Blmilter: <header>
 //	otherwise action=DUNNO
 //
+// Postfix sends the same instance attribute for every recipient of one
+// message; the first recipient decides and the others get the same answer,
+// so a message is one recorded decision and its tag header is prepended
+// once.
+//
 // Bad input fails open: a request without a usable client_address, or with
 // a line that is not name=value, is answered DUNNO and logged. A line longer
 // than MaxLineLength or more than MaxAttributes lines end the connection, as
-// does a client silent for longer than the read timeout.
+// does a client silent for longer than the read timeout. A check that
+// panics is answered DUNNO too.
 package policyd

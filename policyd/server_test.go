@@ -573,6 +573,14 @@ func TestShutdown(t *testing.T) {
 		c.Close()
 		t.Fatal("listener still accepts after Shutdown")
 	}
+	ln, err := Listen("127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := ts.srv.Serve(ln); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve after Shutdown = %v, want ErrServerClosed", err)
+	}
 }
 
 // waitConns waits until the server has exactly busy connections inside a
