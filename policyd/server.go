@@ -50,7 +50,10 @@ type Server struct {
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
 	conns      map[*conn]struct{}
-	wg         sync.WaitGroup // connection goroutines
+	// refused connections not yet logged, and when the last line was
+	refused       int
+	refusedLogged time.Time
+	wg            sync.WaitGroup // connection goroutines
 }
 
 // NewServer returns a server that asks engine() for the current engine at
@@ -121,10 +124,19 @@ func (s *Server) Serve(ln net.Listener) error {
 			return ErrServerClosed
 		}
 		if len(s.conns) >= s.maxConns {
+			// One line a second at most: a flood must not flood the log.
+			s.refused++
+			now := time.Now()
+			refused, logIt := s.refused, now.Sub(s.refusedLogged) >= time.Second
+			if logIt {
+				s.refused, s.refusedLogged = 0, now
+			}
 			s.mu.Unlock()
-			s.log.Warn("policy connection refused: too many connections",
-				"remote", remoteName(nc), "max_connections", s.maxConns)
 			nc.Close()
+			if logIt {
+				s.log.Warn("policy connections refused: too many connections",
+					"refused", refused, "max_connections", s.maxConns)
+			}
 			continue
 		}
 		c := newConn(s, nc)
