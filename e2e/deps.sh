@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests in e2e/ need, from Debian's packages:
+# Installs what the end-to-end tests in e2e/ (and web/'s browser test) need, from Debian's packages:
 #   postfix      a private Postfix instance (no system instance is configured)
 #   rbldnsd      serves the test block lists on loopback
 #   swaks dnsutils  for poking at the setup by hand (dig, swaks)
+#   chromium     headless browser for the lookup site's page tests (web/)
 #   sendmail     the sendmail binary from sendmail-bin, unpacked into
 #                /opt/blmilter-e2e/sendmail: Debian's postfix and sendmail-bin
 #                packages conflict (both are "the" MTA), so sendmail is not
@@ -15,7 +16,7 @@
 set -euo pipefail
 
 SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
-PKGS=(postfix rbldnsd swaks dnsutils m4 sendmail-cf procps
+PKGS=(postfix rbldnsd swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium
 	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
 
 strict=0
@@ -58,16 +59,22 @@ export DEBIAN_FRONTEND=noninteractive
 # no system instance on port 25; the tests run their own instance.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 
-apt-get update -qq
+if ! apt-get update -qq; then
+	skip "apt-get update failed; missing packages: ${missing[*]:-none}"
+fi
 if ((${#missing[@]} > 0)); then
-	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	if ! apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+		skip "apt-get install failed for: ${missing[*]}"
+	fi
 fi
 
 if ((need_sendmail)); then
 	tmp=$(mktemp -d)
 	chmod 0777 "$tmp" # apt-get download runs as _apt
 	trap 'rm -rf "$tmp"' EXIT
-	(cd "$tmp" && apt-get download -qq sendmail-bin)
+	if ! (cd "$tmp" && apt-get download -qq sendmail-bin); then
+		skip "apt-get download sendmail-bin failed"
+	fi
 	mkdir -p "$SENDMAIL_DIR"
 	dpkg-deb -x "$tmp"/sendmail-bin_*.deb "$SENDMAIL_DIR"
 	sm="$SENDMAIL_DIR/usr/libexec/sendmail/sendmail"
