@@ -85,7 +85,7 @@ func (l *decisionLog) log(d decisionLine) {
 }
 
 func (l *decisionLog) write(d decisionLine) {
-	attrs := logAttrs(d.verdict)
+	attrs := policy.LogAttrs(d.verdict)
 	attrs = append(attrs, slog.String("stage", d.stage))
 	if d.queueID != "" {
 		attrs = append(attrs, slog.String("queue_id", d.queueID))

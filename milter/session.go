@@ -18,18 +18,13 @@ import (
 // HeaderName is the header added to messages when the policy's action is "tag".
 const HeaderName = "X-Blmilter"
 
-// checker is what a session needs from the policy engine.
-type checker interface {
-	Check(ctx context.Context, ip netip.Addr) policy.Verdict
-	Exempt(ip netip.Addr) policy.Skip
-	Reply(v *policy.Verdict) policy.Reply
-	Config() *policy.Config
-}
-
-func newCheckerServer(current func() checker, logger *slog.Logger, cfg policy.MilterConfig) *Server {
+// NewServer returns a milter server that asks engine() for the current
+// policy engine at each SMTP connection, so a reload takes effect for the
+// next connection while sessions in progress keep the engine they started with.
+func NewServer(engine func() *policy.Engine, logger *slog.Logger, cfg policy.MilterConfig) *Server {
 	var s *Server
 	s = newServer(logger, cfg.ReadTimeout.Duration, cfg.WriteTimeout.Duration, func() gomilter.Milter {
-		return &session{srv: s, current: current}
+		return &session{srv: s, current: engine}
 	})
 	return s
 }
@@ -41,10 +36,10 @@ func newCheckerServer(current func() checker, logger *slog.Logger, cfg policy.Mi
 type session struct {
 	gomilter.NoOpMilter
 	srv     *Server
-	current func() checker
+	current func() *policy.Engine
 
-	eng      checker // the engine that judges this session
-	judged   bool    // the client is looked up: its verdict decides
+	eng      *policy.Engine // the engine that judges this session
+	judged   bool           // the client is looked up: its verdict decides
 	rejectAt string
 	done     chan struct{} // closed when verdict is set
 	verdict  policy.Verdict
@@ -239,7 +234,7 @@ func replyResponse(r policy.Reply) gomilter.Response {
 	if text == "" {
 		text = "Service unavailable"
 	}
-	return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), strconv.Itoa(code)+" "+enh+" "+sendmailSafe(text))
+	return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), strconv.Itoa(code)+" "+enh+" "+policy.SendmailSafe(text))
 }
 
 // exemptRecipient returns "postmaster" or "abuse" when rcpt is such a
