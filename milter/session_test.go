@@ -94,6 +94,16 @@ func (e *env) session(t testing.TB) *gomilter.ClientSession {
 	return cs
 }
 
+// connect opens a session for a client at ip, as an MTA does for a new
+// SMTP connection, and expects blmilter to go on.
+func (e *env) connect(t testing.TB, ip string) *gomilter.ClientSession {
+	t.Helper()
+	cs := e.session(t)
+	act, err := cs.Conn("["+ip+"]", gomilter.FamilyInet, 40000, ip)
+	expect(t, "connect", act, err, "continue")
+	return cs
+}
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -141,10 +151,8 @@ func TestListedClientRejectedAtRcpt(t *testing.T) {
 	for _, network := range []string{"tcp", "unix"} {
 		t.Run(network, func(t *testing.T) {
 			e := newEnv(t, network, "")
-			cs := e.session(t)
-			act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
-			expect(t, "connect", act, err, "continue")
-			act, err = cs.Mail("sender@example.org", nil)
+			cs := e.connect(t, "192.0.2.7")
+			act, err := cs.Mail("sender@example.org", nil)
 			expect(t, "mail", act, err, "continue")
 			act, err = cs.Rcpt("user@example.net", nil)
 			expect(t, "rcpt", act, err, rejectListed)
@@ -167,10 +175,8 @@ func TestListedClientRejectedAtRcpt(t *testing.T) {
 
 func TestPostmasterAndAbuseAccepted(t *testing.T) {
 	e := newEnv(t, "tcp", "")
-	cs := e.session(t)
-	act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
-	expect(t, "connect", act, err, "continue")
-	act, err = cs.Mail("sender@example.org", nil)
+	cs := e.connect(t, "192.0.2.7")
+	act, err := cs.Mail("sender@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	for _, rcpt := range []string{"postmaster@example.net", "PostMaster@Example.Net", "abuse@example.org", "ABUSE@example.com", "postmaster", "<postmaster>", "<abuse@example.net>"} {
 		act, err = cs.Rcpt(rcpt, nil)
@@ -184,13 +190,11 @@ func TestPostmasterAndAbuseAccepted(t *testing.T) {
 
 func TestAuthenticatedClientAccepted(t *testing.T) {
 	e := newEnv(t, "tcp", "")
-	cs := e.session(t)
-	act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
-	expect(t, "connect", act, err, "continue")
+	cs := e.connect(t, "192.0.2.7")
 	if err := cs.Macros(gomilter.CodeMail, "{auth_authen}", "alice", "{auth_type}", "PLAIN"); err != nil {
 		t.Fatal(err)
 	}
-	act, err = cs.Mail("alice@example.org", nil)
+	act, err := cs.Mail("alice@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	act, err = cs.Rcpt("user@example.net", nil)
 	expect(t, "rcpt", act, err, "continue")
@@ -251,10 +255,8 @@ func TestRejectAtConnect(t *testing.T) {
 
 func TestTempfailOnListError(t *testing.T) {
 	e := newEnv(t, "tcp", "")
-	cs := e.session(t)
-	act, err := cs.Conn("[192.0.2.9]", gomilter.FamilyInet, 40000, "192.0.2.9")
-	expect(t, "connect", act, err, "continue")
-	act, err = cs.Mail("sender@example.org", nil)
+	cs := e.connect(t, "192.0.2.9")
+	act, err := cs.Mail("sender@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	act, err = cs.Rcpt("user@example.net", nil)
 	expect(t, "rcpt", act, err, "451 4.7.1 Temporary problem checking client [192.0.2.9]; try again later")
@@ -280,10 +282,8 @@ func TestCleanClientAccepted(t *testing.T) {
 
 func TestTagAddsHeader(t *testing.T) {
 	e := newEnv(t, "tcp", `action = "tag"`)
-	cs := e.session(t)
-	act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
-	expect(t, "connect", act, err, "continue")
-	act, err = cs.Mail("sender@example.org", nil)
+	cs := e.connect(t, "192.0.2.7")
+	act, err := cs.Mail("sender@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	act, err = cs.Rcpt("user@example.net", nil)
 	expect(t, "rcpt", act, err, "continue")
@@ -349,13 +349,11 @@ func TestClientAddressForms(t *testing.T) {
 
 func TestDecisionLog(t *testing.T) {
 	e := newEnv(t, "tcp", "")
-	cs := e.session(t)
-	act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
-	expect(t, "connect", act, err, "continue")
+	cs := e.connect(t, "192.0.2.7")
 	if err := cs.Macros(gomilter.CodeMail, "i", "4XyZ1"); err != nil {
 		t.Fatal(err)
 	}
-	act, err = cs.Mail("sender@example.org", nil)
+	act, err := cs.Mail("sender@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	for _, rcpt := range []string{"a@example.net", "b@example.net", "postmaster@example.net"} {
 		act, err = cs.Rcpt(rcpt, nil)
@@ -382,9 +380,7 @@ func TestDecisionLog(t *testing.T) {
 
 func TestShutdownLetsBlmilterSessionFinish(t *testing.T) {
 	e := newEnv(t, "tcp", "")
-	cs := e.session(t)
-	act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
-	expect(t, "connect", act, err, "continue")
+	cs := e.connect(t, "192.0.2.7")
 	var done atomic.Bool
 	shutdown := make(chan error, 1)
 	go func() {
@@ -395,7 +391,7 @@ func TestShutdownLetsBlmilterSessionFinish(t *testing.T) {
 		shutdown <- err
 	}()
 	waitFor(t, func() bool { e.srv.mu.Lock(); defer e.srv.mu.Unlock(); return e.srv.closing.Load() })
-	act, err = cs.Mail("sender@example.org", nil)
+	act, err := cs.Mail("sender@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	act, err = cs.Rcpt("user@example.net", nil)
 	expect(t, "rcpt", act, err, rejectListed)
@@ -460,12 +456,10 @@ func TestReplyResponse(t *testing.T) {
 
 func TestTagWithRejectAtConnect(t *testing.T) {
 	e := newEnv(t, "tcp", "action = \"tag\"\nreject_at = \"connect\"")
-	cs := e.session(t)
-	act, err := cs.Conn("[192.0.2.7]", gomilter.FamilyInet, 40000, "192.0.2.7")
-	expect(t, "connect", act, err, "continue")
+	cs := e.connect(t, "192.0.2.7")
 	var refs []string
 	for i := 0; i < 2; i++ {
-		act, err = cs.Mail("sender@example.org", nil)
+		act, err := cs.Mail("sender@example.org", nil)
 		expect(t, "mail", act, err, "continue")
 		act, err = cs.Rcpt("user@example.net", nil)
 		expect(t, "rcpt", act, err, "continue")
