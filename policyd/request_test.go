@@ -215,3 +215,20 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParseRequest parses a full Postfix 3.x RCPT request from memory.
+func BenchmarkParseRequest(b *testing.B) {
+	data := []byte(postfixRequest)
+	rd := bytes.NewReader(data)
+	r := bufio.NewReaderSize(rd, MaxLineLength)
+	var req Request
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		rd.Reset(data)
+		r.Reset(rd)
+		if err := ParseRequest(r, &req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
