@@ -67,8 +67,8 @@ type MilterConfig struct {
 type PolicydConfig struct {
 	Listen         string   `toml:"listen"`          // default "" (off); "127.0.0.1:10045" or "unix:/path"
 	SocketMode     string   `toml:"socket_mode"`     // default "0660"
-	ReadTimeout    Duration `toml:"read_timeout"`    // default 5m (Postfix keeps connections open)
-	MaxConnections int      `toml:"max_connections"` // default 100
+	ReadTimeout    Duration `toml:"read_timeout"`    // default 330s: above Postfix's smtpd_policy_service_max_idle (300s), so Postfix closes idle connections first
+	MaxConnections int      `toml:"max_connections"` // default 200: above Postfix's default_process_limit (100), one connection per smtpd
 }
 
 // WebConfig is the [web] section: the IP lookup service.
@@ -223,8 +223,8 @@ func defaults() Config {
 		},
 		Policyd: PolicydConfig{
 			SocketMode:     "0660",
-			ReadTimeout:    Duration{5 * time.Minute},
-			MaxConnections: 100,
+			ReadTimeout:    Duration{330 * time.Second},
+			MaxConnections: 200,
 		},
 		Web: WebConfig{
 			Listen:                "127.0.0.1:8080",
