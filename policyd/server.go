@@ -36,6 +36,10 @@ const (
 // Server is a policy delegation server. Create it with NewServer; it may
 // serve several listeners at once.
 type Server struct {
+	// OnAnswer, when set before Serve, is told the kind of each answer
+	// (see AnswerKind), for metrics.
+	OnAnswer func(kind string)
+
 	engine       func() *policy.Engine
 	log          *slog.Logger
 	readTimeout  time.Duration
@@ -353,6 +357,9 @@ func (c *conn) serve() {
 		c.w.WriteString("\n\n")
 		err := c.w.Flush()
 		c.logDecision()
+		if s.OnAnswer != nil {
+			s.OnAnswer(AnswerKind(action))
+		}
 		if err != nil {
 			s.log.Warn("policy reply not written", "remote", c.remote, "err", err)
 			return
@@ -380,4 +387,18 @@ func (c *conn) readError(err error, betweenRequests bool) {
 	default:
 		c.s.log.Warn("policy connection read failed", "remote", c.remote, "err", err)
 	}
+}
+
+// AnswerKind names the kind of a policy answer with a fixed word, for
+// metrics: "REJECT" for 5xx, "DEFER" for 4xx, else its action word
+// ("DUNNO", "PREPEND").
+func AnswerKind(action string) string {
+	word, _, _ := strings.Cut(action, " ")
+	switch {
+	case len(word) == 3 && word[0] == '5':
+		return "REJECT"
+	case len(word) == 3 && word[0] == '4':
+		return "DEFER"
+	}
+	return word
 }

@@ -921,3 +921,16 @@ func TestPanicFailsOpen(t *testing.T) {
 	}
 	lb.waitFor(t, "policy check panicked")
 }
+
+func TestAnswerKind(t *testing.T) {
+	for action, want := range map[string]string{
+		"550 5.7.1 Service unavailable; client [192.0.2.7] listed": "REJECT",
+		"451 4.7.1 Temporary problem":                              "DEFER",
+		"DUNNO":                                                    "DUNNO",
+		"PREPEND X-Blmilter: score=3":                              "PREPEND",
+	} {
+		if got := AnswerKind(action); got != want {
+			t.Errorf("AnswerKind(%q) = %q, want %q", action, got, want)
+		}
+	}
+}

@@ -23,12 +23,37 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /admin/api/requests", s.admin(s.adminRequests))
 	mux.HandleFunc("POST /admin/api/requests/{id}/approve", s.admin(s.adminDecide(true)))
 	mux.HandleFunc("POST /admin/api/requests/{id}/deny", s.admin(s.adminDecide(false)))
+	mux.HandleFunc("GET /admin/api/stats", s.adminToken(s.adminStats))
 }
 
+// admin guards the endpoints that work on the store.
 func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
+	guarded := s.adminToken(h)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.store == nil {
+			writeJSONError(w, http.StatusNotFound, "not_found", "no such endpoint")
+			return
+		}
+		guarded(w, r)
+	}
+}
+
+// adminStats serves what Options.Stats reports: list health and what each
+// list would have refused (read by `blmilter stats`).
+func (s *Server) adminStats(w http.ResponseWriter, r *http.Request) {
+	if s.stats == nil {
+		writeJSONError(w, http.StatusNotFound, "not_found", "no statistics in this process")
+		return
+	}
+	writeJSON(w, http.StatusOK, s.stats())
+}
+
+// adminToken checks the bearer token; without a configured token the
+// admin API does not exist.
+func (s *Server) adminToken(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		want := s.config().Web.AdminToken
-		if want == "" || s.store == nil {
+		if want == "" {
 			writeJSONError(w, http.StatusNotFound, "not_found", "no such endpoint")
 			return
 		}

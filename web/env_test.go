@@ -53,6 +53,7 @@ type envOpts struct {
 	lookupRate  float64
 	lookupBurst int
 	noStore     bool
+	stats       func() any
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -132,7 +133,7 @@ category = "local"
 	}
 	t.Cleanup(func() { eng.Close() })
 	e.eng = eng
-	wopts := Options{Engine: func() *policy.Engine { return eng }, Logger: log}
+	wopts := Options{Engine: func() *policy.Engine { return eng }, Logger: log, Stats: o.stats}
 	if e.st != nil {
 		// A change to the site's list must reach the engine's cache at once.
 		e.st.OnChange(func(p netip.Prefix) {

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -178,6 +179,36 @@ func TestAdminToken(t *testing.T) {
 			}
 			if tc.status == 401 && resp.Header.Get("WWW-Authenticate") == "" {
 				t.Errorf("401 without WWW-Authenticate")
+			}
+		})
+	}
+}
+
+// The statistics behind `blmilter stats` are behind the admin token, and
+// need no store.
+func TestAdminStats(t *testing.T) {
+	stats := func() any { return map[string]int{"would_reject": 7} }
+	tests := []struct {
+		name   string
+		opts   envOpts
+		hdr    string
+		status int
+	}{
+		{"no token configured", envOpts{stats: stats, noStore: true}, "Bearer x", 404},
+		{"wrong token", envOpts{adminToken: "s3cret", stats: stats, noStore: true}, "Bearer nope", 401},
+		{"no statistics", envOpts{adminToken: "s3cret", noStore: true}, "Bearer s3cret", 404},
+		{"right token without store", envOpts{adminToken: "s3cret", stats: stats, noStore: true}, "Bearer s3cret", 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, tc.opts)
+			resp, body := e.do("GET", "/admin/api/stats", "", map[string]string{"Authorization": tc.hdr})
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, body)
+			}
+			var got map[string]int
+			if tc.status == 200 && (json.Unmarshal([]byte(body), &got) != nil || got["would_reject"] != 7) {
+				t.Fatalf("body %s", body)
 			}
 		})
 	}

@@ -47,6 +47,8 @@ type Options struct {
 	Now func() time.Time
 	// Metrics, when set, is served at GET /metrics (for [metrics] listen = "").
 	Metrics http.Handler
+	// Stats, when set, is served as JSON at GET /admin/api/stats.
+	Stats func() any
 }
 
 // Server is the IP lookup service.
@@ -62,6 +64,7 @@ type Server struct {
 	removal *limiter
 	handler http.Handler
 	metrics http.Handler
+	stats   func() any
 	http    *http.Server
 
 	rdns      atomic.Pointer[rdnsResolver]
@@ -85,7 +88,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Engine == nil {
 		return nil, errors.New("web: Options.Engine is required")
 	}
-	s := &Server{engine: opts.Engine, config: opts.Config, log: opts.Logger, now: opts.Now, metrics: opts.Metrics}
+	s := &Server{engine: opts.Engine, config: opts.Config, log: opts.Logger, now: opts.Now, metrics: opts.Metrics, stats: opts.Stats}
 	if opts.Store != nil {
 		s.store = opts.Store
 	}
