@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
@@ -172,3 +173,33 @@ func TestNoIPLabels(t *testing.T) {
 }
 
 func httptestClientFor() *http.Client { return &http.Client{} }
+
+// The stats summary reads the same counters /metrics shows.
+func TestStatsSummary(t *testing.T) {
+	m := New("test")
+	m.SetListHealthy("Shadow BL", false)
+	m.ObserveAnswer("Shadow BL", "listed", false, time.Millisecond)
+	m.ObserveAnswer("Shadow BL", "clean", true, time.Millisecond)
+	m.ObserveAnswer("Allow", "listed", false, time.Millisecond)
+	// Shadow BL alone would have refused; the allow list took the score
+	// below the threshold.
+	m.ObserveCheck(policy.Verdict{Action: policy.ActionAccept, Threshold: 3, Hits: []policy.Hit{
+		{List: "Shadow BL", Weight: 3, ListWeight: 3},
+		{List: "Allow", Weight: -5, ListWeight: -5},
+	}})
+	st := m.Stats()
+	if st.Checks["accept"] != 1 || st.Checks["reject"] != 0 {
+		t.Errorf("checks %v", st.Checks)
+	}
+	if len(st.Lists) != 2 {
+		t.Fatalf("lists %+v", st.Lists)
+	}
+	allow, shadow := st.Lists[0], st.Lists[1]
+	if shadow.List != "Shadow BL" || shadow.Listed != 1 || shadow.Degraded != 1 || shadow.WouldReject != 1 || shadow.Alone != 1 ||
+		shadow.Healthy == nil || *shadow.Healthy {
+		t.Errorf("Shadow BL %+v", shadow)
+	}
+	if allow.List != "Allow" || allow.Overridden != 1 || allow.Healthy != nil {
+		t.Errorf("Allow %+v", allow)
+	}
+}
