@@ -288,3 +288,52 @@ func TestRunProbesPeriodically(t *testing.T) {
 		t.Fatal("no state change within 5 s at a 50 ms interval")
 	}
 }
+
+// IPv6 test points: listing ::ffff:127.0.0.1 always fails a list; a missing
+// ::ffff:127.0.0.2 fails only a list asked about IPv6 alone.
+func TestIPv6TestPoints(t *testing.T) {
+	f := newFixture(t, `
+[[list]]
+name = "Dual"
+zone = "dual.test"
+health = true
+[[list]]
+name = "V6 only"
+zone = "v6.test"
+ipv4 = false
+[[list]]
+name = "V6 broken"
+zone = "v6broken.test"
+ipv4 = false
+`, Options{})
+	v4point := dnsbl.QueryName(netip.MustParseAddr("127.0.0.2"), "dual.test")
+	f.dns.Set(v4point, dnstest.Answer{A: []string{"127.0.0.2"}})
+	v6name := func(ip, zone string) string {
+		// The nibble form of an IPv4-mapped address, as KeepMapped asks it.
+		a := netip.MustParseAddr(ip).As16()
+		var b strings.Builder
+		for i := 15; i >= 0; i-- {
+			fmt.Fprintf(&b, "%x.%x.", a[i]&0xf, a[i]>>4)
+		}
+		return b.String() + zone + "."
+	}
+	f.dns.Set(v6name("::ffff:127.0.0.2", "v6.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	f.dns.Set(v6name("::ffff:127.0.0.2", "v6broken.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	f.dns.Set(v6name("::ffff:127.0.0.1", "v6broken.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
+	f.mon.ProbeDue(context.Background())
+	want := map[string]bool{"Dual": true, "V6 only": true, "V6 broken": false}
+	for _, st := range f.mon.Statuses() {
+		if w, ok := want[st.List]; ok && st.Healthy != w {
+			t.Errorf("%s: healthy=%v (%s), want %v", st.List, st.Healthy, st.Reason, w)
+		}
+	}
+	// Without its IPv6 test point, a list asked about IPv6 alone is dead.
+	f.dns.Set(v6name("::ffff:127.0.0.2", "v6.test"), dnstest.Answer{Rcode: dns.RcodeNameError})
+	f.clock.Add(time.Hour)
+	f.mon.ProbeDue(context.Background())
+	for _, st := range f.mon.Statuses() {
+		if st.List == "V6 only" && (st.Healthy || st.Code != ReasonMissesTestPoint) {
+			t.Errorf("V6 only without its test point: %+v", st)
+		}
+	}
+}

@@ -17,9 +17,10 @@ import (
 
 // Output is where log lines go: stderr, or a file that can be reopened.
 type Output struct {
-	path string
-	mu   sync.Mutex
-	f    *os.File
+	path   string
+	stderr io.Writer
+	mu     sync.Mutex
+	f      *os.File
 }
 
 // Write writes one log line to the current file.
@@ -27,7 +28,7 @@ func (o *Output) Write(p []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.f == nil {
-		return os.Stderr.Write(p)
+		return o.stderr.Write(p)
 	}
 	return o.f.Write(p)
 }
@@ -64,10 +65,13 @@ func (o *Output) Close() error {
 	return err
 }
 
-// New builds the logger for cfg. The Output is returned so SIGUSR1 can
-// reopen it.
-func New(cfg policy.LogConfig) (*slog.Logger, *Output, error) {
-	out := &Output{path: cfg.File}
+// New builds the logger for cfg, writing to the [log] file or else to
+// stderr. The Output is returned so SIGUSR1 can reopen it.
+func New(cfg policy.LogConfig, stderr io.Writer) (*slog.Logger, *Output, error) {
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	out := &Output{path: cfg.File, stderr: stderr}
 	if err := out.Reopen(); err != nil {
 		return nil, nil, err
 	}

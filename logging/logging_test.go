@@ -51,7 +51,7 @@ func TestListErrorsRateLimited(t *testing.T) {
 func TestReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "blmilter.log")
-	log, out, err := New(policy.LogConfig{Level: "info", Format: "json", File: path})
+	log, out, err := New(policy.LogConfig{Level: "info", Format: "json", File: path}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestReopen(t *testing.T) {
 }
 
 func TestBadFile(t *testing.T) {
-	_, _, err := New(policy.LogConfig{File: filepath.Join(t.TempDir(), "missing-dir", "x.log")})
+	_, _, err := New(policy.LogConfig{File: filepath.Join(t.TempDir(), "missing-dir", "x.log")}, nil)
 	if err == nil || !strings.Contains(err.Error(), "missing-dir") {
 		t.Fatalf("err = %v, want one naming the path", err)
 	}

@@ -229,6 +229,8 @@ func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 func TestServe(t *testing.T) {
 	s := dnstest.Start(t)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
+	// The health monitor probes the RFC 5782 test point at start.
+	s.Set(qname("127.0.0.2", "zen.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
 	dir := t.TempDir()
 	path := filepath.Join(dir, "blmilter.toml")
 	// The milter, the policy server and the web service, all on loopback.
@@ -291,6 +293,28 @@ func TestServe(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "Test ZEN") {
 		t.Fatalf("web: %s %s", resp.Status, body)
 	}
+	// /metrics on the web service counts what the front ends did.
+	metric := func(series string) string {
+		t.Helper()
+		resp, err := http.Get("http://" + addrs["web"].String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				return v
+			}
+		}
+		return "absent"
+	}
+	if got := metric(`blmilter_policyd_requests_total{action="REJECT"}`); got != "1" {
+		t.Errorf("policyd REJECT answers = %s, want 1", got)
+	}
+	if got := metric(`blmilter_list_healthy{list="Test ZEN"}`); got != "1" {
+		t.Errorf("Test ZEN healthy = %s, want 1", got)
+	}
 
 	rcpt := func() string {
 		t.Helper()
@@ -340,6 +364,13 @@ func TestServe(t *testing.T) {
 	}
 	if got := rcpt(); !strings.Contains(got, "550 5.7.1 Go away [192.0.2.7]: https://lookup.example.org/ip/192.0.2.7") {
 		t.Fatalf("after a broken reload: %q, want the previous policy", got)
+	}
+
+	if ok, bad := metric(`blmilter_config_reloads_total{result="ok"}`), metric(`blmilter_config_reloads_total{result="error"}`); ok != "1" || bad != "1" {
+		t.Errorf("reloads ok=%s error=%s, want 1 and 1", ok, bad)
+	}
+	if got := metric(`blmilter_checks_total{action="reject"}`); got == "absent" || got == "0" {
+		t.Errorf("reject checks = %s", got)
 	}
 
 	sigs <- syscall.SIGTERM

@@ -4,19 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/blmilter/blmilter/cache"
+	"github.com/blmilter/blmilter/dnsbl"
+	"github.com/blmilter/blmilter/health"
+	"github.com/blmilter/blmilter/logging"
+	"github.com/blmilter/blmilter/metrics"
 	"github.com/blmilter/blmilter/milter"
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/policyd"
@@ -38,7 +41,8 @@ Signals:
                    is logged and the running config stays. Local list files
                    are re-read too. Listen addresses need a restart.
   SIGTERM, SIGINT  stop accepting connections, let sessions in progress
-                   finish (at most -shutdown-timeout), then exit.`,
+                   finish (at most -shutdown-timeout), then exit.
+  SIGUSR1          reopen the [log] file (for logrotate).`,
 	run: runServe,
 }
 
@@ -56,20 +60,21 @@ func runServe(c *cmdCtx, args []string) error {
 	if err != nil {
 		return err
 	}
-	logger, closeLog, err := newLogger(cfg.Log, c.stderr)
+	logger, logOut, err := logging.New(cfg.Log, c.stderr)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
+	defer logOut.Close()
 	// go-milter reports session errors through the standard log package;
 	// this sends them to the same place as everything else.
 	slog.SetDefault(logger)
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 
 	d := newDaemon(c.configPath, logger)
+	d.logOut = logOut
 	d.grace = *grace
 	d.shutdownTimeout = *shutdownTimeout
 	return d.run(cfg, sigs)
@@ -88,6 +93,11 @@ type daemon struct {
 	onListen func(name string, addr net.Addr)
 	onReload func(err error)
 
+	logOut   *logging.Output // nil in tests that log elsewhere
+	metrics  *metrics.Metrics
+	health   *health.Monitor
+	resolver atomic.Pointer[dnsbl.Resolver] // for the health probes, from [dns]
+
 	engine   atomic.Pointer[policy.Engine]
 	store    *store.Store   // nil without one
 	opts     policy.Options // the same store and recorder for every engine
@@ -104,7 +114,72 @@ func newDaemon(configPath string, logger *slog.Logger) *daemon {
 		grace:           30 * time.Second,
 		shutdownTimeout: 30 * time.Second,
 		quit:            make(chan struct{}),
+		metrics:         metrics.New(versionString()),
 	}
+}
+
+// watch sets up what every engine reports to: the metrics, the health
+// monitor's hit-ratio alarm and the rate-limited list error log. The
+// monitor keeps list states by name across reloads.
+func (d *daemon) watch(cfg *policy.Config) error {
+	if err := d.setResolver(cfg); err != nil {
+		return err
+	}
+	h := cfg.Health
+	d.health = health.New(d.healthTarget, func() health.Resolver { return d.resolver.Load() }, health.Options{
+		Interval:    h.Interval.Duration,
+		Timeout:     h.Timeout.Duration,
+		FailAfter:   h.FailAfter,
+		MaxHitRatio: h.MaxHitRatio,
+		MinChecks:   h.MinChecks,
+		RatioWindow: h.RatioWindow.Duration,
+		Logger:      d.logger,
+		OnChange:    func(list string, healthy bool, _ string) { d.metrics.SetListHealthy(list, healthy) },
+	})
+	d.opts.Observers = append(d.opts.Observers, d.metrics, d.health, &logging.ListErrors{Log: d.logger})
+	d.metrics.SetCacheStats(func() cache.Stats {
+		if e := d.current(); e != nil {
+			return e.CacheStats()
+		}
+		return cache.Stats{}
+	})
+	return nil
+}
+
+// setResolver builds the health probes' resolver from [dns].
+func (d *daemon) setResolver(cfg *policy.Config) error {
+	r, err := dnsbl.NewResolver(cfg.DNS.Servers, cfg.DNS.Timeout.Duration)
+	if err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	d.resolver.Store(r)
+	return nil
+}
+
+// healthTarget is the engine the monitor marks; a nil interface, not a nil
+// engine, while there is none.
+func (d *daemon) healthTarget() health.Target {
+	if e := d.current(); e != nil {
+		return e
+	}
+	return nil
+}
+
+// exportHealth sets blmilter_list_healthy for every probed list of e.
+func (d *daemon) exportHealth(e *policy.Engine) {
+	for _, l := range e.Lists() {
+		if l.Kind == policy.KindDNS && l.Health {
+			d.metrics.SetListHealthy(l.Name, l.Healthy)
+		}
+	}
+}
+
+// stats is what /admin/api/stats and `blmilter stats` show.
+func (d *daemon) stats() any {
+	return struct {
+		metrics.Stats
+		Health []health.Status `json:"health"`
+	}{d.metrics.Stats(), d.health.Statuses()}
 }
 
 // current returns the engine that judges new sessions; the front ends
@@ -133,6 +208,9 @@ var starters = []starter{startMilter, startPolicyd, startWeb, startMetrics}
 // server fails.
 func (d *daemon) run(cfg *policy.Config, sigs <-chan os.Signal) error {
 	defer d.openStore(cfg, true)()
+	if err := d.watch(cfg); err != nil {
+		return err
+	}
 
 	e, err := policy.NewEngine(cfg, d.opts)
 	if err != nil {
@@ -140,7 +218,20 @@ func (d *daemon) run(cfg *policy.Config, sigs <-chan os.Signal) error {
 	}
 	d.engine.Store(e)
 	d.cfg.Store(cfg)
+	d.exportHealth(e)
 	defer d.closeEngines()
+
+	// The probes stop before the engines close (defers run in reverse).
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	probesDone := make(chan struct{})
+	go func() {
+		defer close(probesDone)
+		d.health.Run(probeCtx)
+	}()
+	defer func() {
+		stopProbes()
+		<-probesDone
+	}()
 
 	var runners []runner
 	for _, start := range starters {
@@ -172,13 +263,24 @@ func (d *daemon) run(cfg *policy.Config, sigs <-chan os.Signal) error {
 	for {
 		select {
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
+			switch sig {
+			case syscall.SIGHUP:
 				_, err := d.reload()
+				d.metrics.ConfigReload(err == nil)
 				if err != nil {
 					d.logger.Error("reload failed; the running config stays", slog.Any("err", err))
 				}
 				if d.onReload != nil {
 					d.onReload(err)
+				}
+				continue
+			case syscall.SIGUSR1:
+				if d.logOut != nil {
+					if err := d.logOut.Reopen(); err != nil {
+						d.logger.Error("log file not reopened; still writing to the old one", slog.Any("err", err))
+					} else {
+						d.logger.Info("log file reopened")
+					}
 				}
 				continue
 			}
@@ -235,7 +337,13 @@ func (d *daemon) reload() (*policy.Engine, error) {
 		var e *policy.Engine
 		e, err = policy.NewEngine(cfg, d.opts)
 		if err == nil {
+			if rerr := d.setResolver(cfg); rerr != nil {
+				e.Close()
+				return old, fmt.Errorf("reload %s: %w", d.configName(), rerr)
+			}
 			d.warnRestartNeeded(d.cfg.Load(), cfg)
+			// The monitor tells the new engine which lists are degraded
+			// at its next round; until then they start healthy.
 			d.engine.Store(e)
 			d.cfg.Store(cfg)
 			d.retire(old)
@@ -261,6 +369,8 @@ func (d *daemon) warnRestartNeeded(old, cfg *policy.Config) {
 		{"web.listen", old.Web.Listen, cfg.Web.Listen},
 		{"metrics.listen", old.Metrics.Listen, cfg.Metrics.Listen},
 		{"store.path", old.Store.Path, cfg.Store.Path},
+		{"log.file", old.Log.File, cfg.Log.File},
+		{"health.interval", old.Health.Interval.String(), cfg.Health.Interval.String()},
 	} {
 		if c.old != c.new {
 			d.logger.Warn("setting changed; it takes effect at the next restart", slog.String("key", c.key), slog.String("running", c.old), slog.String("file", c.new))
@@ -319,6 +429,7 @@ func startMilter(d *daemon, cfg *policy.Config) ([]runner, error) {
 		return nil, err
 	}
 	d.listening("milter", ln.Addr())
+	ln = d.metrics.CountSessions(ln)
 	s := milter.NewServer(d.current, d.logger, cfg.Milter)
 	return []runner{{
 		name: "milter",
@@ -343,37 +454,6 @@ func socketMode(s string) (os.FileMode, error) {
 		return 0, fmt.Errorf("want an octal mode such as \"0660\", got %q", s)
 	}
 	return os.FileMode(m), nil
-}
-
-// newLogger makes the daemon's logger from [log]: level, text or JSON,
-// stderr or a file.
-func newLogger(cfg policy.LogConfig, stderr io.Writer) (*slog.Logger, func(), error) {
-	var level slog.Level
-	if cfg.Level != "" {
-		if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
-			return nil, nil, fmt.Errorf("log.level: %w", err)
-		}
-	}
-	w, closeFn := stderr, func() {}
-	if cfg.File != "" {
-		f, err := os.OpenFile(cfg.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-		if err != nil {
-			return nil, nil, fmt.Errorf("log.file: %w", err)
-		}
-		w, closeFn = f, func() { f.Close() }
-	}
-	hopts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler
-	switch strings.ToLower(cfg.Format) {
-	case "json":
-		h = slog.NewJSONHandler(w, hopts)
-	case "", "text":
-		h = slog.NewTextHandler(w, hopts)
-	default:
-		closeFn()
-		return nil, nil, fmt.Errorf("log.format: want text or json, got %q", cfg.Format)
-	}
-	return slog.New(h), closeFn, nil
 }
 
 // The functions below start the parts of blmilter that live in other
@@ -433,6 +513,7 @@ func startPolicyd(d *daemon, cfg *policy.Config) ([]runner, error) {
 	}
 	d.listening("policyd", ln.Addr())
 	s := policyd.NewServer(d.current, d.logger, cfg.Policyd)
+	s.OnAnswer = d.metrics.PolicydRequest
 	return []runner{{
 		name: "policyd",
 		ln:   ln,
@@ -451,12 +532,17 @@ func startWeb(d *daemon, cfg *policy.Config) ([]runner, error) {
 	if cfg.Web.Listen == "" {
 		return nil, nil
 	}
-	w, err := web.New(web.Options{
+	opts := web.Options{
 		Engine: d.current,
 		Store:  d.store,
 		Config: d.cfg.Load,
 		Logger: d.logger,
-	})
+		Stats:  d.stats,
+	}
+	if cfg.Metrics.Listen == "" {
+		opts.Metrics = d.metrics.Handler()
+	}
+	w, err := web.New(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -478,8 +564,29 @@ func startWeb(d *daemon, cfg *policy.Config) ([]runner, error) {
 	}}, nil
 }
 
-// startMetrics serves /metrics on [metrics] listen. The metrics package
-// plugs in here (and, for [metrics] listen = "", through web.Options.Metrics).
+// startMetrics serves /metrics on [metrics] listen of its own; without
+// one, the web service serves it (startWeb).
 func startMetrics(d *daemon, cfg *policy.Config) ([]runner, error) {
-	return nil, nil
+	if cfg.Metrics.Listen == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.Metrics.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics.Listen, err)
+	}
+	d.listening("metrics", ln.Addr())
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metrics.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	return []runner{{
+		name: "metrics",
+		ln:   ln,
+		serve: func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+		shutdown: srv.Shutdown,
+	}}, nil
 }
