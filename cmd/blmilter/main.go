@@ -45,7 +45,7 @@ var commands []*command
 func addCommands(cs ...*command) { commands = append(commands, cs...) }
 
 func init() {
-	addCommands(serveCommand, checkCommand, configCheckCommand, versionCommand, listCommand, requestsCommand)
+	addCommands(serveCommand, checkCommand, configCheckCommand, versionCommand, listCommand, requestsCommand, statsCommand)
 }
 
 // The site's own list and its removal requests (store_cmds.go) keep their

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -235,7 +236,7 @@ func TestServe(t *testing.T) {
 	path := filepath.Join(dir, "blmilter.toml")
 	// The milter, the policy server and the web service, all on loopback.
 	serveConfig := func(policyTOML string) string {
-		c := strings.Replace(testConfig(s, dir, policyTOML), "[web]\nlisten = \"\"", "[web]\nlisten = \"127.0.0.1:0\"", 1)
+		c := strings.Replace(testConfig(s, dir, policyTOML), "[web]\nlisten = \"\"", "[web]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"t0ken\"", 1)
 		return c + "\n[policyd]\nlisten = \"127.0.0.1:0\"\n"
 	}
 	writeFile(t, path, serveConfig(""))
@@ -314,6 +315,14 @@ func TestServe(t *testing.T) {
 	}
 	if got := metric(`blmilter_list_healthy{list="Test ZEN"}`); got != "1" {
 		t.Errorf("Test ZEN healthy = %s, want 1", got)
+	}
+	// blmilter stats reads the same counters through the admin API.
+	code, out, errs := runCLI("stats", "-url", "http://"+addrs["web"].String(), "-token", "t0ken")
+	if code != 0 || !strings.Contains(out, "reject 1") || !regexp.MustCompile(`Test ZEN\s+1\s+0\s+0\s+0\s+1\s+1\s+0\s+healthy`).MatchString(out) {
+		t.Errorf("stats: exit %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := runCLI("stats", "-url", "http://"+addrs["web"].String(), "-token", "wrong"); code == 0 || !strings.Contains(errs, "401") {
+		t.Errorf("stats with a wrong token: exit %d, %s", code, errs)
 	}
 
 	rcpt := func() string {
