@@ -26,6 +26,8 @@ type blmilterOpts struct {
 	NoPolicyd  bool
 	Extra      string // more TOML, appended
 	MilterAddr string // listen here instead of a free port ("127.0.0.1:port")
+	LogLevel   string // default "debug"
+	LogFile    bool   // log to a file in the temp dir, not to the test's pipe
 }
 
 // startBlmilter writes a config for the test lists and runs `blmilter serve`
@@ -46,6 +48,13 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 		b.Policy = "127.0.0.1:" + strconv.Itoa(freePort(t, "tcp"))
 		policyd = b.Policy
 	}
+	logLevel, logFile := o.LogLevel, ""
+	if logLevel == "" {
+		logLevel = "debug"
+	}
+	if o.LogFile {
+		logFile = filepath.Join(dir, "blmilter.log")
+	}
 	cfg := fmt.Sprintf(`# blmilter end-to-end test config
 [milter]
 listen = "inet:%s"
@@ -61,8 +70,9 @@ public_url = %q
 path = %q
 
 [log]
-level = "debug"
+level = %q
 format = "json"
+file = %q
 
 [dns]
 servers = [%q]
@@ -76,7 +86,7 @@ threshold = 3
 action = "reject"
 reject_at = "rcpt"
 allow = []
-`, b.Milter, policyd, publicURL, filepath.Join(dir, "blmilter.db"), o.DNS)
+`, b.Milter, policyd, publicURL, filepath.Join(dir, "blmilter.db"), logLevel, logFile, o.DNS)
 	cfg += listsTOML(o.WithError) + o.Extra
 	writeFile(t, b.config, cfg)
 
