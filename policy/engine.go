@@ -282,11 +282,8 @@ func (e *Engine) SetListHealthy(name string, healthy bool) {
 	}
 	if l.healthy.Swap(healthy) != healthy {
 		e.cache.Purge()
-		if healthy {
-			e.log.Info("list healthy again, its hits count", "list", name)
-		} else {
-			e.log.Warn("list degraded, its hits no longer count", "list", name)
-		}
+		// The health monitor logs the change with its reason, once.
+		e.log.Debug("list health changed", "list", name, "healthy", healthy)
 	}
 }
 
