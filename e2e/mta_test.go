@@ -103,6 +103,7 @@ func TestPostfixMilter(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("%s with blmilter stopped: %v", clientSpam, r)
 		if r.Stage != "rcpt" || r.Code != 250 {
 			t.Fatalf("listed client with blmilter stopped: got %v, want 250 at RCPT", r)
 		}
@@ -127,6 +128,7 @@ func TestPostfixPolicyServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("%s with blmilter stopped: %v", clientSpam, r)
 		if r.Stage != "rcpt" || r.Code != 250 {
 			t.Fatalf("listed client with the policy server stopped: got %v, want 250 at RCPT", r)
 		}

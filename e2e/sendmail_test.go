@@ -124,6 +124,7 @@ func TestSendmail(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("%s with blmilter stopped: %v", clientClean, r)
 		if r.Code/100 != 4 {
 			t.Fatalf("with blmilter stopped and F=T: got %v, want a 4xx reply", r)
 		}
@@ -142,7 +143,7 @@ func runInNetNS(t *testing.T, blmilterBin string) {
 	out, err := cmd.CombinedOutput()
 	text := string(out)
 	for _, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, "--- ") {
+		if strings.Contains(l, "--- ") || strings.Contains(l, "sendmail_test.go:") {
 			t.Log(strings.TrimSpace(l))
 		}
 	}
