@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -147,10 +148,64 @@ func TestMain(m *testing.M) {
 	buildDir = dir
 	builds.paths = map[string]string{}
 	builds.errs = map[string]error{}
+	flag.Parse()
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > time.Minute {
+			// A -timeout panic runs no cleanups; stop the daemons just before.
+			time.AfterFunc(d-20*time.Second, runEmergencyStops)
+		}
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	reapOrphans()
 	os.Exit(code)
+}
+
+// emergencyStops stop the daemons that do not die with this process
+// (Postfix detaches from it) if the test binary is about to be killed by
+// -timeout.
+var emergencyStops struct {
+	sync.Mutex
+	next int
+	fns  map[int]func()
+}
+
+// onEmergency registers stop and returns a function that unregisters it.
+func onEmergency(stop func()) (unregister func()) {
+	emergencyStops.Lock()
+	defer emergencyStops.Unlock()
+	if emergencyStops.fns == nil {
+		emergencyStops.fns = map[int]func(){}
+	}
+	id := emergencyStops.next
+	emergencyStops.next++
+	emergencyStops.fns[id] = stop
+	return func() {
+		emergencyStops.Lock()
+		defer emergencyStops.Unlock()
+		delete(emergencyStops.fns, id)
+	}
+}
+
+// emergencyDirs are removed after the emergency stops.
+var emergencyDirs sync.Map
+
+func runEmergencyStops() {
+	emergencyStops.Lock()
+	fns := emergencyStops.fns
+	emergencyStops.fns = nil
+	emergencyStops.Unlock()
+	if len(fns) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: test timeout close: stopping %d service(s)\n", len(fns))
+	}
+	for _, fn := range fns {
+		fn()
+	}
+	emergencyDirs.Range(func(k, _ any) bool {
+		os.RemoveAll(k.(string))
+		return true
+	})
+	os.RemoveAll(buildDir)
 }
 
 // reapOrphans collects the exit status of every orphan this process
@@ -188,7 +243,11 @@ func tempDir(t testing.TB, pattern string) string {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	emergencyDirs.Store(dir, true)
+	t.Cleanup(func() {
+		emergencyDirs.Delete(dir)
+		os.RemoveAll(dir)
+	})
 	return dir
 }
 
@@ -255,7 +314,9 @@ func startProc(t testing.TB, name string, args ...string) *proc {
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if this test process dies (a -timeout panic runs no
+	// cleanups), the service dies with it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -263,7 +324,10 @@ func startProc(t testing.TB, name string, args ...string) *proc {
 		p.err = p.cmd.Wait()
 		close(p.done)
 	}()
+	// rbldnsd changes its user, which clears Pdeathsig.
+	unregister := onEmergency(p.stop)
 	t.Cleanup(func() {
+		unregister()
 		p.stop()
 		if t.Failed() {
 			t.Logf("output of %s:\n%s", p.name, tail(p.out.String(), 60))

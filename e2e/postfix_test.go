@@ -125,7 +125,9 @@ smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, rej
 	bin := tool("postfix")
 	// start creates the queue directories with their owners and modes.
 	run(t, bin, "-c", p.dir, "start")
+	unregister := onEmergency(func() { execOut(bin, "-c", p.dir, "stop") })
 	t.Cleanup(func() {
+		unregister()
 		p.stop(t)
 		if t.Failed() {
 			b, _ := os.ReadFile(p.log)

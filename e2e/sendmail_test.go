@@ -140,6 +140,7 @@ func runInNetNS(t *testing.T, blmilterBin string) {
 	cmd := exec.CommandContext(ctx, tool("unshare"), "--net", "--uts", "--",
 		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
 	cmd.Env = append(os.Environ(), envNetNS+"=1", envBlmilterBin+"="+blmilterBin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	text := string(out)
 	for _, l := range strings.Split(text, "\n") {
