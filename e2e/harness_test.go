@@ -314,9 +314,10 @@ func startProc(t testing.TB, name string, args ...string) *proc {
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
-	// Pdeathsig: if this test process dies (a -timeout panic runs no
-	// cleanups), the service dies with it.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it follows the OS thread that started the child, which
+	// the Go runtime may retire while the test goes on. A -timeout is
+	// handled by the emergency stops instead.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -324,7 +325,6 @@ func startProc(t testing.TB, name string, args ...string) *proc {
 		p.err = p.cmd.Wait()
 		close(p.done)
 	}()
-	// rbldnsd changes its user, which clears Pdeathsig.
 	unregister := onEmergency(p.stop)
 	t.Cleanup(func() {
 		unregister()

@@ -86,7 +86,7 @@ func TestLoad(t *testing.T) {
 		{key: "e", name: "Postfix, no policy service", pf: plain},
 	}
 
-	// 203.0.113.0/24: the first quarter is listed, so blmilter rejects
+	// 198.19.0.0/24: the first quarter is listed, so blmilter rejects
 	// some sessions and accepts the rest, as in real traffic.
 	runLoad := func(addr string, sessions int) loadReport {
 		t.Helper()

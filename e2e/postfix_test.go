@@ -315,7 +315,7 @@ func TestPostfixXCLIENTReachesMilter(t *testing.T) {
 	need(t, "postfix")
 	noop := startNoopMilter(t, "-v")
 	pf := startPostfix(t, postfixOpts{Milter: "inet:" + noop.addr})
-	for _, ip := range []string{"192.0.2.99", "2001:db8:bad::99"} {
+	for _, ip := range []string{"198.18.2.99", "2001:db8:bad::99"} {
 		r, err := session(pf.Addr, sessionOpts{XClient: ip})
 		if err != nil || r.Code != 250 {
 			t.Fatalf("session from %s: %v %v", ip, r, err)

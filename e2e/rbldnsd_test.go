@@ -13,11 +13,14 @@ import (
 	"github.com/miekg/dns"
 )
 
-// The test lists. Client addresses are documentation networks, given to
-// Postfix with XCLIENT (and bound to a private network namespace's loopback
-// for Sendmail): loopback clients are never looked up by blmilter, so the
-// lists cannot use 127.x addresses as clients. 127.0.0.2 is in every list
-// as RFC 5782 requires, so the lists pass blmilter's health probes.
+// The test lists. Client addresses come from the benchmarking network
+// 198.18.0.0/15 (RFC 2544), given to Postfix with XCLIENT and bound to a
+// private network namespace's loopback for Sendmail. Not loopback: blmilter
+// never looks up loopback clients. Not the documentation networks of
+// RFC 5737 either: blmilter's list health monitor probes random addresses
+// from those and takes a list that lists one for a list that answers
+// everything. 127.0.0.2 is in every list, as RFC 5782 requires, so the lists
+// pass the health probes.
 const (
 	zoneBlock = "bl.e2e.test"  // codes by range, IPv4 and IPv6
 	zoneAllow = "wl.e2e.test"  // DNSWL-style, negative weight
@@ -32,26 +35,26 @@ const (
 
 // clients are the client addresses the tests use and what the lists say.
 var (
-	clientSpam     = "192.0.2.10"       // bl: 127.0.0.2 spam-source
-	clientZombie   = "192.0.2.40"       // bl: 127.0.0.4 zombie
-	clientProxy    = "192.0.2.70"       // bl: 127.0.0.6 open-proxy
-	clientDynamic  = "192.0.2.100"      // bl: 127.0.0.10 dynamic
-	clientAllowed  = "192.0.2.130"      // bl: 127.0.0.2, and wl: allowed
-	clientClean    = "198.51.100.7"     // in no list (err answers for it)
+	clientSpam     = "198.18.0.10"      // bl: 127.0.0.2 spam-source
+	clientZombie   = "198.18.0.40"      // bl: 127.0.0.4 zombie
+	clientProxy    = "198.18.0.70"      // bl: 127.0.0.6 open-proxy
+	clientDynamic  = "198.18.0.100"     // bl: 127.0.0.10 dynamic
+	clientAllowed  = "198.18.0.130"     // bl: 127.0.0.2, and wl: allowed
+	clientClean    = "198.18.1.7"       // in no list (err answers for it)
 	clientZombie6  = "2001:db8:bad::1"  // bl: 127.0.0.4 zombie
 	clientClean6   = "2001:db8:600d::1" // in no list
-	clientLoadPool = "203.0.113.0/24"   // load test: bl lists 203.0.113.0/26
+	clientLoadPool = "198.19.0.0/24"    // load test: bl lists 198.19.0.0/26
 )
 
 const zoneBlock4 = `# ` + zoneBlock + ` IPv4: ip4set, one code per range
 :127.0.0.2:Listed as a spam source, see ` + publicURL + `/ip/$
 127.0.0.2
-192.0.2.0/27
-192.0.2.128/27
-203.0.113.0/26
-192.0.2.32/27 :127.0.0.4:Listed as a zombie, see ` + publicURL + `/ip/$
-192.0.2.64/27 :127.0.0.6:Listed as an open proxy, see ` + publicURL + `/ip/$
-192.0.2.96/27 :127.0.0.10:Dynamic address range, see ` + publicURL + `/ip/$
+198.18.0.0/27
+198.18.0.128/27
+198.19.0.0/26
+198.18.0.32/27 :127.0.0.4:Listed as a zombie, see ` + publicURL + `/ip/$
+198.18.0.64/27 :127.0.0.6:Listed as an open proxy, see ` + publicURL + `/ip/$
+198.18.0.96/27 :127.0.0.10:Dynamic address range, see ` + publicURL + `/ip/$
 `
 
 const zoneBlock6 = `# ` + zoneBlock + ` IPv6: ip6trie
@@ -63,7 +66,7 @@ const zoneBlock6 = `# ` + zoneBlock + ` IPv6: ip6trie
 const zoneAllow4 = `# ` + zoneAllow + `: a DNSWL-style allow list
 :127.0.10.1:Known good sender
 127.0.0.2
-192.0.2.128/27
+198.18.0.128/27
 `
 
 const zoneError4 = `# ` + zoneError + `: what a list says to a refused resolver
@@ -182,6 +185,8 @@ func TestRbldnsdZones(t *testing.T) {
 		{"ipv6 clean", clientClean6, zoneBlock, ""},
 		{"allowed", clientAllowed, zoneAllow, "127.0.10.1"},
 		{"allow list test point", "127.0.0.2", zoneAllow, "127.0.10.1"},
+		{"documentation address", "192.0.2.77", zoneBlock, ""},
+		{"documentation address allow list", "203.0.113.9", zoneAllow, ""},
 		{"error zone", clientClean, zoneError, "127.255.255.254"},
 		{"error zone ipv6", clientClean6, zoneError, "127.255.255.254"},
 	}

@@ -15,8 +15,8 @@ import (
 
 // Sendmail has no XCLIENT: the milter sees the TCP peer. blmilter never
 // looks up loopback clients, so the Sendmail test runs in a private network
-// namespace whose loopback also carries the documentation networks
-// 192.0.2.0/24 and 198.51.100.0/24, and its clients bind to those
+// namespace whose loopback also carries 198.18.0.0/15 (the benchmarking
+// network the test clients come from), and its clients bind to those
 // addresses. Nothing in that namespace reaches any other network.
 const (
 	envNetNS       = "BLMILTER_E2E_NETNS"        // set in the re-executed test binary
@@ -33,8 +33,7 @@ func netnsMain(m *testing.M) int {
 	}
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
-		{"addr", "add", "192.0.2.1/24", "dev", "lo"},
-		{"addr", "add", "198.51.100.1/24", "dev", "lo"},
+		{"addr", "add", "198.18.255.1/15", "dev", "lo"},
 	} {
 		if out, err := exec.Command(tool("ip"), args...).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: ip %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -140,7 +139,6 @@ func runInNetNS(t *testing.T, blmilterBin string) {
 	cmd := exec.CommandContext(ctx, tool("unshare"), "--net", "--uts", "--",
 		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
 	cmd.Env = append(os.Environ(), envNetNS+"=1", envBlmilterBin+"="+blmilterBin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	text := string(out)
 	for _, l := range strings.Split(text, "\n") {
