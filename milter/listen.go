@@ -1,13 +1,12 @@
 package milter
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
-	"syscall"
-	"time"
+
+	"github.com/blmilter/blmilter/internal/sockets"
 )
 
 // Listen opens the milter socket named by spec, in the forms Postfix and
@@ -101,45 +100,9 @@ func isPort(s string) bool {
 }
 
 func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
-	if err := removeStaleSocket(path); err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("unix", path)
+	ln, err := sockets.ListenUnix(path, mode)
 	if err != nil {
-		return nil, fmt.Errorf("milter: listen on unix:%s: %w", path, err)
-	}
-	if mode != 0 {
-		if err := os.Chmod(path, mode); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("milter: set mode %#o on unix:%s: %w", mode, path, err)
-		}
+		return nil, fmt.Errorf("milter: %w", err)
 	}
 	return ln, nil
-}
-
-// removeStaleSocket removes a socket file that no process listens on. A
-// live socket or a file that is not a socket is left alone: an error says why.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("milter: unix:%s: %w", path, err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("milter: unix:%s exists and is not a socket; not removing it", path)
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("milter: unix:%s: another process is listening on it (is blmilter already running?)", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("milter: unix:%s: checking for a stale socket: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("milter: remove stale socket unix:%s: %w", path, err)
-	}
-	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/blmilter/blmilter/internal/sockets"
 	"github.com/blmilter/blmilter/policy"
 )
 
@@ -233,28 +234,12 @@ func Listen(spec string, mode os.FileMode) (net.Listener, error) {
 		}
 		return ln, nil
 	}
-	if fi, err := os.Lstat(addr); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("policyd: listen %q: %s exists and is not a socket", spec, addr)
-		}
-		if c, err := net.DialTimeout("unix", addr, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("policyd: listen %q: another process is listening on %s", spec, addr)
-		}
-		if err := os.Remove(addr); err != nil {
-			return nil, fmt.Errorf("policyd: remove stale socket: %w", err)
-		}
-	}
-	ln, err := net.Listen("unix", addr)
-	if err != nil {
-		return nil, fmt.Errorf("policyd: listen %q: %w", spec, err)
-	}
 	if mode == 0 {
 		mode = 0o660
 	}
-	if err := os.Chmod(addr, mode); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("policyd: set mode of %s: %w", addr, err)
+	ln, err := sockets.ListenUnix(addr, mode)
+	if err != nil {
+		return nil, fmt.Errorf("policyd: listen %q: %w", spec, err)
 	}
 	return ln, nil
 }
