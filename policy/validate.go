@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"github.com/blmilter/blmilter/internal/sockets"
 	"math"
 	"math/bits"
 	"net"
@@ -382,25 +383,14 @@ func (p *parser) validateListen(key, s string, milter bool) {
 	if s == "" {
 		return
 	}
-	if path, ok := strings.CutPrefix(s, "unix:"); ok {
-		if path == "" || !strings.HasPrefix(path, "/") {
-			p.addf(key, "a unix socket needs an absolute path such as \"unix:/run/blmilter/milter.sock\"")
-		}
-		return
+	// The same parsers the servers use, so a config that passes is one
+	// they can listen on.
+	parse := sockets.ParsePolicySpec
+	if milter {
+		parse = sockets.ParseMilterSpec
 	}
-	addr := s
-	if a, ok := strings.CutPrefix(s, "inet:"); ok {
-		addr = a
-	} else if a, ok := strings.CutPrefix(s, "inet6:"); ok {
-		addr = a
-	} else if milter {
-		p.addf(key, "must be \"inet:HOST:PORT\" or \"unix:/path\", got %q", s)
-		return
-	}
-	if _, err := netip.ParseAddrPort(addr); err != nil {
-		if _, port, ok := strings.Cut(addr, ":"); !ok || port == "" {
-			p.addf(key, "needs HOST:PORT, got %q", s)
-		}
+	if _, _, err := parse(s); err != nil {
+		p.addf(key, "%v", err)
 	}
 }
 

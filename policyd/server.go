@@ -223,7 +223,7 @@ func (s *Server) remove(c *conn) {
 // unix socket left by a crash is removed, but only when nothing answers on
 // it; the new socket gets mode (0660 when 0).
 func Listen(spec string, mode os.FileMode) (net.Listener, error) {
-	network, addr, err := splitListen(spec)
+	network, addr, err := sockets.ParsePolicySpec(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -242,29 +242,6 @@ func Listen(spec string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("policyd: listen %q: %w", spec, err)
 	}
 	return ln, nil
-}
-
-func splitListen(spec string) (network, addr string, err error) {
-	scheme, rest, found := strings.Cut(spec, ":")
-	switch {
-	case spec == "":
-		return "", "", errors.New("policyd: empty listen address")
-	case strings.HasPrefix(spec, "/"):
-		return "unix", spec, nil
-	case found && scheme == "unix":
-		if rest == "" {
-			return "", "", fmt.Errorf("policyd: listen %q: empty socket path", spec)
-		}
-		return "unix", rest, nil
-	case found && (scheme == "inet" || scheme == "tcp"):
-		return "tcp", rest, nil
-	case found && scheme == "inet6":
-		return "tcp6", rest, nil
-	}
-	if _, _, err := net.SplitHostPort(spec); err != nil {
-		return "", "", fmt.Errorf("policyd: listen %q: want host:port, inet:host:port or unix:/path: %w", spec, err)
-	}
-	return "tcp", spec, nil
 }
 
 func remoteName(nc net.Conn) string {
