@@ -178,6 +178,11 @@ func encodeDecision(d policy.Decision) (hits, errs, reply []byte, err error) {
 	return
 }
 
+// decisionLinger is how long the writer waits for more decisions before
+// committing a batch: long enough to share one fsync among the rejects of a
+// busy server, short enough that a bounce's link finds its decision.
+const decisionLinger = 100 * time.Millisecond
+
 // writeDecisions is the one goroutine that writes decisions. It takes what
 // is queued (up to maxBatch) in one transaction, so under load the cost of
 // a commit's fsync is shared by many decisions.
@@ -233,15 +238,20 @@ func (s *Store) writeDecisions() {
 		select {
 		case d := <-s.decisions:
 			batch = append(batch, d)
+			// Wait a little for more: each commit costs an fsync, and
+			// under load a reject every millisecond would otherwise mean
+			// an fsync every millisecond.
+			linger := time.NewTimer(decisionLinger)
 		fill:
 			for len(batch) < maxBatch {
 				select {
 				case d := <-s.decisions:
 					batch = append(batch, d)
-				default:
+				case <-linger.C:
 					break fill
 				}
 			}
+			linger.Stop()
 			write()
 		case ch := <-s.flushReq:
 			drain()
