@@ -665,57 +665,6 @@ func TestListen(t *testing.T) {
 			t.Errorf("mode %v, want 0640", fi.Mode().Perm())
 		}
 	})
-	t.Run("stale socket removed", func(t *testing.T) {
-		path := filepath.Join(dir, "stale.sock")
-		old, err := net.Listen("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		old.(*net.UnixListener).SetUnlinkOnClose(false)
-		old.Close()
-		ln, err := Listen("unix:"+path, 0)
-		if err != nil {
-			t.Fatalf("stale socket: %v", err)
-		}
-		ln.Close()
-	})
-	t.Run("live socket kept", func(t *testing.T) {
-		path := filepath.Join(dir, "live.sock")
-		live, err := net.Listen("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer live.Close()
-		go func() {
-			for {
-				c, err := live.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-		if ln, err := Listen("unix:"+path, 0); err == nil {
-			ln.Close()
-			t.Fatal("took over a socket another process listens on")
-		}
-		if _, err := os.Stat(path); err != nil {
-			t.Fatalf("live socket removed: %v", err)
-		}
-	})
-	t.Run("regular file kept", func(t *testing.T) {
-		path := filepath.Join(dir, "file")
-		if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err := Listen("unix:"+path, 0); err == nil {
-			ln.Close()
-			t.Fatal("replaced a regular file")
-		}
-		if b, err := os.ReadFile(path); err != nil || string(b) != "x" {
-			t.Fatalf("file changed: %q %v", b, err)
-		}
-	})
 }
 
 func TestIsRoleRecipient(t *testing.T) {
