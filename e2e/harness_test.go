@@ -2,11 +2,11 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/blmilter/blmilter/internal/syncbuf"
 	"net"
 	"os"
 	"os/exec"
@@ -279,29 +279,11 @@ func freePort(t testing.TB, network string) int {
 	}
 }
 
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a service the test started and stops.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 	err  error // the exit status, once done is closed
 }
@@ -310,7 +292,7 @@ type proc struct {
 // anything it forked) when t ends. Its output is logged if t failed.
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: filepath.Base(name), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{name: filepath.Base(name), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out

@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"github.com/blmilter/blmilter/internal/syncbuf"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -12,7 +13,7 @@ import (
 )
 
 func TestDecisionLogKeepsEveryLine(t *testing.T) {
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	l := newDecisionLog(slog.New(slog.NewTextHandler(&buf, nil)))
 	v := policy.Verdict{IP: netip.MustParseAddr("192.0.2.7"), Action: policy.ActionReject, Score: 3, Threshold: 3}
 	l.log(decisionLine{when: time.Now(), verdict: v, stage: "rcpt"}) // before start: written at once

@@ -1,14 +1,13 @@
 package milter
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"github.com/blmilter/blmilter/internal/syncbuf"
 	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,7 +46,7 @@ type env struct {
 	srv     *Server
 	network string
 	addr    string
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 }
 
 func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
@@ -67,7 +66,7 @@ func newEnv(t testing.TB, network, policyTOML string) *env {
 		t.Fatalf("engine: %v", err)
 	}
 	t.Cleanup(func() { eng.Close() })
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	var w io.Writer = logs
 	if _, ok := t.(*testing.B); ok {
 		// Format every line as in production, but do not keep them.
@@ -102,23 +101,6 @@ func (e *env) connect(t testing.TB, ip string) *gomilter.ClientSession {
 	act, err := cs.Conn("["+ip+"]", gomilter.FamilyInet, 40000, ip)
 	expect(t, "connect", act, err, "continue")
 	return cs
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // expect checks a milter action: "continue", "accept" or "550 5.7.1 text".

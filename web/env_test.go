@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"fmt"
+	"github.com/blmilter/blmilter/internal/syncbuf"
 	"io"
 	"log/slog"
 	"net"
@@ -43,7 +44,7 @@ type env struct {
 	st    *store.Store
 	srv   *Server
 	ts    *httptest.Server
-	logs  *strings.Builder
+	logs  *syncbuf.Buffer
 	token string
 }
 
@@ -114,8 +115,8 @@ category = "local"
 		t.Fatalf("config: %v", err)
 	}
 	e.cfg = cfg
-	e.logs = &strings.Builder{}
-	log := slog.New(slog.NewTextHandler(&lockedWriter{w: e.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.logs = &syncbuf.Buffer{}
+	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	popts := policy.Options{Logger: log}
 	if !o.noStore {
@@ -163,17 +164,6 @@ category = "local"
 	e.ts = httptest.NewServer(srv.Handler())
 	t.Cleanup(e.ts.Close)
 	return e
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // client never follows redirects, so tests see them.
