@@ -369,8 +369,8 @@ func (d *daemon) warnRestartNeeded(old, cfg *policy.Config) {
 		{"web.listen", old.Web.Listen, cfg.Web.Listen},
 		{"metrics.listen", old.Metrics.Listen, cfg.Metrics.Listen},
 		{"store.path", old.Store.Path, cfg.Store.Path},
-		{"log.file", old.Log.File, cfg.Log.File},
-		{"health.interval", old.Health.Interval.String(), cfg.Health.Interval.String()},
+		{"log", fmt.Sprintf("%+v", old.Log), fmt.Sprintf("%+v", cfg.Log)},
+		{"health", fmt.Sprintf("%+v", old.Health), fmt.Sprintf("%+v", cfg.Health)},
 	} {
 		if c.old != c.new {
 			d.logger.Warn("setting changed; it takes effect at the next restart", slog.String("key", c.key), slog.String("running", c.old), slog.String("file", c.new))
