@@ -39,15 +39,16 @@ type Target interface {
 	SetListHealthy(name string, healthy bool)
 }
 
-// Options tune the monitor; zero values take the defaults in brackets.
+// Options tune the monitor. cmd/blmilter fills the first six from the
+// [health] section; they must be positive.
 type Options struct {
-	Interval    time.Duration // between probe rounds [5m], with ±10% jitter
-	Timeout     time.Duration // per probe query [2s]
-	FailAfter   int           // rounds of timeouts or SERVFAIL before degrading [2]
-	MinBackoff  time.Duration // first re-probe of a degraded list [30s]
-	MaxHitRatio float64       // share of listed answers that degrades a list [0.9]
-	MinChecks   int           // answers needed before the ratio counts [200]
-	RatioWindow time.Duration // the ratio's window [10m]
+	Interval    time.Duration // between probe rounds, with ±10% jitter
+	Timeout     time.Duration // per probe query
+	FailAfter   int           // rounds of timeouts or SERVFAIL before degrading
+	MaxHitRatio float64       // share of listed answers that degrades a list
+	MinChecks   int           // answers needed before the ratio counts
+	RatioWindow time.Duration // the ratio's window
+	MinBackoff  time.Duration // first re-probe of a degraded list; 0 is DefaultMinBackoff
 	Logger      *slog.Logger
 	// OnChange is called once per state change, for metrics.
 	OnChange func(list string, healthy bool, reason string)
@@ -96,28 +97,14 @@ type Monitor struct {
 	lists map[string]*listState
 }
 
+// DefaultMinBackoff is the first re-probe of a degraded list when
+// Options.MinBackoff is 0.
+const DefaultMinBackoff = 30 * time.Second
+
 // New makes a monitor; Run starts it.
 func New(target func() Target, resolver func() Resolver, opts Options) *Monitor {
-	if opts.Interval <= 0 {
-		opts.Interval = 5 * time.Minute
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 2 * time.Second
-	}
-	if opts.FailAfter <= 0 {
-		opts.FailAfter = 2
-	}
 	if opts.MinBackoff <= 0 {
-		opts.MinBackoff = 30 * time.Second
-	}
-	if opts.MaxHitRatio <= 0 {
-		opts.MaxHitRatio = 0.9
-	}
-	if opts.MinChecks <= 0 {
-		opts.MinChecks = 200
-	}
-	if opts.RatioWindow <= 0 {
-		opts.RatioWindow = 10 * time.Minute
+		opts.MinBackoff = DefaultMinBackoff
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

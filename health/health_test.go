@@ -11,8 +11,10 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/config"
 	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit/testengine"
 	"github.com/blmilter/blmilter/policy"
 )
 
@@ -49,9 +51,8 @@ func newFixture(t *testing.T, extra string, opts Options) *fixture {
 	t.Helper()
 	f := &fixture{dns: dnstest.Start(t), clock: &clock{now: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}, changes: make(chan string, 16)}
 	honest(f.dns)
-	cfg, err := policy.Parse([]byte(fmt.Sprintf(`
+	cfg := testengine.Config(t, f.dns, fmt.Sprintf(`
 [dns]
-servers = [%q]
 timeout = "200ms"
 [policy]
 deadline = "2s"
@@ -60,24 +61,37 @@ name = "Test BL"
 zone = %q
 weight = 3
 ipv6 = false
-%s`, f.dns.Addr, zone, extra)), "test.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+%s`, zone, extra))
 	res, err := dnsbl.NewResolver([]string{f.dns.Addr}, 200*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The default config's [health] values for what a test leaves out.
+	d := config.Defaults().Health
+	if opts.Interval == 0 {
+		opts.Interval = d.Interval.Duration
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = d.Timeout.Duration
+	}
+	if opts.FailAfter == 0 {
+		opts.FailAfter = d.FailAfter
+	}
+	if opts.MaxHitRatio == 0 {
+		opts.MaxHitRatio = d.MaxHitRatio
+	}
+	if opts.MinChecks == 0 {
+		opts.MinChecks = d.MinChecks
+	}
+	if opts.RatioWindow == 0 {
+		opts.RatioWindow = d.RatioWindow.Duration
 	}
 	opts.Now = f.clock.Now
 	opts.OnChange = func(list string, healthy bool, reason string) {
 		f.changes <- fmt.Sprintf("%s healthy=%v", list, healthy)
 	}
 	f.mon = New(func() Target { return f.engine }, func() Resolver { return res }, opts)
-	f.engine, err = policy.NewEngine(cfg, policy.Options{Observers: []policy.Observer{f.mon}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.engine.Close() })
+	f.engine = testengine.From(t, cfg, policy.Deps{Observers: []policy.Observer{f.mon}})
 	return f
 }
 

@@ -1,7 +1,7 @@
-// Package logging builds blmilter's log/slog logger from the [log] section
-// (text or JSON, stderr or a file that SIGUSR1 reopens for logrotate), and
-// logs list errors at warning level without letting a dead list flood the
-// log.
+// Package logging builds blmilter's log/slog logger (text or JSON, stderr
+// or a file that SIGUSR1 reopens for logrotate, a level a reload may
+// change), and logs list errors at warning level without letting a dead
+// list flood the log.
 package logging
 
 import (
@@ -15,13 +15,25 @@ import (
 	"github.com/blmilter/blmilter/policy"
 )
 
-// Output is where log lines go: stderr, or a file that can be reopened.
+// Options are the logger's settings; cmd/blmilter fills them from [log].
+type Options struct {
+	Level  slog.Level
+	Format string // "text" (logfmt) or "json"
+	File   string // "" logs to stderr
+}
+
+// Output is where log lines go: stderr, or a file that can be reopened. It
+// also holds the level, which SetLevel changes.
 type Output struct {
 	path   string
 	stderr io.Writer
+	level  slog.LevelVar
 	mu     sync.Mutex
 	f      *os.File
 }
+
+// SetLevel changes the lowest level the logger writes, at once.
+func (o *Output) SetLevel(l slog.Level) { o.level.Set(l) }
 
 // Write writes one log line to the current file.
 func (o *Output) Write(p []byte) (int, error) {
@@ -65,30 +77,22 @@ func (o *Output) Close() error {
 	return err
 }
 
-// New builds the logger for cfg, writing to the [log] file or else to
-// stderr. The Output is returned so SIGUSR1 can reopen it.
-func New(cfg policy.LogConfig, stderr io.Writer) (*slog.Logger, *Output, error) {
+// New builds the logger, writing to opts.File or else to stderr. The Output
+// is returned so SIGUSR1 can reopen it and a reload change the level.
+func New(opts Options, stderr io.Writer) (*slog.Logger, *Output, error) {
 	if stderr == nil {
 		stderr = os.Stderr
 	}
-	out := &Output{path: cfg.File, stderr: stderr}
+	out := &Output{path: opts.File, stderr: stderr}
+	out.level.Set(opts.Level)
 	if err := out.Reopen(); err != nil {
 		return nil, nil, err
 	}
-	return slog.New(Handler(cfg, out)), out, nil
-}
-
-// Handler returns a text or JSON handler at the configured level on w.
-func Handler(cfg policy.LogConfig, w io.Writer) slog.Handler {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
-		level = slog.LevelInfo
+	hopts := &slog.HandlerOptions{Level: &out.level}
+	if opts.Format == "json" {
+		return slog.New(slog.NewJSONHandler(out, hopts)), out, nil
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.Format == "json" {
-		return slog.NewJSONHandler(w, opts)
-	}
-	return slog.NewTextHandler(w, opts)
+	return slog.New(slog.NewTextHandler(out, hopts)), out, nil
 }
 
 // ListErrors is a policy.Observer that logs list errors at warning level,

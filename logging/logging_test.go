@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/blmilter/blmilter/policy"
 )
 
 func TestListErrorsRateLimited(t *testing.T) {
@@ -51,7 +49,7 @@ func TestListErrorsRateLimited(t *testing.T) {
 func TestReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "blmilter.log")
-	log, out, err := New(policy.LogConfig{Level: "info", Format: "json", File: path}, nil)
+	log, out, err := New(Options{Level: slog.LevelInfo, Format: "json", File: path}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +75,16 @@ func TestReopen(t *testing.T) {
 	if cur, _ := os.ReadFile(path); strings.Contains(string(cur), "below the level") {
 		t.Error("debug line written at level info")
 	}
+	// A reload changes the level of the running logger.
+	out.SetLevel(slog.LevelDebug)
+	log.Debug("debug after the level changed")
+	if cur, _ := os.ReadFile(path); !strings.Contains(string(cur), "debug after the level changed") {
+		t.Error("debug line not written after SetLevel(debug)")
+	}
 }
 
 func TestBadFile(t *testing.T) {
-	_, _, err := New(policy.LogConfig{File: filepath.Join(t.TempDir(), "missing-dir", "x.log")}, nil)
+	_, _, err := New(Options{File: filepath.Join(t.TempDir(), "missing-dir", "x.log")}, nil)
 	if err == nil || !strings.Contains(err.Error(), "missing-dir") {
 		t.Fatalf("err = %v, want one naming the path", err)
 	}

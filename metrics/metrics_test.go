@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit/testengine"
 	"github.com/blmilter/blmilter/policy"
 )
 
@@ -47,9 +47,8 @@ func TestSeriesMove(t *testing.T) {
 	listed := netip.MustParseAddr("192.0.2.7")
 	s.Set(dnsbl.QueryName(listed, "bl.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
 	s.Set(dnsbl.QueryName(listed, "shadow.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
-	cfg, err := policy.Parse([]byte(fmt.Sprintf(`
-[dns]
-servers = [%q]
+	m := New("test")
+	e := testengine.New(t, s, `
 [[list]]
 name = "Test BL"
 zone = "bl.test"
@@ -60,16 +59,7 @@ name = "Shadow BL"
 zone = "shadow.test"
 weight = 3
 dry_run = true
-`, s.Addr)), "test.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := New("test")
-	e, err := policy.NewEngine(cfg, policy.Options{Observers: []policy.Observer{m}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+`, policy.Deps{Observers: []policy.Observer{m}})
 	m.SetCacheStats(e.CacheStats)
 	m.SetListHealthy("Test BL", true)
 	srv := httptest.NewServer(m.Handler())

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // startServer serves s on a fresh loopback listener ("tcp" or "unix") and
@@ -190,7 +192,9 @@ func TestReadDeadlineClosesIdleConnection(t *testing.T) {
 	if !errors.Is(err, io.EOF) {
 		t.Fatalf("idle connection: read = %v, want EOF (closed by the server)", err)
 	}
-	waitFor(t, func() bool { return s.Connections() == 0 })
+	testkit.WaitFor(t, "connections to close", 5*time.Second, func() error {
+		return testkit.Unless(s.Connections() == 0, "%d connections open", s.Connections())
+	})
 }
 
 func TestReadDeadlineRearmedWhileBusy(t *testing.T) {
@@ -261,16 +265,7 @@ func TestMalformedPacketsDoNotStopServer(t *testing.T) {
 			cs.Close()
 		})
 	}
-	waitFor(t, func() bool { return s.Connections() == 0 })
-}
-
-func waitFor(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "connections to close", 5*time.Second, func() error {
+		return testkit.Unless(s.Connections() == 0, "%d connections open", s.Connections())
+	})
 }

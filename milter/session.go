@@ -21,9 +21,9 @@ const HeaderName = "X-Blmilter"
 // NewServer returns a milter server that asks engine() for the current
 // policy engine at each SMTP connection, so a reload takes effect for the
 // next connection while sessions in progress keep the engine they started with.
-func NewServer(engine func() *policy.Engine, logger *slog.Logger, cfg policy.MilterConfig) *Server {
+func NewServer(engine func() *policy.Engine, opts Options) *Server {
 	var s *Server
-	s = newServer(logger, cfg.ReadTimeout.Duration, cfg.WriteTimeout.Duration, func() gomilter.Milter {
+	s = newServer(opts.Logger, opts.ReadTimeout, opts.WriteTimeout, func() gomilter.Milter {
 		return &session{srv: s, current: engine}
 	})
 	return s
@@ -72,7 +72,7 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomi
 	}
 	s.eng = eng
 	s.judged = true
-	s.rejectAt = eng.Config().Policy.RejectAt
+	s.rejectAt = eng.RejectAt()
 	if s.rejectAt == "connect" {
 		s.verdict = eng.Check(context.Background(), ip)
 		s.done = closedChan
@@ -234,7 +234,7 @@ func replyResponse(r policy.Reply) gomilter.Response {
 	if text == "" {
 		text = "Service unavailable"
 	}
-	return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), strconv.Itoa(code)+" "+enh+" "+policy.SendmailSafe(text))
+	return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), strconv.Itoa(code)+" "+enh+" "+sendmailSafe(text))
 }
 
 // exemptRecipient returns "postmaster" or "abuse" when rcpt is such a

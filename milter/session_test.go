@@ -3,10 +3,8 @@ package milter
 import (
 	"context"
 	"fmt"
-	"github.com/blmilter/blmilter/internal/syncbuf"
 	"io"
 	"log/slog"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,8 +13,9 @@ import (
 	gomilter "github.com/emersion/go-milter"
 	"github.com/miekg/dns"
 
-	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/internal/testkit/testengine"
 	"github.com/blmilter/blmilter/policy"
 )
 
@@ -46,10 +45,10 @@ type env struct {
 	srv     *Server
 	network string
 	addr    string
-	logs    *syncbuf.Buffer
+	logs    *testkit.Buffer
 }
 
-func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
+var qname = testkit.QName
 
 // newEnv starts the milter on network ("tcp" or "unix") with the test
 // lists plus policyTOML (the body of a [policy] section).
@@ -57,23 +56,15 @@ func newEnv(t testing.TB, network, policyTOML string) *env {
 	t.Helper()
 	s := dnstest.Start(t)
 	config := fmt.Sprintf("[dns]\nservers = [%q]\ntimeout = \"1s\"\n[policy]\nallow = [\"198.51.100.0/24\"]\n%s\n%s", s.Addr, policyTOML, testLists)
-	cfg, err := policy.Parse([]byte(config), "test.toml")
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	eng, err := policy.NewEngine(cfg, policy.Options{})
-	if err != nil {
-		t.Fatalf("engine: %v", err)
-	}
-	t.Cleanup(func() { eng.Close() })
-	logs := &syncbuf.Buffer{}
+	eng := testengine.New(t, s, config, policy.Deps{})
+	logs := &testkit.Buffer{}
 	var w io.Writer = logs
 	if _, ok := t.(*testing.B); ok {
 		// Format every line as in production, but do not keep them.
 		w = io.Discard
 	}
 	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv := NewServer(func() *policy.Engine { return eng }, logger, policy.MilterConfig{})
+	srv := NewServer(func() *policy.Engine { return eng }, Options{Logger: logger, ReadTimeout: 2 * time.Minute, WriteTimeout: 10 * time.Second})
 	net, addr := startServer(t, srv, network)
 	// Listed: zombie in Test ZEN. 192.0.2.9 fails in the strict list.
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"exploited host"}})
@@ -372,7 +363,11 @@ func TestShutdownLetsBlmilterSessionFinish(t *testing.T) {
 		done.Store(true)
 		shutdown <- err
 	}()
-	waitFor(t, func() bool { e.srv.mu.Lock(); defer e.srv.mu.Unlock(); return e.srv.closing.Load() })
+	testkit.WaitFor(t, "the server to close", 5*time.Second, func() error {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return testkit.Unless(e.srv.closing.Load(), "not closing")
+	})
 	act, err := cs.Mail("sender@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	act, err = cs.Rcpt("user@example.net", nil)

@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"context"
@@ -6,20 +6,21 @@ import (
 	"testing"
 
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/policy"
 )
 
 // benchEngine has the default ZEN list plus a file list, the usual shape.
-func benchEngine(b *testing.B) (*Engine, *dnstest.Server) {
+func benchEngine(b *testing.B) (*policy.Engine, *dnstest.Server) {
 	s := dnstest.Start(b)
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TTL: 3600})
-	return newEngine(b, s, zenConfig, Options{}), s
+	return newEngine(b, s, zenConfig, policy.Deps{}), s
 }
 
 func BenchmarkCheckCached(b *testing.B) {
 	e, _ := benchEngine(b)
 	ip := netip.MustParseAddr("192.0.2.1")
 	ctx := context.Background()
-	if v := e.Check(ctx, ip); v.Action != ActionAccept {
+	if v := e.Check(ctx, ip); v.Action != policy.ActionAccept {
 		b.Fatalf("verdict: %+v", v)
 	}
 	b.ReportAllocs()
@@ -37,14 +38,14 @@ func BenchmarkCheckCachedListed(b *testing.B) {
 	e, _ := benchEngine(b)
 	ip := netip.MustParseAddr("192.0.2.7")
 	ctx := context.Background()
-	if v := e.Check(ctx, ip); v.Action != ActionReject {
+	if v := e.Check(ctx, ip); v.Action != policy.ActionReject {
 		b.Fatalf("verdict: %+v", v)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if v := e.Check(ctx, ip); !v.Cached || v.Action != ActionReject {
+			if v := e.Check(ctx, ip); !v.Cached || v.Action != policy.ActionReject {
 				b.Fatal("not cached")
 			}
 		}

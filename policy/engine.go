@@ -1,9 +1,10 @@
-// Package policy decides what to do with an SMTP client's IP: it holds the
-// TOML configuration, asks the configured DNS lists, local list files and
-// the site's own list about the IP (in parallel, under one deadline, through
-// a TTL cache), scores the hits into a Verdict and writes the reply text the
-// client sees. The milter, the policy server and the web service only
-// translate between their protocol and Check, Inspect and Reply.
+// Package policy decides what to do with an SMTP client's IP: it asks the
+// configured DNS lists, local list files and the site's own list about the
+// IP (in parallel, under one deadline, through a TTL cache), scores the hits
+// into a Verdict and writes the reply text the client sees. The milter, the
+// policy server and the web service only translate between their protocol
+// and Check, Inspect and Reply. The engine takes validated Options; it never
+// reads the config file.
 package policy
 
 import (
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,16 +40,6 @@ type Decision struct {
 // block the mail path.
 type Recorder interface {
 	RecordDecision(d Decision)
-}
-
-// Options are the engine's collaborators; all are optional.
-type Options struct {
-	Logger    *slog.Logger
-	StoreList StoreList // needed by lists with store = true; without it they are skipped
-	Recorder  Recorder
-	// Observers see every DNS answer and every verdict: the metrics and the
-	// health monitor's hit-ratio alarm.
-	Observers []Observer
 }
 
 // Observer is told what the engine sees. Its methods run on the mail path,
@@ -78,7 +70,7 @@ type ListInfo struct {
 const fileWatchInterval = 5 * time.Second
 
 type list struct {
-	cfg     *ListConfig
+	cfg     *List
 	kind    string
 	healthy atomic.Bool
 	file    *iplist.File
@@ -87,7 +79,6 @@ type list struct {
 // Engine checks client IPs. It is safe for concurrent use; build a new one
 // to change the configuration.
 type Engine struct {
-	cfg      *Config
 	log      *slog.Logger
 	opts     Options
 	lists    []*list
@@ -119,41 +110,46 @@ type dnsResult struct {
 
 var emptyResult = &dnsResult{}
 
-// NewEngine builds an engine for cfg: the resolver, the cache and the list
-// files. A list file that cannot be read is a *ConfigError.
-func NewEngine(cfg *Config, opts Options) (*Engine, error) {
-	if cfg == nil {
-		return nil, errors.New("policy: nil config")
-	}
-	// A config built or changed in code has not been through Parse.
-	if err := cfg.prepare(); err != nil {
-		return nil, err
-	}
+// FileError is a list file NewEngine could not read.
+type FileError struct {
+	Index int    // the list's position in Options.Lists
+	List  string // its name
+	Err   error
+}
+
+func (e *FileError) Error() string { return fmt.Sprintf("list %q: %v", e.List, e.Err) }
+
+func (e *FileError) Unwrap() error { return e.Err }
+
+// NewEngine builds an engine: the resolver, the cache and the list files.
+// opts must be valid (see Options); the lists are copied. Every list file
+// that cannot be read is a *FileError in the returned error.
+func NewEngine(opts Options) (*Engine, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	opts.Lists = slices.Clone(opts.Lists)
 	e := &Engine{
-		cfg:    cfg,
 		log:    log,
 		opts:   opts,
 		byName: map[string]*list{},
-		cache:  cache.New[netip.Addr, *dnsResult](cache.Options{Size: cfg.Cache.Size}),
-		action: Action(cfg.Policy.Action),
+		cache:  cache.New[netip.Addr, *dnsResult](cache.Options{Size: opts.Cache.Size}),
+		action: opts.Action,
 		epoch:  time.Now(),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
-	var problems []Problem
-	for i := range cfg.Lists {
-		lc := &cfg.Lists[i]
-		l := &list{cfg: lc, kind: lc.Kind()}
+	var problems []error
+	for i := range opts.Lists {
+		lc := &opts.Lists[i]
+		l := &list{cfg: lc, kind: lc.Kind}
 		l.healthy.Store(true)
 		switch l.kind {
 		case KindFile:
 			f, err := iplist.OpenFile(lc.File)
 			if err != nil {
-				problems = append(problems, Problem{Key: fmt.Sprintf("list[%d].file", i), Msg: err.Error()})
+				problems = append(problems, &FileError{Index: i, List: lc.Name, Err: err})
 				continue
 			}
 			l.file = f
@@ -166,26 +162,26 @@ func NewEngine(cfg *Config, opts Options) (*Engine, error) {
 		e.lists = append(e.lists, l)
 		e.byName[lc.Name] = l
 		if l.kind == KindDNS {
-			if lc.UsesIPv4() {
+			if lc.IPv4 {
 				e.dns4 = append(e.dns4, l)
 			}
-			if lc.UsesIPv6() {
+			if lc.IPv6 {
 				e.dns6 = append(e.dns6, l)
 			}
 		} else {
-			if lc.UsesIPv4() {
+			if lc.IPv4 {
 				e.local4 = append(e.local4, l)
 			}
-			if lc.UsesIPv6() {
+			if lc.IPv6 {
 				e.local6 = append(e.local6, l)
 			}
 		}
 	}
 	if len(problems) > 0 {
-		return nil, &ConfigError{File: cfg.File, Problems: problems}
+		return nil, errors.Join(problems...)
 	}
 	if len(e.dns4)+len(e.dns6) > 0 {
-		r, err := dnsbl.NewResolver(cfg.DNS.Servers, cfg.DNS.Timeout.Duration)
+		r, err := dnsbl.NewResolver(opts.DNSServers, opts.DNSTimeout)
 		if err != nil {
 			return nil, fmt.Errorf("policy: DNS resolver: %w", err)
 		}
@@ -199,8 +195,15 @@ func NewEngine(cfg *Config, opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// Config returns the engine's configuration; do not modify it.
-func (e *Engine) Config() *Config { return e.cfg }
+// RejectAt is the stage at which front ends apply a verdict:
+// RejectAtRcpt or RejectAtConnect.
+func (e *Engine) RejectAt() string { return e.opts.RejectAt }
+
+// Threshold is the score at or above which the policy acts.
+func (e *Engine) Threshold() float64 { return e.opts.Threshold }
+
+// Deadline bounds one check.
+func (e *Engine) Deadline() time.Duration { return e.opts.Deadline }
 
 // Close stops the list file watcher. Checks still work after Close.
 func (e *Engine) Close() error {
@@ -260,9 +263,9 @@ func (e *Engine) Lists() []ListInfo {
 			Name:    l.cfg.Name,
 			Zone:    l.cfg.Zone,
 			Kind:    l.kind,
-			IPv4:    l.cfg.UsesIPv4(),
-			IPv6:    l.cfg.UsesIPv6(),
-			Health:  l.cfg.HealthChecked(),
+			IPv4:    l.cfg.IPv4,
+			IPv6:    l.cfg.IPv6,
+			Health:  l.kind == KindDNS && l.cfg.Health,
 			Healthy: l.healthy.Load(),
 			DryRun:  l.cfg.DryRun,
 			Weight:  l.cfg.Weight,
@@ -296,7 +299,7 @@ func (e *Engine) Exempt(ip netip.Addr) Skip {
 	if ip.IsLoopback() || ip.IsUnspecified() {
 		return SkipLoopback
 	}
-	for _, p := range e.cfg.Policy.allow {
+	for _, p := range e.opts.Allow {
 		if p.Contains(ip) {
 			return SkipAllow
 		}
@@ -309,7 +312,7 @@ func (e *Engine) Exempt(ip netip.Addr) Skip {
 func (e *Engine) Check(ctx context.Context, ip netip.Addr) Verdict {
 	start := e.mono()
 	ip = ip.Unmap()
-	v := Verdict{IP: ip, Threshold: e.cfg.Policy.Threshold, Action: ActionAccept}
+	v := Verdict{IP: ip, Threshold: e.opts.Threshold, Action: ActionAccept}
 	if v.Skipped = e.Exempt(ip); v.Skipped != SkipNone {
 		v.Duration = e.mono() - start
 		return v
@@ -387,7 +390,7 @@ const degradedGrace = 100 * time.Millisecond
 // check time.
 func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) []outcome {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.Policy.Deadline.Duration)
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Deadline)
 	defer cancel()
 	type answer struct {
 		i   int
@@ -404,7 +407,7 @@ func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bo
 			waiting++
 		}
 		go func() {
-			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout.Duration})}
+			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout})}
 		}()
 	}
 	received := 0
@@ -455,7 +458,7 @@ wait:
 	}
 	for i := range outs {
 		if !got[i] {
-			outs[i].res = dnsbl.Result{Status: dnsbl.Error, Err: errDeadline, Duration: e.cfg.Policy.Deadline.Duration}
+			outs[i].res = dnsbl.Result{Status: dnsbl.Error, Err: errDeadline, Duration: e.opts.Deadline}
 		}
 	}
 	if !all {
@@ -472,10 +475,10 @@ wait:
 // the lowest of the lists' TTLs (a listing's TTL clamped to [min_ttl,
 // max_ttl], a clean answer negative_ttl, an error error_ttl).
 func (e *Engine) build(outs []outcome) (*dnsResult, time.Duration) {
-	c := &e.cfg.Cache
+	c := &e.opts.Cache
 	r := &dnsResult{}
 	// negative_ttl is used as configured, also above max_ttl.
-	ttl := max(c.MaxTTL.Duration, c.NegativeTTL.Duration)
+	ttl := max(c.MaxTTL, c.NegativeTTL)
 	for _, o := range outs {
 		lc := o.l.cfg
 		switch o.res.Status {
@@ -483,9 +486,9 @@ func (e *Engine) build(outs []outcome) (*dnsResult, time.Duration) {
 			h := e.hit(lc, o.res, o.degraded)
 			r.hits = append(r.hits, h)
 			r.score += h.Weight
-			ttl = min(ttl, cache.Clamp(o.res.TTL, c.MinTTL.Duration, c.MaxTTL.Duration))
+			ttl = min(ttl, cache.Clamp(o.res.TTL, c.MinTTL, c.MaxTTL))
 		case dnsbl.NotListed:
-			ttl = min(ttl, c.NegativeTTL.Duration)
+			ttl = min(ttl, c.NegativeTTL)
 		default:
 			onErr := lc.OnError
 			if o.degraded || lc.DryRun {
@@ -502,14 +505,14 @@ func (e *Engine) build(outs []outcome) (*dnsResult, time.Duration) {
 			// A degraded list's error counts for nothing, so it must not
 			// shorten the entry either; recovery purges the cache.
 			if !o.degraded {
-				ttl = min(ttl, c.ErrorTTL.Duration)
+				ttl = min(ttl, c.ErrorTTL)
 			}
 		}
 	}
 	return r, ttl
 }
 
-func (e *Engine) hit(lc *ListConfig, res dnsbl.Result, degraded bool) Hit {
+func (e *Engine) hit(lc *List, res dnsbl.Result, degraded bool) Hit {
 	m := lc.match(res.Codes)
 	h := Hit{List: lc.Name, Category: m.category, Code: m.code, Reason: res.Reason, Weight: m.weight, ListWeight: m.weight, DryRun: lc.DryRun, Degraded: degraded}
 	if h.DryRun || h.Degraded {
@@ -580,7 +583,7 @@ func (e *Engine) finish(v *Verdict, r *dnsResult) {
 // never refuses anything, also not on errors.
 func (e *Engine) decide(score float64, tempfail bool) Action {
 	switch {
-	case score >= e.cfg.Policy.Threshold:
+	case score >= e.opts.Threshold:
 		return e.action
 	case tempfail && e.action == ActionLog:
 		return ActionLog

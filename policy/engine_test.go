@@ -1,7 +1,8 @@
-package policy
+package policy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -14,26 +15,16 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/internal/testkit/testengine"
+	"github.com/blmilter/blmilter/policy"
 )
 
-// newEngine builds an engine whose DNS lists are served by s.
-func newEngine(t testing.TB, s *dnstest.Server, config string, opts Options) *Engine {
-	t.Helper()
-	cfg, err := Parse([]byte(fmt.Sprintf("[dns]\nservers = [%q]\n%s", s.Addr, config)), "test.toml")
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	e, err := NewEngine(cfg, opts)
-	if err != nil {
-		t.Fatalf("engine: %v", err)
-	}
-	t.Cleanup(func() { e.Close() })
-	return e
-}
-
-func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
+var (
+	newEngine = testengine.New
+	qname     = testkit.QName
+)
 
 const zenConfig = `
 [web]
@@ -52,11 +43,11 @@ func TestCheckListedCleanError(t *testing.T) {
 	s.Set(qname("192.0.2.8", "zen.test"), dnstest.Answer{A: []string{"127.255.255.254"}})
 	s.Set(qname("192.0.2.9", "zen.test"), dnstest.Answer{A: []string{"192.0.2.99"}})
 	s.Set(qname("192.0.2.10", "zen.test"), dnstest.Answer{Rcode: dns.RcodeServerFailure})
-	e := newEngine(t, s, zenConfig, Options{})
+	e := newEngine(t, s, zenConfig, policy.Deps{})
 	ctx := context.Background()
 
 	v := e.Check(ctx, netip.MustParseAddr("192.0.2.7"))
-	if v.Action != ActionReject || v.Score != 3 || v.Threshold != 3 || len(v.Hits) != 1 || v.Cached {
+	if v.Action != policy.ActionReject || v.Score != 3 || v.Threshold != 3 || len(v.Hits) != 1 || v.Cached {
 		t.Fatalf("listed: %+v", v)
 	}
 	if h := v.Hits[0]; h.List != "Spamhaus ZEN" || h.Category != "zombie" || h.Code != netip.MustParseAddr("127.0.0.4") || h.Reason != "exploited host" || h.Weight != 3 {
@@ -64,14 +55,14 @@ func TestCheckListedCleanError(t *testing.T) {
 	}
 
 	v = e.Check(ctx, netip.MustParseAddr("192.0.2.1"))
-	if v.Action != ActionAccept || v.Score != 0 || len(v.Hits) != 0 || len(v.Errors) != 0 {
+	if v.Action != policy.ActionAccept || v.Score != 0 || len(v.Hits) != 0 || len(v.Errors) != 0 {
 		t.Errorf("clean: %+v", v)
 	}
 
 	// List errors are never listings, and with on_error = "ignore" they let the client in.
 	for _, ip := range []string{"192.0.2.8", "192.0.2.9", "192.0.2.10"} {
 		v = e.Check(ctx, netip.MustParseAddr(ip))
-		if v.Action != ActionAccept || len(v.Hits) != 0 || len(v.Errors) != 1 || v.Errors[0].List != "Spamhaus ZEN" || v.Errors[0].OnError != "ignore" {
+		if v.Action != policy.ActionAccept || len(v.Hits) != 0 || len(v.Errors) != 1 || v.Errors[0].List != "Spamhaus ZEN" || v.Errors[0].OnError != "ignore" {
 			t.Errorf("%s: %+v", ip, v)
 		}
 	}
@@ -84,11 +75,11 @@ func TestOnError(t *testing.T) {
 	for _, tc := range []struct {
 		onError string
 		ip      string
-		want    Action
+		want    policy.Action
 	}{
-		{"ignore", "192.0.2.1", ActionAccept},
-		{"tempfail", "192.0.2.1", ActionTempfail},
-		{"tempfail", "192.0.2.7", ActionReject}, // the score decides first
+		{"ignore", "192.0.2.1", policy.ActionAccept},
+		{"tempfail", "192.0.2.1", policy.ActionTempfail},
+		{"tempfail", "192.0.2.7", policy.ActionReject}, // the score decides first
 	} {
 		t.Run(tc.onError+"/"+tc.ip, func(t *testing.T) {
 			e := newEngine(t, s, zenConfig+fmt.Sprintf(`
@@ -96,7 +87,7 @@ func TestOnError(t *testing.T) {
 name = "Failing"
 zone = "fail.test"
 on_error = %q
-`, tc.onError), Options{})
+`, tc.onError), policy.Deps{})
 			v := e.Check(context.Background(), netip.MustParseAddr(tc.ip))
 			if v.Action != tc.want {
 				t.Errorf("action %s, want %s (%+v)", v.Action, tc.want, v)
@@ -104,7 +95,7 @@ on_error = %q
 			if len(v.Errors) != 1 || v.Errors[0].OnError != tc.onError {
 				t.Errorf("errors: %+v", v.Errors)
 			}
-			if v.Action == ActionTempfail {
+			if v.Action == policy.ActionTempfail {
 				r := e.Reply(&v)
 				if r.Code != 451 || r.Enhanced != "4.7.1" || r.Text != "Temporary problem checking client [192.0.2.1]; try again later" {
 					t.Errorf("reply: %+v", r)
@@ -126,23 +117,23 @@ func TestScoring(t *testing.T) {
 	tests := []struct {
 		name   string
 		config string
-		action Action
+		action policy.Action
 		score  float64
 		hits   int
 	}{
-		{"one list below threshold", list("A", "a.test", 2, ""), ActionAccept, 2, 1},
-		{"two lists add up", list("A", "a.test", 2, "") + list("B", "b.test", 2, ""), ActionReject, 4, 2},
-		{"allow list takes off", list("A", "a.test", 3, "") + list("DNSWL", "wl.test", -2, `category = "allow"`), ActionAccept, 1, 2},
-		{"dry-run list logged, not scored", list("A", "a.test", 2, "") + list("B", "b.test", 2, "dry_run = true"), ActionAccept, 2, 2},
-		{"policy tempfail", "[policy]\naction = \"tempfail\"\n" + list("A", "a.test", 3, ""), ActionTempfail, 3, 1},
-		{"policy tag", "[policy]\naction = \"tag\"\n" + list("A", "a.test", 3, ""), ActionTag, 3, 1},
-		{"policy log (dry run)", "[policy]\naction = \"log\"\n" + list("A", "a.test", 3, ""), ActionLog, 3, 1},
-		{"per-code weight", list("A", "a.test", 1, `codes = { "127.0.0.2" = { category = "zombie", weight = 5 } }`), ActionReject, 5, 1},
-		{"fractional threshold", "[policy]\nthreshold = 1.5\n" + list("A", "a.test", 1, "") + list("B", "b.test", 0.5, ""), ActionReject, 1.5, 2},
+		{"one list below threshold", list("A", "a.test", 2, ""), policy.ActionAccept, 2, 1},
+		{"two lists add up", list("A", "a.test", 2, "") + list("B", "b.test", 2, ""), policy.ActionReject, 4, 2},
+		{"allow list takes off", list("A", "a.test", 3, "") + list("DNSWL", "wl.test", -2, `category = "allow"`), policy.ActionAccept, 1, 2},
+		{"dry-run list logged, not scored", list("A", "a.test", 2, "") + list("B", "b.test", 2, "dry_run = true"), policy.ActionAccept, 2, 2},
+		{"policy tempfail", "[policy]\naction = \"tempfail\"\n" + list("A", "a.test", 3, ""), policy.ActionTempfail, 3, 1},
+		{"policy tag", "[policy]\naction = \"tag\"\n" + list("A", "a.test", 3, ""), policy.ActionTag, 3, 1},
+		{"policy log (dry run)", "[policy]\naction = \"log\"\n" + list("A", "a.test", 3, ""), policy.ActionLog, 3, 1},
+		{"per-code weight", list("A", "a.test", 1, `codes = { "127.0.0.2" = { category = "zombie", weight = 5 } }`), policy.ActionReject, 5, 1},
+		{"fractional threshold", "[policy]\nthreshold = 1.5\n" + list("A", "a.test", 1, "") + list("B", "b.test", 0.5, ""), policy.ActionReject, 1.5, 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEngine(t, s, tc.config, Options{})
+			e := newEngine(t, s, tc.config, policy.Deps{})
 			v := e.Check(context.Background(), netip.MustParseAddr(ip))
 			if v.Action != tc.action || v.Score != tc.score || len(v.Hits) != tc.hits {
 				t.Errorf("got %s score %v hits %d, want %s %v %d: %+v", v.Action, v.Score, len(v.Hits), tc.action, tc.score, tc.hits, v.Hits)
@@ -159,34 +150,34 @@ func TestScoring(t *testing.T) {
 func TestExempt(t *testing.T) {
 	s := dnstest.Start(t)
 	s.SetZone("zen.test", dnstest.Answer{A: []string{"127.0.0.2"}})
-	e := newEngine(t, s, "[policy]\nallow = [\"10.0.0.0/8\", \"2001:db8:1::/48\", \"192.0.2.55\"]\n"+zenConfig, Options{})
+	e := newEngine(t, s, "[policy]\nallow = [\"10.0.0.0/8\", \"2001:db8:1::/48\", \"192.0.2.55\"]\n"+zenConfig, policy.Deps{})
 	for _, tc := range []struct {
 		ip   string
-		want Skip
+		want policy.Skip
 	}{
-		{"127.0.0.1", SkipLoopback},
-		{"::1", SkipLoopback},
-		{"::ffff:127.0.0.1", SkipLoopback},
-		{"0.0.0.0", SkipLoopback},
-		{"10.1.2.3", SkipAllow},
-		{"::ffff:10.1.2.3", SkipAllow},
-		{"2001:db8:1::25", SkipAllow},
-		{"192.0.2.55", SkipAllow},
-		{"", SkipInvalid},
+		{"127.0.0.1", policy.SkipLoopback},
+		{"::1", policy.SkipLoopback},
+		{"::ffff:127.0.0.1", policy.SkipLoopback},
+		{"0.0.0.0", policy.SkipLoopback},
+		{"10.1.2.3", policy.SkipAllow},
+		{"::ffff:10.1.2.3", policy.SkipAllow},
+		{"2001:db8:1::25", policy.SkipAllow},
+		{"192.0.2.55", policy.SkipAllow},
+		{"", policy.SkipInvalid},
 	} {
 		var ip netip.Addr
 		if tc.ip != "" {
 			ip = netip.MustParseAddr(tc.ip)
 		}
 		v := e.Check(context.Background(), ip)
-		if v.Skipped != tc.want || v.Action != ActionAccept || len(v.Hits) != 0 {
+		if v.Skipped != tc.want || v.Action != policy.ActionAccept || len(v.Hits) != 0 {
 			t.Errorf("%q: %+v, want skipped %q", tc.ip, v, tc.want)
 		}
 	}
 	if n := s.Queries(); n != 0 {
 		t.Errorf("exempt clients caused %d DNS queries", n)
 	}
-	if v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.56")); v.Skipped != SkipNone || v.Action != ActionReject {
+	if v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.56")); v.Skipped != policy.SkipNone || v.Action != policy.ActionReject {
 		t.Errorf("a listed client next to an allowed one: %+v", v)
 	}
 }
@@ -200,13 +191,13 @@ func TestDeadline(t *testing.T) {
 name = "Silent"
 zone = "silent.test"
 timeout = "10s"
-`, Options{})
+`, policy.Deps{})
 	start := time.Now()
 	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
 	if el := time.Since(start); el > 300*time.Millisecond+time.Second {
 		t.Errorf("check took %v with a 300ms deadline", el)
 	}
-	if v.Action != ActionReject || len(v.Errors) != 1 || v.Errors[0].List != "Silent" {
+	if v.Action != policy.ActionReject || len(v.Errors) != 1 || v.Errors[0].List != "Silent" {
 		t.Errorf("verdict: %+v", v)
 	}
 }
@@ -221,7 +212,7 @@ func TestListsInParallel(t *testing.T) {
 		s.SetZone(zone, dnstest.Answer{Rcode: dns.RcodeNameError, Delay: delay})
 		fmt.Fprintf(&config, "[[list]]\nname = \"slow%d\"\nzone = %q\ntimeout = \"4s\"\n", i, zone)
 	}
-	e := newEngine(t, s, config.String(), Options{})
+	e := newEngine(t, s, config.String(), policy.Deps{})
 	start := time.Now()
 	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
 	el := time.Since(start)
@@ -238,7 +229,7 @@ func TestCache(t *testing.T) {
 	s := dnstest.Start(t)
 	name := qname("192.0.2.7", "zen.test")
 	s.Set(name, dnstest.Answer{A: []string{"127.0.0.4"}, TTL: 1})
-	e := newEngine(t, s, zenConfig, Options{})
+	e := newEngine(t, s, zenConfig, policy.Deps{})
 	ip := netip.MustParseAddr("192.0.2.7")
 	ctx := context.Background()
 
@@ -247,7 +238,7 @@ func TestCache(t *testing.T) {
 		t.Fatalf("first check: cached %v, queries %d", v.Cached, s.QueriesFor(name, dns.TypeA))
 	}
 	v2 := e.Check(ctx, ip)
-	if !v2.Cached || v2.Action != ActionReject || v2.Hits[0].Category != "zombie" || s.QueriesFor(name, dns.TypeA) != 1 {
+	if !v2.Cached || v2.Action != policy.ActionReject || v2.Hits[0].Category != "zombie" || s.QueriesFor(name, dns.TypeA) != 1 {
 		t.Errorf("second check: %+v, queries %d", v2, s.QueriesFor(name, dns.TypeA))
 	}
 
@@ -274,7 +265,7 @@ func TestCacheTTLs(t *testing.T) {
 	failing := qname("192.0.2.9", "zen.test")
 	s.Set(listed, dnstest.Answer{A: []string{"127.0.0.4"}, TTL: 3600})
 	s.Set(failing, dnstest.Answer{Rcode: dns.RcodeServerFailure})
-	e := newEngine(t, s, "[cache]\nmin_ttl = \"0s\"\nmax_ttl = \"200ms\"\nnegative_ttl = \"1h\"\nerror_ttl = \"0s\"\n"+zenConfig, Options{})
+	e := newEngine(t, s, "[cache]\nmin_ttl = \"0s\"\nmax_ttl = \"200ms\"\nnegative_ttl = \"1h\"\nerror_ttl = \"0s\"\n"+zenConfig, policy.Deps{})
 	ctx := context.Background()
 	for _, ip := range []string{"192.0.2.7", "192.0.2.8", "192.0.2.9"} {
 		e.Check(ctx, netip.MustParseAddr(ip))
@@ -302,9 +293,9 @@ func TestConcurrentChecksShareOneQuery(t *testing.T) {
 	s := dnstest.Start(t)
 	name := qname("192.0.2.7", "zen.test")
 	s.Set(name, dnstest.Answer{A: []string{"127.0.0.4"}, Delay: 200 * time.Millisecond})
-	e := newEngine(t, s, zenConfig, Options{})
+	e := newEngine(t, s, zenConfig, policy.Deps{})
 	var wg sync.WaitGroup
-	verdicts := make([]Verdict, 20)
+	verdicts := make([]policy.Verdict, 20)
 	for i := range verdicts {
 		wg.Go(func() { verdicts[i] = e.Check(context.Background(), netip.MustParseAddr("192.0.2.7")) })
 	}
@@ -313,7 +304,7 @@ func TestConcurrentChecksShareOneQuery(t *testing.T) {
 		t.Errorf("%d concurrent checks caused %d A queries", len(verdicts), n)
 	}
 	for _, v := range verdicts {
-		if v.Action != ActionReject {
+		if v.Action != policy.ActionReject {
 			t.Errorf("verdict: %+v", v)
 		}
 	}
@@ -332,9 +323,9 @@ zone = "v6.test"
 name = "V4 only"
 zone = "v4only.test"
 ipv6 = false
-`, Options{})
+`, policy.Deps{})
 	v := e.Check(context.Background(), netip.MustParseAddr(ip6))
-	if v.Action != ActionReject || len(v.Hits) != 1 || v.Hits[0].List != "Both" {
+	if v.Action != policy.ActionReject || len(v.Hits) != 1 || v.Hits[0].List != "Both" {
 		t.Errorf("IPv6 client: %+v", v)
 	}
 	if n := s.QueriesFor(qname(ip6, "v4only.test"), dns.TypeA); n != 0 {
@@ -366,10 +357,10 @@ func TestFileList(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "local.txt")
 	writeFile(t, path, "192.0.2.0/24 spam-source # seen at our traps\n2001:db8::/32\n")
-	e := newEngine(t, s, fmt.Sprintf("[[list]]\nname = \"local\"\nfile = %q\nweight = 5\n", path), Options{})
+	e := newEngine(t, s, fmt.Sprintf("[[list]]\nname = \"local\"\nfile = %q\nweight = 5\n", path), policy.Deps{})
 	ctx := context.Background()
 	v := e.Check(ctx, netip.MustParseAddr("192.0.2.9"))
-	if v.Action != ActionReject || len(v.Hits) != 1 || v.Hits[0].Category != "spam-source" || v.Hits[0].Reason != "seen at our traps" || v.Hits[0].Code.IsValid() {
+	if v.Action != policy.ActionReject || len(v.Hits) != 1 || v.Hits[0].Category != "spam-source" || v.Hits[0].Reason != "seen at our traps" || v.Hits[0].Code.IsValid() {
 		t.Errorf("file listing: %+v", v)
 	}
 	if v := e.Check(ctx, netip.MustParseAddr("2001:db8::1")); len(v.Hits) != 1 || v.Hits[0].Category != "local" {
@@ -379,27 +370,27 @@ func TestFileList(t *testing.T) {
 	// A broken file keeps the last good version.
 	writeFile(t, path, "192.0.2.0/24 spam-source\nnot-an-ip\n")
 	e.ReloadFiles()
-	if v := e.Check(ctx, netip.MustParseAddr("192.0.2.9")); v.Action != ActionReject {
+	if v := e.Check(ctx, netip.MustParseAddr("192.0.2.9")); v.Action != policy.ActionReject {
 		t.Errorf("broken file replaced the last good version: %+v", v)
 	}
 	// A good new version takes effect at once, without a cache purge.
 	writeFile(t, path, "198.51.100.0/24 zombie\n")
 	e.ReloadFiles()
-	if v := e.Check(ctx, netip.MustParseAddr("192.0.2.9")); v.Action != ActionAccept {
+	if v := e.Check(ctx, netip.MustParseAddr("192.0.2.9")); v.Action != policy.ActionAccept {
 		t.Errorf("old entry still listed: %+v", v)
 	}
-	if v := e.Check(ctx, netip.MustParseAddr("198.51.100.1")); v.Action != ActionReject || v.Hits[0].Category != "zombie" {
+	if v := e.Check(ctx, netip.MustParseAddr("198.51.100.1")); v.Action != policy.ActionReject || v.Hits[0].Category != "zombie" {
 		t.Errorf("new entry not listed: %+v", v)
 	}
 }
 
+// A list file that cannot be read stops the engine, naming the list (config
+// check turns it into a problem with the key list[N].file).
 func TestFileListMissingAtStart(t *testing.T) {
-	cfg, err := Parse([]byte("[[list]]\nname = \"local\"\nfile = \"/nonexistent/blmilter/local.txt\"\n"), "t.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = NewEngine(cfg, Options{})
-	if err == nil || !strings.Contains(err.Error(), "list[0].file") {
+	cfg := testengine.Config(t, nil, "[[list]]\nname = \"local\"\nfile = \"/nonexistent/blmilter/local.txt\"\n")
+	_, err := policy.NewEngine(cfg.EngineOptions())
+	var fe *policy.FileError
+	if !errors.As(err, &fe) || fe.Index != 0 || fe.List != "local" || !strings.Contains(err.Error(), "/nonexistent/blmilter/local.txt") {
 		t.Errorf("missing list file: %v", err)
 	}
 }
@@ -413,10 +404,10 @@ func (s storeList) Lookup(ip netip.Addr) (string, string, bool) {
 
 type recorder struct {
 	mu sync.Mutex
-	d  []Decision
+	d  []policy.Decision
 }
 
-func (r *recorder) RecordDecision(d Decision) {
+func (r *recorder) RecordDecision(d policy.Decision) {
 	r.mu.Lock()
 	r.d = append(r.d, d)
 	r.mu.Unlock()
@@ -430,7 +421,7 @@ func TestReply(t *testing.T) {
 		netip.MustParseAddr("192.0.2.67"): {strings.Repeat("x", 2000), ""},
 	}
 	rec := &recorder{}
-	e := newEngine(t, s, zenConfig+"[[list]]\nname = \"Our list\"\nstore = true\n", Options{StoreList: store, Recorder: rec})
+	e := newEngine(t, s, zenConfig+"[[list]]\nname = \"Our list\"\nstore = true\n", policy.Deps{StoreList: store, Recorder: rec})
 
 	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
 	r := e.Reply(&v)
@@ -456,9 +447,6 @@ func TestReply(t *testing.T) {
 	if !strings.HasPrefix(r.Text, "Service unavailable; client [192.0.2.66] listed by Our list (zombie  RCPT TO:<victim@example.org> %s)") {
 		t.Errorf("sanitised reply: %q", r.Text)
 	}
-	if got := SendmailSafe(r.Text); !strings.Contains(got, " %%s)") {
-		t.Errorf("SendmailSafe: %q", got)
-	}
 	v = e.Check(context.Background(), netip.MustParseAddr("192.0.2.67"))
 	if r = e.Reply(&v); len(r.Text) >= 450 {
 		t.Errorf("reply text of %d characters", len(r.Text))
@@ -472,14 +460,14 @@ func TestReplyTemplateAndTag(t *testing.T) {
 [policy]
 action = "tag"
 reject_text = "{list} says {category}: {url} (ref {ref}) for {ip}"
-`+zenConfig, Options{})
+`+zenConfig, policy.Deps{})
 	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
 	r := e.Reply(&v)
-	if v.Action != ActionTag || r.Code != 0 || r.Text != "" || r.Header != "score=3 hits=Spamhaus ZEN(dynamic) ref="+r.Ref {
+	if v.Action != policy.ActionTag || r.Code != 0 || r.Text != "" || r.Header != "score=3 hits=Spamhaus ZEN(dynamic) ref="+r.Ref {
 		t.Errorf("tag: %+v %+v", v, r)
 	}
 
-	e = newEngine(t, s, "[policy]\nreject_text = \"{list} says {category}: {url} (ref {ref}) for {ip}\"\n"+zenConfig, Options{})
+	e = newEngine(t, s, "[policy]\nreject_text = \"{list} says {category}: {url} (ref {ref}) for {ip}\"\n"+zenConfig, policy.Deps{})
 	v = e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
 	r = e.Reply(&v)
 	if want := "Spamhaus ZEN says dynamic: https://lookup.example.org/ip/192.0.2.7 (ref " + r.Ref + ") for 192.0.2.7"; r.Text != want {
@@ -490,18 +478,18 @@ reject_text = "{list} says {category}: {url} (ref {ref}) for {ip}"
 func TestListHealth(t *testing.T) {
 	s := dnstest.Start(t)
 	s.SetZone("zen.test", dnstest.Answer{A: []string{"127.0.0.4"}})
-	e := newEngine(t, s, zenConfig, Options{})
+	e := newEngine(t, s, zenConfig, policy.Deps{})
 	ctx := context.Background()
 	ip := netip.MustParseAddr("192.0.2.7")
-	if v := e.Check(ctx, ip); v.Action != ActionReject {
+	if v := e.Check(ctx, ip); v.Action != policy.ActionReject {
 		t.Fatalf("healthy: %+v", v)
 	}
 	e.SetListHealthy("Spamhaus ZEN", false)
 	v := e.Check(ctx, ip)
-	if v.Cached || v.Action != ActionAccept || len(v.Hits) != 1 || !v.Hits[0].Degraded || v.Hits[0].Weight != 0 {
+	if v.Cached || v.Action != policy.ActionAccept || len(v.Hits) != 1 || !v.Hits[0].Degraded || v.Hits[0].Weight != 0 {
 		t.Errorf("degraded: %+v", v)
 	}
-	if li := e.Lists(); len(li) != 1 || li[0].Healthy || !li[0].Health || li[0].Zone != "zen.test" || li[0].Kind != KindDNS {
+	if li := e.Lists(); len(li) != 1 || li[0].Healthy || !li[0].Health || li[0].Zone != "zen.test" || li[0].Kind != policy.KindDNS {
 		t.Errorf("Lists: %+v", li)
 	}
 	in := e.Inspect(ctx, ip)
@@ -509,7 +497,7 @@ func TestListHealth(t *testing.T) {
 		t.Errorf("Inspect of a degraded list: %+v", in)
 	}
 	e.SetListHealthy("Spamhaus ZEN", true)
-	if v := e.Check(ctx, ip); v.Cached || v.Action != ActionReject {
+	if v := e.Check(ctx, ip); v.Cached || v.Action != policy.ActionReject {
 		t.Errorf("healthy again: %+v", v)
 	}
 }
@@ -518,14 +506,14 @@ func TestDegradedListDoesNotHoldCheck(t *testing.T) {
 	s := dnstest.Start(t)
 	s.SetZone("silent.test", dnstest.Answer{Silent: true})
 	s.SetZone("zen.test", dnstest.Answer{Rcode: dns.RcodeNameError})
-	e := newEngine(t, s, "[policy]\ndeadline = \"5s\"\n"+zenConfig+"[[list]]\nname = \"Silent\"\nzone = \"silent.test\"\ntimeout = \"5s\"\non_error = \"tempfail\"\n", Options{})
+	e := newEngine(t, s, "[policy]\ndeadline = \"5s\"\n"+zenConfig+"[[list]]\nname = \"Silent\"\nzone = \"silent.test\"\ntimeout = \"5s\"\non_error = \"tempfail\"\n", policy.Deps{})
 	e.SetListHealthy("Silent", false)
 	start := time.Now()
 	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
 	if el := time.Since(start); el > 2*time.Second {
 		t.Errorf("check waited %v for a degraded list", el)
 	}
-	if v.Action != ActionAccept || len(v.Errors) != 1 || v.Errors[0].OnError != "ignore" {
+	if v.Action != policy.ActionAccept || len(v.Errors) != 1 || v.Errors[0].OnError != "ignore" {
 		t.Errorf("verdict: %+v", v)
 	}
 }
@@ -551,11 +539,11 @@ file = %q
 [[list]]
 name = "Our list"
 store = true
-`, path), Options{})
+`, path), policy.Deps{})
 	in := e.Inspect(context.Background(), netip.MustParseAddr(ip))
 	want := []struct{ list, kind, status string }{
-		{"Spamhaus ZEN", KindDNS, "listed"}, {"Clean", KindDNS, "clean"}, {"Failing", KindDNS, "error"},
-		{"local", KindFile, "clean"}, {"Our list", KindStore, "skipped"},
+		{"Spamhaus ZEN", policy.KindDNS, "listed"}, {"Clean", policy.KindDNS, "clean"}, {"Failing", policy.KindDNS, "error"},
+		{"local", policy.KindFile, "clean"}, {"Our list", policy.KindStore, "skipped"},
 	}
 	if len(in.Lists) != len(want) {
 		t.Fatalf("lists: %+v", in.Lists)
@@ -573,7 +561,7 @@ store = true
 	if in.Lists[2].Err == "" {
 		t.Errorf("error result has no error text: %+v", in.Lists[2])
 	}
-	if in.Verdict.Action != ActionReject || in.Reply == nil || in.Reply.Code != 550 || in.Reply.Ref != "" {
+	if in.Verdict.Action != policy.ActionReject || in.Reply == nil || in.Reply.Code != 550 || in.Reply.Ref != "" {
 		t.Errorf("verdict %+v reply %+v", in.Verdict, in.Reply)
 	}
 	// Inspect refreshed the cache.
@@ -583,13 +571,13 @@ store = true
 }
 
 func TestLogAttrs(t *testing.T) {
-	v := Verdict{
-		IP: netip.MustParseAddr("192.0.2.7"), Action: ActionReject, Score: 3,
-		Hits: []Hit{
+	v := policy.Verdict{
+		IP: netip.MustParseAddr("192.0.2.7"), Action: policy.ActionReject, Score: 3,
+		Hits: []policy.Hit{
 			{List: "Spamhaus ZEN", Category: "zombie", Code: netip.MustParseAddr("127.0.0.4"), Weight: 3},
 			{List: "local", Category: "local", DryRun: true},
 		},
-		Errors:   []ListError{{List: "Other", Err: "timeout", OnError: "ignore"}},
+		Errors:   []policy.ListError{{List: "Other", Err: "timeout", OnError: "ignore"}},
 		Cached:   true,
 		Duration: 1500 * time.Microsecond,
 	}
@@ -599,7 +587,7 @@ func TestLogAttrs(t *testing.T) {
 			return slog.Attr{}
 		}
 		return a
-	}})).LogAttrs(context.Background(), slog.LevelInfo, "decision", LogAttrs(v)...)
+	}})).LogAttrs(context.Background(), slog.LevelInfo, "decision", policy.LogAttrs(v)...)
 	want := `level=INFO msg=decision ip=192.0.2.7 action=reject score=3 hits="[Spamhaus ZEN:zombie:127.0.0.4 local:local::dry-run]" errors="[Other: timeout]" cached=true duration=1.5ms` + "\n"
 	if b.String() != want {
 		t.Errorf("log line:\n%s\nwant:\n%s", b.String(), want)
@@ -610,11 +598,8 @@ func TestCloseStopsWatcher(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "local.txt")
 	writeFile(t, path, "192.0.2.0/24\n")
-	cfg, err := Parse([]byte(fmt.Sprintf("[[list]]\nname = \"local\"\nfile = %q\n", path)), "t.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(cfg, Options{})
+	cfg := testengine.Config(t, nil, fmt.Sprintf("[[list]]\nname = \"local\"\nfile = %q\n", path))
+	e, err := policy.NewEngine(cfg.EngineOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -627,66 +612,14 @@ func TestCloseStopsWatcher(t *testing.T) {
 	}
 }
 
-func TestConfigChangedInCode(t *testing.T) {
-	cfg := Default()
-	cfg.DNS.Servers = []string{"127.0.0.1:1"}
-	cfg.Policy.Allow = []string{"192.0.2.0/24"}
-	e, err := NewEngine(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	if s := e.Exempt(netip.MustParseAddr("192.0.2.5")); s != SkipAllow {
-		t.Errorf("allow set in code not used: %q", s)
-	}
-	cfg = Default()
-	cfg.Policy.Threshold = 0
-	cfg.Policy.Allow = []string{"nonsense"}
-	_, err = NewEngine(cfg, Options{})
-	if err == nil || !strings.Contains(err.Error(), "policy.threshold") || !strings.Contains(err.Error(), "policy.allow[0]") {
-		t.Errorf("bad config built in code: %v", err)
-	}
-}
-
 func TestCacheStats(t *testing.T) {
 	s := dnstest.Start(t)
-	e := newEngine(t, s, zenConfig, Options{})
+	e := newEngine(t, s, zenConfig, policy.Deps{})
 	ip := netip.MustParseAddr("192.0.2.1")
 	e.Check(context.Background(), ip)
 	e.Check(context.Background(), ip)
 	if st := e.CacheStats(); st.Hits != 1 || st.Misses != 1 || st.Entries != 1 {
 		t.Errorf("stats after a miss and a hit: %+v", st)
-	}
-}
-
-func TestExpandAndSanitize(t *testing.T) {
-	for _, tc := range []struct{ tmpl, want string }{
-		{"{ip} {list} {category} {url} {ref}", "192.0.2.7 ZEN zombie https://x/ip/192.0.2.7 REF"},
-		{"no placeholders", "no placeholders"},
-		{"{ip}{ip}", "192.0.2.7192.0.2.7"},
-		{"{unknown} {ip", "{unknown} {ip"},
-		{"{", "{"},
-	} {
-		if got := expand(tc.tmpl, "192.0.2.7", "ZEN", "zombie", "https://x/ip/192.0.2.7", "REF"); got != tc.want {
-			t.Errorf("expand(%q) = %q, want %q", tc.tmpl, got, tc.want)
-		}
-	}
-	for _, tc := range []struct {
-		in   string
-		max  int
-		want string
-	}{
-		{"plain text", 100, "plain text"},
-		{"a\r\nb\x00c\td", 100, "a  b c d"},
-		{"caf\u00e9", 100, "caf?"},
-		{"abcdef", 3, "abc"},
-	} {
-		if got := sanitize(tc.in, tc.max); got != tc.want {
-			t.Errorf("sanitize(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
-		}
-	}
-	if got := SendmailSafe("100% sure %s"); got != "100%% sure %%s" {
-		t.Errorf("SendmailSafe: %q", got)
 	}
 }
 
@@ -696,21 +629,21 @@ func TestInspectExempt(t *testing.T) {
 	s := dnstest.Start(t)
 	s.Set(qname("127.0.0.2", "zen.test"), dnstest.Answer{A: []string{"127.0.0.2"}})
 	s.Set(qname("10.1.2.3", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}})
-	e := newEngine(t, s, zenConfig+"[policy]\nallow = [\"10.0.0.0/8\"]\n", Options{})
+	e := newEngine(t, s, zenConfig+"[policy]\nallow = [\"10.0.0.0/8\"]\n", policy.Deps{})
 	for _, tt := range []struct {
 		ip   string
-		skip Skip
+		skip policy.Skip
 		code string
-	}{{"127.0.0.2", SkipLoopback, "127.0.0.2"}, {"10.1.2.3", SkipAllow, "127.0.0.4"}} {
+	}{{"127.0.0.2", policy.SkipLoopback, "127.0.0.2"}, {"10.1.2.3", policy.SkipAllow, "127.0.0.4"}} {
 		t.Run(tt.ip, func(t *testing.T) {
 			in := e.Inspect(context.Background(), netip.MustParseAddr(tt.ip))
-			if in.Verdict.Skipped != tt.skip || in.Verdict.Action != ActionAccept || in.Reply != nil {
+			if in.Verdict.Skipped != tt.skip || in.Verdict.Action != policy.ActionAccept || in.Reply != nil {
 				t.Fatalf("verdict %+v reply %+v, want skipped %q, accept, no reply", in.Verdict, in.Reply, tt.skip)
 			}
 			if len(in.Lists) != 1 || in.Lists[0].Status != "listed" || len(in.Lists[0].Codes) != 1 || in.Lists[0].Codes[0].String() != tt.code {
 				t.Fatalf("lists %+v, want the list's own answer %s", in.Lists, tt.code)
 			}
-			if v := e.Check(context.Background(), netip.MustParseAddr(tt.ip)); v.Skipped != tt.skip || v.Action != ActionAccept {
+			if v := e.Check(context.Background(), netip.MustParseAddr(tt.ip)); v.Skipped != tt.skip || v.Action != policy.ActionAccept {
 				t.Fatalf("Check after Inspect: %+v", v)
 			}
 		})

@@ -44,7 +44,7 @@ type Inspection struct {
 func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 	start := time.Now()
 	ip = ip.Unmap()
-	in := Inspection{Verdict: Verdict{IP: ip, Threshold: e.cfg.Policy.Threshold, Action: ActionAccept}}
+	in := Inspection{Verdict: Verdict{IP: ip, Threshold: e.opts.Threshold, Action: ActionAccept}}
 	if !ip.IsValid() {
 		in.Verdict.Skipped = SkipInvalid
 		return in
@@ -62,7 +62,7 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 		}
 	}
 	now := time.Now()
-	c := &e.cfg.Cache
+	c := &e.opts.Cache
 	for _, l := range e.lists {
 		lr := ListResult{List: l.cfg.Name, Kind: l.kind, DryRun: l.cfg.DryRun}
 		var o *outcome
@@ -84,11 +84,11 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 			case dnsbl.Listed:
 				h := e.hit(l.cfg, o.res, o.degraded)
 				lr.Status, lr.Codes, lr.Category, lr.Reason, lr.Weight = "listed", o.res.Codes, h.Category, h.Reason, h.Weight
-				lr.TTL = cache.Clamp(o.res.TTL, c.MinTTL.Duration, c.MaxTTL.Duration)
+				lr.TTL = cache.Clamp(o.res.TTL, c.MinTTL, c.MaxTTL)
 			case dnsbl.NotListed:
-				lr.Status, lr.TTL = "clean", c.NegativeTTL.Duration
+				lr.Status, lr.TTL = "clean", c.NegativeTTL
 			default:
-				lr.Status, lr.TTL = "error", c.ErrorTTL.Duration
+				lr.Status, lr.TTL = "error", c.ErrorTTL
 				if o.res.Err != nil {
 					lr.Err = o.res.Err.Error()
 				}
@@ -102,7 +102,7 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 		case l.kind == KindStore && e.opts.StoreList == nil:
 			lr.Status, lr.Reason = "skipped", "no store"
 		default:
-			if !(ip.Is4() && l.cfg.UsesIPv4() || ip.Is6() && l.cfg.UsesIPv6()) {
+			if !(ip.Is4() && l.cfg.IPv4 || ip.Is6() && l.cfg.IPv6) {
 				lr.Status = "skipped"
 				break
 			}

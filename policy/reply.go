@@ -55,7 +55,7 @@ func topHit(v *Verdict) (Hit, bool) {
 
 func (e *Engine) reply(v *Verdict, ref string) Reply {
 	r := Reply{Ref: ref}
-	pol := &e.cfg.Policy
+	pol := &e.opts
 	var tmpl string
 	switch v.Action {
 	case ActionReject:
@@ -72,8 +72,8 @@ func (e *Engine) reply(v *Verdict, ref string) Reply {
 	ip := v.IP.String()
 	if tmpl != "" {
 		url := ""
-		if e.cfg.Web.PublicURL != "" {
-			url = e.cfg.Web.PublicURL + "/ip/" + ip
+		if e.opts.PublicURL != "" {
+			url = e.opts.PublicURL + "/ip/" + ip
 		}
 		r.Text = sanitize(expand(tmpl, ip, sanitize(h.List, 64), sanitize(h.Category, 64), sanitize(url, 200), ref), maxReplyText)
 	}
@@ -169,10 +169,6 @@ func sanitize(s string, maxLen int) string {
 	}
 	return s
 }
-
-// SendmailSafe doubles '%', which Sendmail's milter reply handling would
-// otherwise read as a format directive.
-func SendmailSafe(s string) string { return strings.ReplaceAll(s, "%", "%%") }
 
 // LogAttrs are the fields of one decision log line, shared by the milter
 // and the policy server so both log alike.

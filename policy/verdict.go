@@ -74,7 +74,7 @@ type Verdict struct {
 type Reply struct {
 	Code     int    // 550 or 451
 	Enhanced string // "5.7.1" or "4.7.1"
-	Text     string // safe for the MTA: no CR/LF; '%' doubled where Sendmail needs it is up to the front end (see SendmailSafe)
+	Text     string // safe for the MTA: no CR/LF; doubling '%' for Sendmail is up to the milter
 	Ref      string // identifies the recorded decision
 	Header   string // X-Blmilter header value for tag
 }

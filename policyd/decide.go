@@ -97,7 +97,7 @@ func (c *conn) decideRequest() string {
 	switch st {
 	case stageRcpt:
 	case stageConnect, stageHelo, stageMail:
-		if e.Config().Policy.RejectAt != "connect" {
+		if e.RejectAt() != policy.RejectAtConnect {
 			return actionDunno
 		}
 	default:

@@ -21,18 +21,22 @@ import (
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("policyd: server closed")
 
-// Defaults for the zero values of policy.PolicydConfig.
-const (
-	// DefaultReadTimeout is how long a connection may wait for (or in) a
-	// request. Postfix keeps an idle connection for
-	// smtpd_policy_service_max_idle (300 s) and then closes it itself.
-	DefaultReadTimeout = 5 * time.Minute
-	// DefaultMaxConnections is above Postfix's default_process_limit (100):
-	// each smtpd process holds at most one connection to a policy service.
-	DefaultMaxConnections = 200
-	// WriteTimeout bounds writing one reply; Postfix reads it at once.
-	WriteTimeout = 10 * time.Second
-)
+// WriteTimeout bounds writing one reply; Postfix reads it at once.
+const WriteTimeout = 10 * time.Second
+
+// Options are the policy server's settings; cmd/blmilter fills them from
+// the [policyd] section.
+type Options struct {
+	Logger *slog.Logger
+	// ReadTimeout is how long a connection may wait for (or in) a request.
+	ReadTimeout time.Duration
+	// MaxConnections is the most connections served at once; more are
+	// closed at once.
+	MaxConnections int
+	// OnAnswer, when set, is told the kind of each answer (see
+	// AnswerKind), for metrics.
+	OnAnswer func(kind string)
+}
 
 // Server is a policy delegation server. Create it with NewServer; it may
 // serve several listeners at once.
@@ -43,9 +47,10 @@ type Server struct {
 
 	engine       func() *policy.Engine
 	log          *slog.Logger
-	readTimeout  time.Duration
 	writeTimeout time.Duration
-	maxConns     int
+	// The limits a reload may change (SetLimits); read per connection.
+	readTimeout atomic.Int64 // time.Duration
+	maxConns    atomic.Int64
 
 	// ctx is the parent of every check; Close cancels it.
 	ctx    context.Context
@@ -63,27 +68,31 @@ type Server struct {
 
 // NewServer returns a server that asks engine() for the current engine at
 // each request, so a reload can swap engines under open connections.
-func NewServer(engine func() *policy.Engine, logger *slog.Logger, cfg policy.PolicydConfig) *Server {
+// opts.ReadTimeout and opts.MaxConnections must be positive.
+func NewServer(engine func() *policy.Engine, opts Options) *Server {
+	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
+		OnAnswer:     opts.OnAnswer,
 		engine:       engine,
 		log:          logger,
-		readTimeout:  cfg.ReadTimeout.Duration,
 		writeTimeout: WriteTimeout,
-		maxConns:     cfg.MaxConnections,
 		listeners:    map[net.Listener]struct{}{},
 		conns:        map[*conn]struct{}{},
 	}
-	if s.readTimeout <= 0 {
-		s.readTimeout = DefaultReadTimeout
-	}
-	if s.maxConns <= 0 {
-		s.maxConns = DefaultMaxConnections
-	}
+	s.SetLimits(opts.ReadTimeout, opts.MaxConnections)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
+}
+
+// SetLimits changes the read timeout and the connection limit of a running
+// server (a reload): the timeout applies from each connection's next read,
+// the limit from the next accepted connection.
+func (s *Server) SetLimits(readTimeout time.Duration, maxConnections int) {
+	s.readTimeout.Store(int64(readTimeout))
+	s.maxConns.Store(int64(maxConnections))
 }
 
 // Serve accepts connections on ln until Shutdown or Close, and then returns
@@ -128,7 +137,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			nc.Close()
 			return ErrServerClosed
 		}
-		if len(s.conns) >= s.maxConns {
+		if maxConns := s.maxConns.Load(); int64(len(s.conns)) >= maxConns {
 			// One line a second at most: a flood must not flood the log.
 			s.refused++
 			now := time.Now()
@@ -140,7 +149,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			nc.Close()
 			if logIt {
 				s.log.Warn("policy connections refused: too many connections",
-					"refused", refused, "max_connections", s.maxConns)
+					"refused", refused, "max_connections", maxConns)
 			}
 			continue
 		}
@@ -298,7 +307,7 @@ func (c *conn) serve() {
 		if s.inShutdown.Load() {
 			return
 		}
-		if err := c.nc.SetReadDeadline(time.Now().Add(s.readTimeout)); err != nil {
+		if err := c.nc.SetReadDeadline(time.Now().Add(time.Duration(s.readTimeout.Load()))); err != nil {
 			return
 		}
 		if _, err := c.r.Peek(1); err != nil {
@@ -338,10 +347,10 @@ func (c *conn) readError(err error, betweenRequests bool) {
 		// Closed by Shutdown or Close.
 	case err == io.EOF && betweenRequests:
 	case errors.As(err, &ne) && ne.Timeout() && betweenRequests:
-		c.s.log.Debug("idle policy connection closed", "remote", c.remote, "read_timeout", c.s.readTimeout)
+		c.s.log.Debug("idle policy connection closed", "remote", c.remote, "read_timeout", time.Duration(c.s.readTimeout.Load()))
 	case errors.As(err, &ne) && ne.Timeout():
 		c.s.log.Warn("policy connection closed: request not finished in time",
-			"remote", c.remote, "read_timeout", c.s.readTimeout)
+			"remote", c.remote, "read_timeout", time.Duration(c.s.readTimeout.Load()))
 	case errors.Is(err, ErrLineTooLong), errors.Is(err, ErrTooManyAttributes):
 		c.s.log.Warn("policy connection dropped: bad request", "remote", c.remote, "err", err)
 	case errors.Is(err, io.ErrUnexpectedEOF):

@@ -6,10 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/blmilter/blmilter/internal/syncbuf"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +19,10 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/config"
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/internal/testkit/testengine"
 	"github.com/blmilter/blmilter/policy"
 )
 
@@ -35,18 +38,14 @@ const (
 )
 
 // logBuffer collects log output from several goroutines.
-type logBuffer struct{ syncbuf.Buffer }
+type logBuffer struct{ testkit.Buffer }
 
 // waitFor polls the log until it contains want.
 func (l *logBuffer) waitFor(t *testing.T, want string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(l.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("log has no %q:\n%s", want, l.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, fmt.Sprintf("%q in the log", want), 5*time.Second, func() error {
+		return testkit.Unless(strings.Contains(l.String(), want), "log so far:\n%s", l.String())
+	})
 }
 
 // newDNS starts the test DNS server with bl.test listing listedIP and
@@ -67,7 +66,6 @@ func newEngine(t testing.TB, d *dnstest.Server, action, extra string) *policy.En
 public_url = %q
 
 [dns]
-servers = [%q]
 timeout = "1s"
 
 [policy]
@@ -89,17 +87,8 @@ zone = "err.test"
 weight = 3
 health = false
 on_error = "tempfail"
-`, publicURL, d.Addr, action, extra)
-	cfg, err := policy.Parse([]byte(conf), "test.toml")
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	e, err := policy.NewEngine(cfg, policy.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatalf("engine: %v", err)
-	}
-	t.Cleanup(func() { e.Close() })
-	return e
+`, publicURL, action, extra)
+	return testengine.New(t, d, conf, policy.Deps{Logger: slog.New(slog.DiscardHandler)})
 }
 
 type testServer struct {
@@ -110,8 +99,20 @@ type testServer struct {
 	served  chan error
 }
 
+// limits fills the limits a test leaves zero with the default config's.
+func limits(o Options) Options {
+	d := config.Defaults().Policyd
+	if o.ReadTimeout == 0 {
+		o.ReadTimeout = d.ReadTimeout.Duration
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = d.MaxConnections
+	}
+	return o
+}
+
 // start serves e on a new loopback listener ("tcp" or "unix").
-func start(t testing.TB, e *policy.Engine, network string, cfg policy.PolicydConfig) *testServer {
+func start(t testing.TB, e *policy.Engine, network string, cfg Options) *testServer {
 	t.Helper()
 	lb := &logBuffer{}
 	ts := startLog(t, e, network, cfg, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})))
@@ -119,7 +120,7 @@ func start(t testing.TB, e *policy.Engine, network string, cfg policy.PolicydCon
 	return ts
 }
 
-func startLog(t testing.TB, e *policy.Engine, network string, cfg policy.PolicydConfig, logger *slog.Logger) *testServer {
+func startLog(t testing.TB, e *policy.Engine, network string, cfg Options, logger *slog.Logger) *testServer {
 	t.Helper()
 	spec := "127.0.0.1:0"
 	if network == "unix" {
@@ -130,7 +131,7 @@ func startLog(t testing.TB, e *policy.Engine, network string, cfg policy.Policyd
 		t.Fatal(err)
 	}
 	ts := &testServer{
-		srv:     NewServer(func() *policy.Engine { return e }, logger, cfg),
+		srv:     NewServer(func() *policy.Engine { return e }, limits(Options{Logger: logger, ReadTimeout: cfg.ReadTimeout, MaxConnections: cfg.MaxConnections})),
 		network: network,
 		addr:    ln.Addr().String(),
 		served:  make(chan error, 1),
@@ -228,7 +229,7 @@ func TestDecisions(t *testing.T) {
 	e := newEngine(t, d, "reject", "")
 	for _, network := range []string{"tcp", "unix"} {
 		t.Run(network, func(t *testing.T) {
-			ts := start(t, e, network, policy.PolicydConfig{})
+			ts := start(t, e, network, Options{})
 			c := ts.dial(t)
 			tests := []struct {
 				name string
@@ -280,7 +281,7 @@ func TestDecisions(t *testing.T) {
 
 func TestRejectText(t *testing.T) {
 	d := newDNS(t)
-	ts := start(t, newEngine(t, d, "reject", ""), "tcp", policy.PolicydConfig{})
+	ts := start(t, newEngine(t, d, "reject", ""), "tcp", Options{})
 	c := ts.dial(t)
 	got := c.ask(rcpt(listedIP, "user@example.org"))
 	for _, want := range []string{"550 5.7.1 ", listedLink, "Test BL", "[" + listedIP + "]"} {
@@ -318,7 +319,7 @@ func TestActions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.action, func(t *testing.T) {
-			ts := start(t, newEngine(t, d, tt.action, ""), "tcp", policy.PolicydConfig{})
+			ts := start(t, newEngine(t, d, tt.action, ""), "tcp", Options{})
 			c := ts.dial(t)
 			first := c.ask(rcpt(listedIP, "a@example.org"))
 			if !strings.HasPrefix(first, tt.first) {
@@ -345,7 +346,7 @@ func TestActions(t *testing.T) {
 
 func TestRejectAtConnect(t *testing.T) {
 	d := newDNS(t)
-	ts := start(t, newEngine(t, d, "reject", `reject_at = "connect"`), "tcp", policy.PolicydConfig{})
+	ts := start(t, newEngine(t, d, "reject", `reject_at = "connect"`), "tcp", Options{})
 	c := ts.dial(t)
 	for _, state := range []string{"CONNECT", "HELO", "EHLO", "MAIL", "RCPT"} {
 		req := strings.Replace(rcpt(listedIP, "u@example.org"), "protocol_state=RCPT", "protocol_state="+state, 1)
@@ -364,7 +365,7 @@ func TestRejectAtConnect(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	d := newDNS(t)
 	e := newEngine(t, d, "reject", "")
-	ts := start(t, e, "tcp", policy.PolicydConfig{ReadTimeout: policy.Duration{Duration: time.Second}})
+	ts := start(t, e, "tcp", Options{ReadTimeout: time.Second})
 	tests := []struct {
 		name  string
 		input string
@@ -467,7 +468,7 @@ func ping(c *client, stop <-chan struct{}, served *atomic.Int64) error {
 func TestReadTimeout(t *testing.T) {
 	d := newDNS(t)
 	ts := start(t, newEngine(t, d, "reject", ""), "tcp",
-		policy.PolicydConfig{ReadTimeout: policy.Duration{Duration: 600 * time.Millisecond}})
+		Options{ReadTimeout: 600 * time.Millisecond})
 	idle := ts.dial(t)
 	busy := ts.dial(t)
 	for range 5 {
@@ -484,7 +485,7 @@ func TestReadTimeout(t *testing.T) {
 
 func TestMaxConnections(t *testing.T) {
 	d := newDNS(t)
-	ts := start(t, newEngine(t, d, "reject", ""), "tcp", policy.PolicydConfig{MaxConnections: 2})
+	ts := start(t, newEngine(t, d, "reject", ""), "tcp", Options{MaxConnections: 2})
 	a, b := ts.dial(t), ts.dial(t)
 	for _, c := range []*client{a, b} {
 		if got := c.ask(rcpt(cleanIP, "u@example.org")); got != "DUNNO" {
@@ -519,7 +520,7 @@ func TestMaxConnections(t *testing.T) {
 
 func TestShutdown(t *testing.T) {
 	d := newDNS(t)
-	ts := start(t, newEngine(t, d, "reject", ""), "tcp", policy.PolicydConfig{})
+	ts := start(t, newEngine(t, d, "reject", ""), "tcp", Options{})
 	idle := ts.dial(t)
 	if got := idle.ask(rcpt(cleanIP, "u@example.org")); got != "DUNNO" {
 		t.Fatalf("action=%s", got)
@@ -597,7 +598,7 @@ func waitConns(t *testing.T, s *Server, busy, idle int) {
 // Shutdown gives up when its context ends; Close then ends everything.
 func TestShutdownTimeout(t *testing.T) {
 	d := newDNS(t)
-	ts := start(t, newEngine(t, d, "reject", ""), "tcp", policy.PolicydConfig{})
+	ts := start(t, newEngine(t, d, "reject", ""), "tcp", Options{})
 	busy := ts.dial(t)
 	busy.send("client_address=" + listedIP + "\n")
 	waitConns(t, ts.srv, 1, 0)
@@ -744,7 +745,7 @@ func BenchmarkPolicyRequest(b *testing.B) {
 	d := newDNS(b)
 	e := newEngine(b, d, "reject", "")
 	// Decisions are logged as in production (text, level info), to nowhere.
-	ts := startLog(b, e, "tcp", policy.PolicydConfig{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ts := startLog(b, e, "tcp", Options{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	for _, bc := range []struct {
 		name, ip, want string
 	}{
@@ -817,7 +818,7 @@ func TestEngineSwap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(cur.Load, nil, policy.PolicydConfig{})
+	srv := NewServer(cur.Load, limits(Options{}))
 	go srv.Serve(ln)
 	defer srv.Close()
 	ts := &testServer{srv: srv, network: "tcp", addr: ln.Addr().String()}
@@ -837,13 +838,14 @@ func TestEngineSwap(t *testing.T) {
 
 // A check that panics lets the client through and the server goes on.
 func TestPanicFailsOpen(t *testing.T) {
-	broken := &policy.Engine{} // not built by NewEngine: its methods panic
+	// A real engine whose site list fails in the middle of every check.
+	broken := testengine.New(t, newDNS(t), "[[list]]\nname = \"site\"\nstore = true\n", policy.Deps{StoreList: panicList{}})
 	ln, err := Listen("127.0.0.1:0", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lb := &logBuffer{}
-	srv := NewServer(func() *policy.Engine { return broken }, slog.New(slog.NewTextHandler(lb, nil)), policy.PolicydConfig{})
+	srv := NewServer(func() *policy.Engine { return broken }, limits(Options{Logger: slog.New(slog.NewTextHandler(lb, nil))}))
 	go srv.Serve(ln)
 	defer srv.Close()
 	ts := &testServer{srv: srv, network: "tcp", addr: ln.Addr().String(), log: lb}
@@ -855,6 +857,11 @@ func TestPanicFailsOpen(t *testing.T) {
 	}
 	lb.waitFor(t, "policy check panicked")
 }
+
+// panicList is a site list whose lookup panics.
+type panicList struct{}
+
+func (panicList) Lookup(netip.Addr) (string, string, bool) { panic("site list broken") }
 
 func TestAnswerKind(t *testing.T) {
 	for action, want := range map[string]string{

@@ -79,7 +79,7 @@ func (s *Store) RecordDecision(d policy.Decision) {
 	if d.Ref == "" {
 		return
 	}
-	if s.closed.Load() {
+	if s.closed.Load() || s.opts.ReadOnly {
 		s.dropped.Add(1)
 		return
 	}
@@ -96,6 +96,9 @@ func (s *Store) DroppedDecisions() uint64 { return s.dropped.Load() }
 
 // Flush waits until every decision recorded before the call is written.
 func (s *Store) Flush() {
+	if s.opts.ReadOnly {
+		return
+	}
 	ch := make(chan struct{})
 	select {
 	case s.flushReq <- ch:
@@ -196,7 +199,6 @@ func (s *Store) writeDecisions() {
 		batch        = make([]policy.Decision, 0, maxBatch)
 		reported     uint64
 		sincePrune   int
-		pruneEvery   = max(s.opts.DecisionMaxRows/10, 1)
 		lastErrorLog time.Time
 	)
 	write := func() {
@@ -214,7 +216,7 @@ func (s *Store) writeDecisions() {
 		}
 		clear(batch) // drop references to verdict slices
 		batch = batch[:0]
-		if sincePrune >= pruneEvery {
+		if sincePrune >= max(int(s.decisionMaxRows.Load())/10, 1) {
 			sincePrune = 0
 			s.pruneDecisions()
 		}
@@ -314,14 +316,19 @@ func (s *Store) pruneDecisions() {
 // deletes unconfirmed requests StalePendingAge after their link expired.
 // The writer does this on its own; it is exported for tests and maintenance.
 func (s *Store) PruneDecisions(ctx context.Context, now time.Time) error {
+	maxAge, maxRows := time.Duration(s.decisionMaxAge.Load()), s.decisionMaxRows.Load()
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM decisions WHERE at < ?`, nanos(now.Add(-s.opts.DecisionMaxAge))); err != nil {
-			return fmt.Errorf("prune decisions by age: %w", err)
+		if maxAge > 0 {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM decisions WHERE at < ?`, nanos(now.Add(-maxAge))); err != nil {
+				return fmt.Errorf("prune decisions by age: %w", err)
+			}
 		}
-		if _, err := tx.ExecContext(ctx, `
+		if maxRows > 0 {
+			if _, err := tx.ExecContext(ctx, `
 DELETE FROM decisions WHERE ref IN (SELECT ref FROM decisions ORDER BY at DESC LIMIT -1 OFFSET ?)`,
-			s.opts.DecisionMaxRows); err != nil {
-			return fmt.Errorf("prune decisions by count: %w", err)
+				maxRows); err != nil {
+				return fmt.Errorf("prune decisions by count: %w", err)
+			}
 		}
 		// Unconfirmed requests whose link died long ago are noise in the
 		// operator's list; nothing refers to them.

@@ -159,7 +159,7 @@ func TestRecordDecisionNeverBlocks(t *testing.T) {
 	}
 	defer s.Close()
 
-	other, err := sql.Open("sqlite", dsn(path, time.Second))
+	other, err := sql.Open("sqlite", dsn(path, time.Second, false))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -156,6 +156,9 @@ func (s *Store) Lookup(ip netip.Addr) (category, reason string, listed bool) {
 	return e.l.Category, e.l.Reason, true
 }
 
+// Len is the number of live listings, from memory.
+func (s *Store) Len() int { return len(s.snap.Load().all) }
+
 // Listings returns the live listings (not removed, not expired), ordered by
 // prefix text.
 func (s *Store) Listings(ctx context.Context) ([]Listing, error) {
@@ -316,6 +319,9 @@ type querier interface {
 // where a mutex hands over at once. busy_timeout still covers writers in
 // other processes.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	if s.opts.ReadOnly {
+		return fmt.Errorf("store: %s: %w", s.path, ErrReadOnly)
+	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)

@@ -93,6 +93,22 @@ func schemaVersion(ctx context.Context, q interface {
 	return v, nil
 }
 
+// checkSchema is what a read-only store does instead of migrating: the file
+// must already have the schema this blmilter writes.
+func checkSchema(ctx context.Context, db *sql.DB, want int) error {
+	v, err := schemaVersion(ctx, db)
+	if err != nil {
+		return err
+	}
+	switch {
+	case v > want:
+		return fmt.Errorf("schema version %d is newer than this blmilter knows (%d); use a newer blmilter", v, want)
+	case v < want:
+		return fmt.Errorf("schema version %d is older than this blmilter's (%d), and the file is opened read-only; a command that writes (or blmilter serve) upgrades it", v, want)
+	}
+	return nil
+}
+
 // migrate applies the migrations the database has not had yet, each in its
 // own transaction together with its version bump, so a failed migration
 // leaves the previous version intact. Two processes opening the same new

@@ -11,6 +11,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blmilter/blmilter/config"
+)
+
+// The default config's self-service quota and window.
+var (
+	removalQuota  = config.Defaults().Web.RemovalQuota
+	removalWindow = config.Defaults().Web.RemovalWindow.Duration
 )
 
 // confirmed creates and confirms a removal request for ip.
@@ -156,7 +164,7 @@ func TestDecideConfirmed(t *testing.T) {
 				add(t, s, p, c)
 			}
 			r := confirmed(t, s, tc.ip)
-			removed, err := s.DecideConfirmed(ctx, r.ID, DefaultRemovalQuota, DefaultRemovalWindow, self)
+			removed, err := s.DecideConfirmed(ctx, r.ID, removalQuota, removalWindow, self)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -202,7 +210,7 @@ func TestSelfServiceQuota(t *testing.T) {
 	for i, want := range []bool{true, true, false} {
 		add(t, s, ip, "zombie") // listed again after each removal
 		r := confirmed(t, s, ip)
-		removed, err := s.DecideConfirmed(ctx, r.ID, DefaultRemovalQuota, DefaultRemovalWindow, self)
+		removed, err := s.DecideConfirmed(ctx, r.ID, removalQuota, removalWindow, self)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +222,7 @@ func TestSelfServiceQuota(t *testing.T) {
 	if l.Removals != 2 {
 		t.Errorf("listing removal count %d, want 2", l.Removals)
 	}
-	if n, _ := s.SelfServiceRemovals(ctx, mustAddr(t, ip), time.Now().Add(-DefaultRemovalWindow)); n != 2 {
+	if n, _ := s.SelfServiceRemovals(ctx, mustAddr(t, ip), time.Now().Add(-removalWindow)); n != 2 {
 		t.Errorf("SelfServiceRemovals = %d, want 2", n)
 	}
 	// Removals older than the window no longer count.
@@ -222,13 +230,13 @@ func TestSelfServiceQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := confirmed(t, s, ip)
-	if removed, err := s.DecideConfirmed(ctx, r.ID, DefaultRemovalQuota, DefaultRemovalWindow, self); err != nil || !removed {
+	if removed, err := s.DecideConfirmed(ctx, r.ID, removalQuota, removalWindow, self); err != nil || !removed {
 		t.Errorf("after the window: removed %v, err %v; want removed", removed, err)
 	}
 	// Another IP has its own quota.
 	add(t, s, "192.0.2.8", "zombie")
 	r = confirmed(t, s, "192.0.2.8")
-	if removed, _ := s.DecideConfirmed(ctx, r.ID, 1, DefaultRemovalWindow, self); !removed {
+	if removed, _ := s.DecideConfirmed(ctx, r.ID, 1, removalWindow, self); !removed {
 		t.Error("another IP's removals counted against 192.0.2.8")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,19 +27,11 @@ import (
 
 // Defaults for Options fields left zero.
 const (
-	DefaultPath            = "blmilter.db"
-	DefaultTokenTTL        = 24 * time.Hour
-	DefaultDecisionMaxAge  = 30 * 24 * time.Hour
-	DefaultDecisionMaxRows = 100000
-	DefaultDecisionBuffer  = 4096
-	DefaultPollInterval    = 2 * time.Second
-	DefaultPruneInterval   = 10 * time.Minute
-	DefaultBusyTimeout     = 5 * time.Second
-
-	// Self-service removal defaults (the config's [web] removal_quota and
-	// removal_window), for callers without a config.
-	DefaultRemovalQuota  = 2
-	DefaultRemovalWindow = 90 * 24 * time.Hour
+	DefaultTokenTTL       = 24 * time.Hour
+	DefaultDecisionBuffer = 4096
+	DefaultPollInterval   = 2 * time.Second
+	DefaultPruneInterval  = 10 * time.Minute
+	DefaultBusyTimeout    = 5 * time.Second
 
 	// StalePendingAge is how long after its link expired an unconfirmed
 	// request is kept (for the per-address mail limit and for operators
@@ -52,14 +45,20 @@ var (
 	ErrTokenInvalid = errors.New("confirmation link is invalid or has expired")
 	ErrDecided      = errors.New("request already decided")
 	ErrInvalid      = errors.New("invalid value")
+	ErrReadOnly     = errors.New("the store is open read-only")
 )
 
 // Options tune a Store; the zero value is usable.
 type Options struct {
 	Logger *slog.Logger
+	// ReadOnly opens the file read-only (SQLite mode=ro): no schema
+	// migration, no writer, every write fails with ErrReadOnly. Commands
+	// that only read use it, so they work on a file they may not write.
+	ReadOnly bool
 	// TokenTTL is how long a removal request's confirmation link works (24h).
 	TokenTTL time.Duration
-	// DecisionMaxAge and DecisionMaxRows bound the recorded decisions (30 days, 100000).
+	// DecisionMaxAge and DecisionMaxRows bound the recorded decisions; 0
+	// sets no bound. SetDecisionLimits changes them while the store is open.
 	DecisionMaxAge  time.Duration
 	DecisionMaxRows int
 	// DecisionBuffer is how many decisions may wait for the writer before
@@ -82,12 +81,6 @@ func (o *Options) fill() {
 	if o.TokenTTL <= 0 {
 		o.TokenTTL = DefaultTokenTTL
 	}
-	if o.DecisionMaxAge <= 0 {
-		o.DecisionMaxAge = DefaultDecisionMaxAge
-	}
-	if o.DecisionMaxRows <= 0 {
-		o.DecisionMaxRows = DefaultDecisionMaxRows
-	}
 	if o.DecisionBuffer <= 0 {
 		o.DecisionBuffer = DefaultDecisionBuffer
 	}
@@ -109,6 +102,10 @@ type Store struct {
 	writeMu sync.Mutex // see tx
 	opts    Options
 	log     *slog.Logger
+
+	// decision bounds (SetDecisionLimits); 0: none
+	decisionMaxAge  atomic.Int64 // time.Duration
+	decisionMaxRows atomic.Int64
 
 	// listings snapshot, replaced whole; readers never lock.
 	snap      atomic.Pointer[snapshot]
@@ -143,24 +140,38 @@ type Store struct {
 //
 // _txlock=immediate takes the write lock at BEGIN, so two writers never
 // both read, then fail to upgrade to a write with SQLITE_BUSY.
-func dsn(path string, busy time.Duration) string {
+//
+// A read-only store opens the file with mode=ro and sets no pragma that
+// writes: the journal mode is the file's own.
+func dsn(path string, busy time.Duration, readOnly bool) string {
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busy.Milliseconds()))
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(FULL)")
+	if readOnly {
+		q.Set("mode", "ro")
+	} else {
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(FULL)")
+		q.Set("_txlock", "immediate")
+	}
 	q.Add("_pragma", "foreign_keys(1)")
-	q.Set("_txlock", "immediate")
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 }
 
-// Open opens (creating if needed) the database at path, brings its schema up
-// to date and loads the listings. Close stops its background work.
+// Open opens the database at path, creating it if needed, brings its schema
+// up to date and loads the listings. Close stops its background work. With
+// opts.ReadOnly the file must exist with the current schema.
 func Open(path string, opts Options) (*Store, error) {
 	opts.fill()
 	if path == "" {
-		path = DefaultPath
+		return nil, errors.New("store: no database path")
 	}
-	db, err := sql.Open("sqlite", dsn(path, opts.BusyTimeout))
+	if opts.ReadOnly {
+		// mode=ro would not create the file, but say why plainly.
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
+	db, err := sql.Open("sqlite", dsn(path, opts.BusyTimeout, opts.ReadOnly))
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
@@ -171,7 +182,12 @@ func Open(path string, opts Options) (*Store, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := migrate(ctx, db, migrations); err != nil {
+	if opts.ReadOnly {
+		err = checkSchema(ctx, db, len(migrations))
+	} else {
+		err = migrate(ctx, db, migrations)
+	}
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
@@ -185,16 +201,30 @@ func Open(path string, opts Options) (*Store, error) {
 		flushReq:  make(chan chan struct{}),
 		done:      make(chan struct{}),
 	}
+	s.SetDecisionLimits(opts.DecisionMaxAge, opts.DecisionMaxRows)
 	s.snap.Store(&snapshot{gen: -1})
 	if err := s.refresh(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.watchListings()
-	go s.writeDecisions()
+	if !opts.ReadOnly {
+		s.wg.Add(1)
+		go s.writeDecisions()
+	}
 	return s, nil
 }
+
+// SetDecisionLimits changes how many recorded decisions are kept and for
+// how long (0: no bound), from the next pruning on.
+func (s *Store) SetDecisionLimits(maxAge time.Duration, maxRows int) {
+	s.decisionMaxAge.Store(int64(maxAge))
+	s.decisionMaxRows.Store(int64(maxRows))
+}
+
+// ReadOnly reports whether the store was opened read-only.
+func (s *Store) ReadOnly() bool { return s.opts.ReadOnly }
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }

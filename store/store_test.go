@@ -111,7 +111,7 @@ func TestMigrate(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			db, err := sql.Open("sqlite", dsn(filepath.Join(t.TempDir(), "m.db"), time.Second))
+			db, err := sql.Open("sqlite", dsn(filepath.Join(t.TempDir(), "m.db"), time.Second, false))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +150,7 @@ func TestMigrate(t *testing.T) {
 
 func TestOpenRefusesNewerSchema(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "new.db")
-	db, err := sql.Open("sqlite", dsn(path, time.Second))
+	db, err := sql.Open("sqlite", dsn(path, time.Second, false))
 	if err != nil {
 		t.Fatal(err)
 	}

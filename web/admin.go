@@ -52,7 +52,7 @@ func (s *Server) adminStats(w http.ResponseWriter, r *http.Request) {
 // admin API does not exist.
 func (s *Server) adminToken(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		want := s.config().Web.AdminToken
+		want := s.config().AdminToken
 		if want == "" {
 			writeJSONError(w, http.StatusNotFound, "not_found", "no such endpoint")
 			return

@@ -2,8 +2,6 @@ package web
 
 import (
 	"context"
-	"fmt"
-	"github.com/blmilter/blmilter/internal/syncbuf"
 	"io"
 	"log/slog"
 	"net"
@@ -18,8 +16,11 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/config"
 	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/internal/testkit/testengine"
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
@@ -39,12 +40,12 @@ type env struct {
 	t     testing.TB
 	dns   *dnstest.Server
 	ptr   *ptrServer
-	cfg   *policy.Config
+	cfg   *Settings
 	eng   *policy.Engine
 	st    *store.Store
 	srv   *Server
 	ts    *httptest.Server
-	logs  *syncbuf.Buffer
+	logs  *testkit.Buffer
 	token string
 }
 
@@ -72,19 +73,26 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.lookupRate == 0 {
 		o.lookupRate, o.lookupBurst = 1000, 1000
 	}
-	smtpLine := ""
-	if o.smtp != "" {
-		smtpLine = fmt.Sprintf("[web.smtp]\nserver = %q\nfrom = \"lookup@lookup.test\"\nstarttls = false\n", o.smtp)
+	def := config.Defaults().Web
+	e.cfg = &Settings{
+		PublicURL:             "http://lookup.test",
+		AdminToken:            o.adminToken,
+		RemovalQuota:          def.RemovalQuota,
+		RemovalWindow:         def.RemovalWindow.Duration,
+		LookupRate:            o.lookupRate,
+		LookupBurst:           o.lookupBurst,
+		SelfServiceCategories: def.SelfServiceCategories,
+		DNSServers:            []string{e.ptr.addr},
+		DNSTimeout:            time.Second,
 	}
-	conf := fmt.Sprintf(`
+	if o.smtp != "" {
+		e.cfg.SMTP = SMTP{Server: o.smtp, From: "lookup@lookup.test"}
+	}
+	conf := `
 [web]
 public_url = "http://lookup.test"
-admin_token = %q
-lookup_rate = %v
-lookup_burst = %d
-%s
+
 [dns]
-servers = [%q]
 timeout = "1s"
 
 [policy]
@@ -109,16 +117,11 @@ name = "Site list"
 store = true
 weight = 5
 category = "local"
-`, o.adminToken, o.lookupRate, o.lookupBurst, smtpLine, e.ptr.addr)
-	cfg, err := policy.Parse([]byte(conf), "test.toml")
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	e.cfg = cfg
-	e.logs = &syncbuf.Buffer{}
+`
+	e.logs = &testkit.Buffer{}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
-	popts := policy.Options{Logger: log}
+	deps := policy.Deps{Logger: log}
 	if !o.noStore {
 		st, err := store.Open(filepath.Join(t.TempDir(), "blmilter.db"), store.Options{Logger: log})
 		if err != nil {
@@ -126,15 +129,15 @@ category = "local"
 		}
 		t.Cleanup(func() { st.Close() })
 		e.st = st
-		popts.StoreList, popts.Recorder = st, st
+		deps.StoreList, deps.Recorder = st, st
 	}
-	eng, err := policy.NewEngine(cfg, popts)
-	if err != nil {
-		t.Fatalf("engine: %v", err)
-	}
-	t.Cleanup(func() { eng.Close() })
+	// The lists and the reverse DNS are asked through the PTR server,
+	// which passes list queries on to the list server.
+	cfg := testengine.Config(t, nil, conf)
+	cfg.DNS.Servers = []string{e.ptr.addr}
+	eng := testengine.From(t, cfg, deps)
 	e.eng = eng
-	wopts := Options{Engine: func() *policy.Engine { return eng }, Logger: log, Stats: o.stats}
+	wopts := Options{Engine: func() *policy.Engine { return eng }, Settings: func() *Settings { return e.cfg }, Logger: log, Stats: o.stats}
 	if e.st != nil {
 		// A change to the site's list must reach the engine's cache at once.
 		e.st.OnChange(func(p netip.Prefix) {

@@ -48,6 +48,19 @@ func clientKey(ip netip.Addr) netip.Prefix {
 	return p
 }
 
+// setLimit changes the rate and burst; a change starts every client
+// afresh (it is rare: a reload).
+func (l *limiter) setLimit(r rate.Limit, burst int) {
+	burst = max(burst, 1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.every == r && l.burst == burst {
+		return
+	}
+	l.every, l.burst = r, burst
+	clear(l.clients)
+}
+
 // allow takes one token for the client, reporting whether it had one.
 func (l *limiter) allow(ip netip.Addr) bool {
 	k := clientKey(ip)

@@ -57,7 +57,7 @@ func parsePages() (map[string]*template.Template, error) {
 }
 
 func (s *Server) host() string {
-	u, err := url.Parse(s.config().Web.PublicURL)
+	u, err := url.Parse(s.config().PublicURL)
 	if err != nil || u.Host == "" {
 		return "this site"
 	}
@@ -151,13 +151,13 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		s.errorPage(w, r, http.StatusServiceUnavailable, "Temporarily unavailable", "The lookup service cannot check addresses right now. Try again in a minute.")
 		return
 	}
-	cfg := s.config().Web
+	cfg := s.config()
 	body := statusBody{
 		Report:       rep,
 		VerdictWords: verdictWords(rep),
 		PTRAdvice:    ptrAdvice,
-		Quota:        quota(cfg.RemovalQuota),
-		Window:       windowWords(window(cfg.RemovalWindow.Duration)),
+		Quota:        cfg.RemovalQuota,
+		Window:       windowWords(cfg.RemovalWindow),
 	}
 	for _, l := range rep.Lists {
 		body.Unchecked = body.Unchecked || l.Result == ResultError || l.Result == ResultDegraded
@@ -220,15 +220,6 @@ func writeJSONError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // quota is the self-service removal quota; 0 turns self-service off.
-func quota(q int) int { return max(q, 0) }
-
-func window(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 90 * 24 * time.Hour
-	}
-	return d
-}
-
 func windowWords(d time.Duration) string {
 	days := int(d.Hours() / 24)
 	switch {

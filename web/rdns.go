@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/blmilter/blmilter/policy"
 )
 
 // ReverseDNS is what the PTR records of an IP say about it.
@@ -31,13 +29,10 @@ type PTRName struct {
 // newResolver builds a resolver that asks the servers of the [dns] section,
 // so the lookup page sees what the filter's resolver sees. With no servers
 // configured it uses the system's.
-func newResolver(cfg policy.DNSConfig) (*net.Resolver, time.Duration) {
-	timeout := cfg.Timeout.Duration
-	if timeout <= 0 {
-		timeout = 1500 * time.Millisecond
-	}
+func newResolver(cfg *Settings) (*net.Resolver, time.Duration) {
+	timeout := cfg.DNSTimeout
 	var servers []string
-	for _, s := range cfg.Servers {
+	for _, s := range cfg.DNSServers {
 		s = strings.TrimSpace(s)
 		if s == "" {
 			continue
@@ -69,19 +64,19 @@ func newResolver(cfg policy.DNSConfig) (*net.Resolver, time.Duration) {
 const rdnsTTL = 2 * time.Minute
 
 type rdnsResolver struct {
-	cfg     *policy.Config
+	cfg     *Settings
 	r       *net.Resolver
 	timeout time.Duration
 }
 
 // reverse returns the reverse DNS of ip through a small cache, asking the
 // servers of cfg's [dns] section.
-func (s *Server) reverse(ctx context.Context, cfg *policy.Config, ip netip.Addr) ReverseDNS {
+func (s *Server) reverse(ctx context.Context, cfg *Settings, ip netip.Addr) ReverseDNS {
 	res := s.rdns.Load()
 	if res == nil || res.cfg != cfg {
 		// A reload brought a new config: new servers, and forget what the
 		// old ones said.
-		r, timeout := newResolver(cfg.DNS)
+		r, timeout := newResolver(cfg)
 		res = &rdnsResolver{cfg: cfg, r: r, timeout: timeout}
 		s.rdns.Store(res)
 		s.rdnsCache.Purge()

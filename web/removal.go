@@ -21,7 +21,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -94,13 +93,13 @@ func (s *Server) handleRemoval(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg := s.config()
 	s.log.Info("web: removal request", "id", req.ID, "ip", ip, "client", remoteIP(r))
-	if cfg.Web.SMTP.Server == "" {
+	if cfg.SMTP.Server == "" {
 		// No relay configured: the operator decides without a confirmation.
 		s.message(w, http.StatusOK, "Request received", ip.String(),
 			"Your removal request is stored. The operator of this mail service will look at it; you do not need to do anything else.")
 		return
 	}
-	link := strings.TrimRight(cfg.Web.PublicURL, "/") + "/confirm/" + url.PathEscape(req.Token)
+	link := strings.TrimRight(cfg.PublicURL, "/") + "/confirm/" + url.PathEscape(req.Token)
 	if err := s.sendConfirmation(ctx, cfg, email, ip, link); err != nil {
 		s.log.Error("web: send confirmation mail", "id", req.ID, "err", err)
 		s.errorPage(w, r, http.StatusBadGateway, "Mail could not be sent",
@@ -161,8 +160,8 @@ func (s *Server) handleConfirm(w http.ResponseWriter, r *http.Request) {
 		s.confirmFailed(w)
 		return
 	}
-	cfg := s.config().Web
-	q, win := quota(cfg.RemovalQuota), window(cfg.RemovalWindow.Duration)
+	cfg := s.config()
+	q, win := cfg.RemovalQuota, cfg.RemovalWindow
 	removed, err := s.store.DecideConfirmed(ctx, req.ID, q, win, cfg.SelfServiceCategories)
 	if err != nil {
 		s.log.Error("web: decide confirmed request", "id", req.ID, "err", err)
@@ -204,8 +203,8 @@ func validToken(t string) bool {
 
 // sendConfirmation sends the mail with the confirmation link through the
 // [web.smtp] relay.
-func (s *Server) sendConfirmation(ctx context.Context, cfg *policy.Config, to string, ip netip.Addr, link string) error {
-	sc := cfg.Web.SMTP
+func (s *Server) sendConfirmation(ctx context.Context, cfg *Settings, to string, ip netip.Addr, link string) error {
+	sc := cfg.SMTP
 	host := s.host()
 	from := sc.From
 	if from == "" {

@@ -137,13 +137,9 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		return nil, errors.New("no engine")
 	}
 	cfg := s.config()
-	base := strings.TrimRight(cfg.Web.PublicURL, "/")
+	base := strings.TrimRight(cfg.PublicURL, "/")
 
-	deadline := cfg.Policy.Deadline.Duration
-	if deadline <= 0 {
-		deadline = 2 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, deadline+time.Second)
+	ctx, cancel := context.WithTimeout(ctx, eng.Deadline()+time.Second)
 	defer cancel()
 
 	var (

@@ -40,9 +40,10 @@ type Options struct {
 	// Store is the site's own list. Nil: the pages work, but there is no
 	// site listing section, no removal requests and no admin API.
 	Store *store.Store
-	// Config returns the configuration; nil uses Engine().Config().
-	Config func() *policy.Config
-	Logger *slog.Logger
+	// Settings returns the current settings; it is called per request, so
+	// a reload that swaps them takes effect at once. Required.
+	Settings func() *Settings
+	Logger   *slog.Logger
 	// Now is the clock (time.Now when nil); tests move it.
 	Now func() time.Time
 	// Metrics, when set, is served at GET /metrics (for [metrics] listen = "").
@@ -51,11 +52,46 @@ type Options struct {
 	Stats func() any
 }
 
+// Settings are what a reload may change; cmd/blmilter fills them from
+// [web], [web.smtp] and [dns]. Treat a Settings as read-only once the
+// server may see it: give it a new one to change anything.
+type Settings struct {
+	// PublicURL is the service's base URL as clients reach it, without a
+	// trailing slash: links in pages and mails start with it.
+	PublicURL string
+	// AdminToken is the admin API's bearer token; "" turns the API off.
+	AdminToken string
+	// SMTP is the relay for confirmation mails; no Server: requests wait
+	// for an operator without one.
+	SMTP SMTP
+	// At most RemovalQuota self-service removals per IP within RemovalWindow.
+	RemovalQuota  int
+	RemovalWindow time.Duration
+	// LookupRate (per second) and LookupBurst limit each client's lookups.
+	LookupRate  float64
+	LookupBurst int
+	// SelfServiceCategories may be removed without an operator.
+	SelfServiceCategories []string
+	// DNSServers answer the reverse DNS of the status page ("IP" or
+	// "IP:port"; none: the system's), each query within DNSTimeout.
+	DNSServers []string
+	DNSTimeout time.Duration
+}
+
+// SMTP is a relay for confirmation mails.
+type SMTP struct {
+	Server   string // host:port
+	From     string
+	Username string // "" sends without authentication
+	Password string
+	StartTLS bool // require STARTTLS
+}
+
 // Server is the IP lookup service.
 type Server struct {
 	engine  func() *policy.Engine
 	store   siteStore // nil without a store
-	config  func() *policy.Config
+	config  func() *Settings
 	log     *slog.Logger
 	now     func() time.Time
 	pages   map[string]*template.Template
@@ -73,14 +109,12 @@ type Server struct {
 
 // Limits on what one client may ask.
 const (
-	maxBody          = 16 << 10 // a removal form is an email and a short text
-	maxReason        = 2000
-	maxEmail         = 254
-	mailsPerAddress  = 3 // confirmation mails per email address per day
-	removalsPerHour  = 5 // removal requests per client per hour
-	limiterClients   = 10000
-	defaultLookupRPS = 2
-	defaultBurst     = 20
+	maxBody         = 16 << 10 // a removal form is an email and a short text
+	maxReason       = 2000
+	maxEmail        = 254
+	mailsPerAddress = 3 // confirmation mails per email address per day
+	removalsPerHour = 5 // removal requests per client per hour
+	limiterClients  = 10000
 )
 
 // New builds a Server.
@@ -88,12 +122,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Engine == nil {
 		return nil, errors.New("web: Options.Engine is required")
 	}
-	s := &Server{engine: opts.Engine, config: opts.Config, log: opts.Logger, now: opts.Now, metrics: opts.Metrics, stats: opts.Stats}
+	if opts.Settings == nil {
+		return nil, errors.New("web: Options.Settings is required")
+	}
+	s := &Server{engine: opts.Engine, config: opts.Settings, log: opts.Logger, now: opts.Now, metrics: opts.Metrics, stats: opts.Stats}
 	if opts.Store != nil {
 		s.store = opts.Store
-	}
-	if s.config == nil {
-		s.config = func() *policy.Config { return s.engine().Config() }
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -108,15 +142,8 @@ func New(opts Options) (*Server, error) {
 	s.csrf = csrf{secret: secret, now: s.now}
 	s.rdnsCache = cache.New[netip.Addr, ReverseDNS](cache.Options{Size: 10000})
 
-	cfg := s.config().Web
-	lr, lb := rate.Limit(cfg.LookupRate), cfg.LookupBurst
-	if lr <= 0 {
-		lr = defaultLookupRPS
-	}
-	if lb <= 0 {
-		lb = defaultBurst
-	}
-	s.lookups = newLimiter(lr, lb, limiterClients, s.now)
+	cfg := s.config()
+	s.lookups = newLimiter(rate.Limit(cfg.LookupRate), cfg.LookupBurst, limiterClients, s.now)
 	s.removal = newLimiter(rate.Every(time.Hour/removalsPerHour), removalsPerHour, limiterClients, s.now)
 
 	pages, err := parsePages()
@@ -217,9 +244,12 @@ func cacheFor(d time.Duration, next http.Handler) http.Handler {
 	})
 }
 
-// limited applies the per-client lookup rate to h.
+// limited applies the per-client lookup rate to h, as the current
+// settings have it.
 func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		cfg := s.config()
+		s.lookups.setLimit(rate.Limit(cfg.LookupRate), cfg.LookupBurst)
 		if !s.lookups.allow(remoteIP(r)) {
 			w.Header().Set("Retry-After", "10")
 			if strings.HasPrefix(r.URL.Path, "/api/") {

@@ -148,7 +148,7 @@ func TestHealthz(t *testing.T) {
 	if resp, body := e.get("/healthz"); resp.StatusCode != 200 || body != "ok\n" {
 		t.Errorf("healthz: %d %q", resp.StatusCode, body)
 	}
-	srv, err := New(Options{Engine: func() *policy.Engine { return nil }, Config: func() *policy.Config { return e.cfg }})
+	srv, err := New(Options{Engine: func() *policy.Engine { return nil }, Settings: func() *Settings { return e.cfg }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestHealthz(t *testing.T) {
 
 func TestMetricsMount(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	srv, err := New(Options{Engine: e.srv.engine, Metrics: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, err := New(Options{Engine: e.srv.engine, Settings: e.srv.config, Metrics: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("blmilter_up 1\n"))
 	})})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,7 +16,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/blmilter/blmilter/config"
 	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/store"
 )
 
 var checkCommand = &command{
@@ -32,15 +35,13 @@ allow-listed addresses are reported as not looked up, as the milter treats
 them.
 
 With --json the same is printed as a JSON array, one object per IP.`,
-	run: runCheck,
+	setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
+		asJSON := fs.Bool("json", false, "print JSON instead of a table")
+		return func(c *cmdCtx, args []string) error { return runCheck(c, args, *asJSON) }
+	},
 }
 
-func runCheck(c *cmdCtx, args []string) error {
-	asJSON := c.flags.Bool("json", false, "print JSON instead of a table")
-	args, err := c.parse(args)
-	if err != nil {
-		return err
-	}
+func runCheck(c *cmdCtx, args []string, asJSON bool) error {
 	if len(args) == 0 {
 		return usageError("at least one IP address expected")
 	}
@@ -52,14 +53,26 @@ func runCheck(c *cmdCtx, args []string) error {
 		}
 		ips[i] = ip.Unmap()
 	}
-	cfg, err := c.loadConfig()
+	cfg, err := loadConfig(c.configPath)
 	if err != nil {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := newDaemon(c.configPath, logger)
-	defer d.openStore(cfg, false)()
-	e, err := policy.NewEngine(cfg, d.opts)
+	deps := policy.Deps{Logger: logger}
+	// The site's own list, read-only, when a list uses it and it exists:
+	// check shows what the daemon would decide, and changes nothing.
+	if cfg.StoreListed() {
+		if _, err := os.Stat(cfg.Store.Path); err == nil {
+			st, err := store.Open(cfg.Store.Path, store.Options{Logger: logger, ReadOnly: true, PollInterval: -1})
+			if err != nil {
+				logger.Warn("the site's own list is not asked: store unavailable", "path", cfg.Store.Path, "err", err)
+			} else {
+				defer st.Close()
+				deps.StoreList = st
+			}
+		}
+	}
+	e, err := newEngine(cfg, deps)
 	if err != nil {
 		return fmt.Errorf("build policy engine: %w", err)
 	}
@@ -75,7 +88,7 @@ func runCheck(c *cmdCtx, args []string) error {
 		results[i] = newCheckResult(e.Inspect(ictx, ip))
 		cancel()
 	}
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(c.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(results)
@@ -244,14 +257,10 @@ local list files it names, and reports every problem at once, one a line:
   FILE:LINE: key: problem
 
 Exits 1 when there is any problem, 0 when the file is good.`,
-	run: runConfigCheck,
+	setup: func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return runConfigCheck },
 }
 
 func runConfigCheck(c *cmdCtx, args []string) error {
-	args, err := c.parse(args)
-	if err != nil {
-		return err
-	}
 	path := c.configPath
 	switch {
 	case len(args) == 1:
@@ -261,18 +270,21 @@ func runConfigCheck(c *cmdCtx, args []string) error {
 	case path == "":
 		return usageError("a config file expected")
 	}
-	cfg, err := policy.LoadFile(path)
+	cfg, err := config.LoadFile(path)
 	if err == nil {
 		// Building the engine opens the list files, which parsing does not.
 		var e *policy.Engine
-		e, err = policy.NewEngine(cfg, policy.Options{Logger: slog.New(slog.DiscardHandler)})
+		e, err = newEngine(cfg, policy.Deps{Logger: slog.New(slog.DiscardHandler)})
 		if err == nil {
 			e.Close()
 			fmt.Fprintf(c.stdout, "%s: OK (%d lists)\n", path, len(cfg.Lists))
+			if !cfg.StoreListed() {
+				fmt.Fprintf(c.stderr, "%s: warning: %s\n", path, storeUnusedWarning)
+			}
 			return nil
 		}
 	}
-	var ce *policy.ConfigError
+	var ce *config.Error
 	if errors.As(err, &ce) {
 		fmt.Fprintln(c.stderr, ce.Error())
 		fmt.Fprintf(c.stderr, "%s: %d problem(s)\n", path, len(ce.Problems))

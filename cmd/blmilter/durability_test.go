@@ -78,7 +78,7 @@ weight = 5
 
 	ips := []string{"198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"}
 	args := append([]string{"list", "add"}, ips...)
-	args = append(args, "-db", db, "-category", "spam-source", "-reason", "kill -9 test")
+	args = append(args, "-db", db, "-create", "-category", "spam-source", "-reason", "kill -9 test")
 	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
 		t.Fatalf("blmilter list add: %v\n%s", err, out)
 	}

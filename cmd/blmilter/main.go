@@ -7,7 +7,8 @@
 //
 //	blmilter [-config FILE] [command] [flags] [args]
 //
-// Run "blmilter help" for the commands and "blmilter help COMMAND" for one.
+// Run "blmilter help" for the commands, "blmilter help COMMAND" for one and
+// "blmilter help config" for the configuration reference.
 package main
 
 import (
@@ -17,27 +18,25 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
-	"sort"
+	"slices"
 	"strings"
-
-	"github.com/blmilter/blmilter/policy"
 )
 
-// command is one subcommand. Files that add commands register them with
-// addCommands from an init function.
+// command is one subcommand; commands are a table, each with its own help.
+//
+// Every command takes -config; commands that work on the store take -db
+// too (see storeCommand). Flags may come before, between and after the
+// arguments; "--" ends them. Exit codes: 0 done, 1 the command failed (or
+// found problems, as config check does), 2 a command line mistake.
 type command struct {
-	name     string // "serve", "config check": one or more words
+	name     string // "serve", "config check", "list add": one or more words
 	args     string // synopsis of the arguments, such as "IP..."
 	synopsis string // one line for the command list
 	help     string // the full help text
-	// run declares its flags on c.flags, calls c.parse before doing
-	// anything (help runs it with -h to list the flags), then does the
-	// work. A usageError prints the usage and exits 2, an exitCode exits
-	// with that code, other errors print "blmilter NAME: err" and exit 1.
-	run func(c *cmdCtx, args []string) error
-	// selfHelp commands print their own usage when run with -h (to
-	// c.stderr); "help NAME" shows that instead of help and c.flags.
-	selfHelp bool
+	store    storeAccess
+	// setup declares the command's flags on fs and returns what runs it
+	// with the other arguments. Help calls setup only to list the flags.
+	setup func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error
 }
 
 var commands []*command
@@ -45,96 +44,23 @@ var commands []*command
 func addCommands(cs ...*command) { commands = append(commands, cs...) }
 
 func init() {
-	addCommands(serveCommand, checkCommand, configCheckCommand, versionCommand, listCommand, requestsCommand, statsCommand)
+	addCommands(serveCommand, checkCommand, configCheckCommand, statsCommand, versionCommand, helpCommand)
+	addCommands(storeCommands...)
 }
 
-// The site's own list and its removal requests (store_cmds.go) keep their
-// verbs, flags and usage texts; these adapt them to the command table.
-var (
-	listCommand = &command{
-		name:     "list",
-		args:     "add|remove|show IP-or-CIDR...",
-		synopsis: "manage the site's own list",
-		selfHelp: true,
-		run: func(c *cmdCtx, args []string) error {
-			return storeExit(storeRunList(withConfig(args, c.configPath), c.stdout, c.stderr))
-		},
-	}
-	requestsCommand = &command{
-		name:     "requests",
-		args:     "list|approve|deny [ID...]",
-		synopsis: "show and decide removal requests",
-		selfHelp: true,
-		run: func(c *cmdCtx, args []string) error {
-			return storeExit(storeRunRequests(withConfig(args, c.configPath), c.stdout, c.stderr))
-		},
-	}
-)
-
-// withConfig passes the global -config on to a store command's verb.
-func withConfig(args []string, configPath string) []string {
-	if configPath == "" || len(args) == 0 || strings.HasPrefix(args[0], "-") || args[0] == "help" {
-		return args
-	}
-	return append([]string{args[0], "-config", configPath}, args[1:]...)
-}
-
-func storeExit(code int) error {
-	if code != 0 {
-		return exitCode(code)
-	}
-	return nil
-}
-
-// cmdCtx is what a running command gets.
+// cmdCtx is what a running command gets: its output and the flags every
+// command shares.
 type cmdCtx struct {
 	cmd        *command
-	flags      *flag.FlagSet
 	stdout     io.Writer
 	stderr     io.Writer
-	configPath string // -config; "" means the embedded default
+	configPath string // -config; "" means the embedded default (or, for store commands, the system config)
+	dbPath     string // -db, for store commands
+	create     bool   // -create, for commands that may create the store
 }
 
-// parse parses the command's flags and returns the other arguments. Flags
-// may come after arguments too ("check 192.0.2.1 --json"); "--" ends them.
-func (c *cmdCtx) parse(args []string) ([]string, error) {
-	var rest []string
-	for {
-		if len(args) > 0 && args[0] == "--" {
-			return append(rest, args[1:]...), nil
-		}
-		if err := c.flags.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, flagError{err}
-		}
-		args = c.flags.Args()
-		if len(args) == 0 {
-			return rest, nil
-		}
-		rest = append(rest, args[0])
-		args = args[1:]
-	}
-}
-
-// flagError is a flag the flag package rejected; it printed the problem
-// and the usage already.
-type flagError struct{ error }
-
-// loadConfig reads -config, or returns the embedded default without one.
-func (c *cmdCtx) loadConfig() (*policy.Config, error) {
-	return loadConfig(c.configPath)
-}
-
-func loadConfig(path string) (*policy.Config, error) {
-	if path == "" {
-		return policy.Default(), nil
-	}
-	return policy.LoadFile(path)
-}
-
-// usageError is a command line mistake: the usage is printed with it.
+// usageError is a command line mistake: the usage is printed with it, and
+// blmilter exits 2.
 type usageError string
 
 func (e usageError) Error() string { return string(e) }
@@ -154,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	global := flag.NewFlagSet("blmilter", flag.ContinueOnError)
 	global.SetOutput(stderr)
 	configPath := global.String("config", "", "config `FILE` (default: the embedded default config)")
-	global.Usage = func() { printOverview(stderr, global) }
+	global.Usage = func() { printOverview(stderr) }
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -165,21 +91,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		args = []string{"serve"}
 	}
-	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		return runHelp(args[1:], stdout, stderr, global)
+	if args[0] == "-h" || args[0] == "--help" {
+		args = []string{"help"}
 	}
 	cmd, rest := findCommand(args)
 	if cmd == nil {
-		fmt.Fprintf(stderr, "blmilter: unknown command %q\n\n", strings.Join(args, " "))
-		printOverview(stderr, global)
-		return 2
+		return unknownCommand(args, stderr)
 	}
 	c := &cmdCtx{cmd: cmd, stdout: stdout, stderr: stderr, configPath: *configPath}
-	c.flags = flag.NewFlagSet("blmilter "+cmd.name, flag.ContinueOnError)
-	c.flags.SetOutput(stderr)
-	c.flags.StringVar(&c.configPath, "config", c.configPath, "config `FILE` (default: the embedded default config)")
-	c.flags.Usage = func() { printCommandHelp(stderr, cmd, c.flags) }
-	err := cmd.run(c, rest)
+	fs := c.flagSet(stderr)
+	runCmd := cmd.setup(fs)
+	rest, err := parseInterspersed(fs, rest)
+	if err == nil {
+		err = runCmd(c, rest)
+	}
 	var ue usageError
 	var code exitCode
 	var fe flagError
@@ -192,13 +117,60 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return int(code)
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "blmilter %s: %s\n\n", cmd.name, ue)
-		printCommandHelp(stderr, cmd, c.flags)
+		printCommandHelp(stderr, cmd)
 		return 2
 	case errors.As(err, &fe):
+		// The flag package printed the problem and the usage.
 		return 2
 	default:
 		fmt.Fprintf(stderr, "blmilter %s: %v\n", cmd.name, err)
 		return 1
+	}
+}
+
+// flagSet is the command's flag set with the flags every command (or every
+// store command) shares, bound to c.
+func (c *cmdCtx) flagSet(out io.Writer) *flag.FlagSet {
+	cmd := c.cmd
+	fs := flag.NewFlagSet("blmilter "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() { printCommandHelp(out, cmd) }
+	configHelp := "config `FILE` (default: the embedded default config)"
+	if cmd.store != storeNone {
+		configHelp = "config `FILE` whose [store] path to use (default: " + systemConfig + " when it exists)"
+		fs.StringVar(&c.dbPath, "db", "", "store database `PATH` (default: the [store] path of the config)")
+		if cmd.store == storeCreate {
+			fs.BoolVar(&c.create, "create", false, "create the database if it does not exist")
+		}
+	}
+	fs.StringVar(&c.configPath, "config", c.configPath, configHelp)
+	return fs
+}
+
+// flagError is a flag the flag package rejected; it printed the problem
+// and the usage already.
+type flagError struct{ error }
+
+// parseInterspersed parses flags anywhere among the arguments ("check
+// 192.0.2.1 -json") and returns the other arguments; "--" ends the flags.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var rest []string
+	for {
+		if len(args) > 0 && args[0] == "--" {
+			return append(rest, args[1:]...), nil
+		}
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, flagError{err}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return rest, nil
+		}
+		rest = append(rest, args[0])
+		args = args[1:]
 	}
 }
 
@@ -211,14 +183,7 @@ func findCommand(args []string) (*command, []string) {
 		if len(words) > len(args) || len(words) <= bestWords {
 			continue
 		}
-		match := true
-		for i, w := range words {
-			if args[i] != w {
-				match = false
-				break
-			}
-		}
-		if match {
+		if slices.Equal(words, args[:len(words)]) {
 			best, bestWords = c, len(words)
 		}
 	}
@@ -228,70 +193,123 @@ func findCommand(args []string) (*command, []string) {
 	return best, args[bestWords:]
 }
 
-func runHelp(args []string, stdout, stderr io.Writer, global *flag.FlagSet) int {
-	if len(args) == 0 {
-		printOverview(stdout, global)
-		return 0
+// group returns the commands whose name starts with word ("list" gives
+// "list add", "list remove", "list show").
+func group(word string) []*command {
+	var out []*command
+	for _, c := range commands {
+		if first, _, ok := strings.Cut(c.name, " "); ok && first == word {
+			out = append(out, c)
+		}
 	}
-	cmd, rest := findCommand(args)
-	if cmd == nil || len(rest) > 0 {
-		fmt.Fprintf(stderr, "blmilter help: unknown command %q\n", strings.Join(args, " "))
-		return 2
-	}
-	if cmd.selfHelp {
-		cmd.run(&cmdCtx{cmd: cmd, flags: flag.NewFlagSet(cmd.name, flag.ContinueOnError), stdout: stdout, stderr: stdout}, []string{"-h"})
-		return 0
-	}
-	fs := flag.NewFlagSet("blmilter "+cmd.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.String("config", "", "config `FILE` (default: the embedded default config)")
-	// Let the command declare its flags without running it: run with -h.
-	c := &cmdCtx{cmd: cmd, flags: fs, stdout: io.Discard, stderr: io.Discard}
-	cmd.run(c, []string{"-h"})
-	printCommandHelp(stdout, cmd, fs)
-	return 0
+	return out
 }
 
-func printOverview(w io.Writer, global *flag.FlagSet) {
+func unknownCommand(args []string, stderr io.Writer) int {
+	if g := group(args[0]); len(g) > 0 {
+		if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+			fmt.Fprintf(stderr, "blmilter %s: unknown command %q\n\n", args[0], args[1])
+		}
+		for i, c := range g {
+			if i == 0 {
+				fmt.Fprint(stderr, "usage: ")
+			} else {
+				fmt.Fprint(stderr, "       ")
+			}
+			fmt.Fprintf(stderr, "blmilter %s [flags] %s\n", c.name, c.args)
+		}
+		fmt.Fprintf(stderr, "\n\"blmilter help %s COMMAND\" describes one.\n", args[0])
+		return 2
+	}
+	fmt.Fprintf(stderr, "blmilter: unknown command %q\n\n", strings.Join(args, " "))
+	printOverview(stderr)
+	return 2
+}
+
+var helpCommand = &command{
+	name:     "help",
+	args:     "[COMMAND | config]",
+	synopsis: "describe the commands, one command, or every config key",
+	help: `Without an argument, lists the commands. With a command, describes it and
+its flags. "blmilter help config" prints the configuration reference: every
+key with its type, default, meaning and whether a reload applies it.`,
+	setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
+		return func(c *cmdCtx, args []string) error {
+			switch {
+			case len(args) == 0:
+				printOverview(c.stdout)
+				return nil
+			case len(args) == 1 && args[0] == "config":
+				_, err := io.WriteString(c.stdout, configReference())
+				return err
+			}
+			cmd, rest := findCommand(args)
+			if cmd == nil && len(args) == 1 && len(group(args[0])) > 0 {
+				for _, g := range group(args[0]) {
+					printCommandHelp(c.stdout, g)
+					fmt.Fprintln(c.stdout)
+				}
+				return nil
+			}
+			if cmd == nil || len(rest) > 0 {
+				return usageError(fmt.Sprintf("unknown command %q", strings.Join(args, " ")))
+			}
+			printCommandHelp(c.stdout, cmd)
+			return nil
+		}
+	},
+}
+
+func printOverview(w io.Writer) {
 	fmt.Fprint(w, "usage: blmilter [-config FILE] [command] [flags] [args]\n\n")
 	fmt.Fprint(w, "blmilter checks SMTP clients against DNS block lists and local lists,\nfor Postfix and Sendmail (milter) and Postfix (policy server).\n\ncommands:\n")
-	cs := append([]*command(nil), commands...)
-	sort.SliceStable(cs, func(i, j int) bool { return cs[i].name < cs[j].name })
+	cs := slices.Clone(commands)
+	slices.SortStableFunc(cs, func(a, b *command) int { return strings.Compare(a.name, b.name) })
 	width := 0
 	for _, c := range cs {
-		width = max(width, len(c.name)+1+len(c.args))
+		width = max(width, len(strings.TrimSpace(c.name+" "+c.args)))
 	}
 	for _, c := range cs {
 		fmt.Fprintf(w, "  %-*s  %s\n", width, strings.TrimSpace(c.name+" "+c.args), c.synopsis)
 	}
-	fmt.Fprint(w, "\nWith no command, blmilter serves. \"blmilter help COMMAND\" describes one command.\n\nglobal flags:\n")
-	global.SetOutput(w)
-	global.PrintDefaults()
+	fmt.Fprint(w, `
+With no command, blmilter serves. "blmilter help COMMAND" describes one
+command, "blmilter help config" every config key. Every command takes
+-config FILE; list and requests take -db PATH too.
+Exit status: 0 done, 1 failed, 2 command line mistake.
+`)
 }
 
-func printCommandHelp(w io.Writer, cmd *command, fs *flag.FlagSet) {
+func printCommandHelp(w io.Writer, cmd *command) {
 	fmt.Fprintf(w, "usage: blmilter %s [flags] %s\n\n", cmd.name, cmd.args)
 	fmt.Fprintln(w, strings.TrimSpace(cmd.help))
+	c := &cmdCtx{cmd: cmd}
+	fs := c.flagSet(w)
+	cmd.setup(fs)
 	fmt.Fprint(w, "\nflags:\n")
-	fs.SetOutput(w)
 	fs.PrintDefaults()
+}
+
+// noArgs is the setup of a command without flags or arguments of its own.
+func noArgs(run func(c *cmdCtx) error) func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
+	return func(*flag.FlagSet) func(c *cmdCtx, args []string) error {
+		return func(c *cmdCtx, args []string) error {
+			if len(args) > 0 {
+				return usageError("no arguments expected")
+			}
+			return run(c)
+		}
+	}
 }
 
 var versionCommand = &command{
 	name:     "version",
 	synopsis: "print the version",
 	help:     "Prints blmilter's version and the Go version it was built with.",
-	run: func(c *cmdCtx, args []string) error {
-		args, err := c.parse(args)
-		if err != nil {
-			return err
-		}
-		if len(args) > 0 {
-			return usageError("no arguments expected")
-		}
+	setup: noArgs(func(c *cmdCtx) error {
 		fmt.Fprintln(c.stdout, versionString())
 		return nil
-	},
+	}),
 }
 
 // version is set at build time with -ldflags "-X main.version=1.2.3";

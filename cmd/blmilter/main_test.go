@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -21,9 +20,8 @@ import (
 
 	gomilter "github.com/emersion/go-milter"
 
-	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
-	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 func runCLI(args ...string) (code int, stdout, stderr string) {
@@ -63,6 +61,10 @@ wieght = 3
 		if code != 0 || !strings.Contains(out, "OK") {
 			t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errs)
 		}
+		// The site's own list is not used to refuse mail: a warning, not a problem.
+		if !strings.Contains(errs, "warning: the site's own list refuses no mail") {
+			t.Errorf("no warning about the unused store: %q", errs)
+		}
 	})
 	t.Run("every problem listed", func(t *testing.T) {
 		code, _, errs := runCLI("config", "check", bad)
@@ -77,7 +79,7 @@ wieght = 3
 	})
 	t.Run("unreadable list file", func(t *testing.T) {
 		code, _, errs := runCLI("-config", missingFile, "config", "check")
-		if code != 1 || !strings.Contains(errs, "no-such-list.txt") {
+		if code != 1 || !strings.Contains(errs, missingFile+":3: list[0].file: ") || !strings.Contains(errs, "no-such-list.txt") {
 			t.Fatalf("exit %d, stderr %q", code, errs)
 		}
 	})
@@ -116,7 +118,7 @@ func TestCommandLine(t *testing.T) {
 	}
 }
 
-func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
+var qname = testkit.QName
 
 // testConfig is a config whose one DNS list is served by s, with the
 // store in dir; the web service and the policy server stay off.
@@ -198,12 +200,12 @@ func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := policy.NewEngine(cfg, d.opts)
+	first, err := newEngine(cfg, d.deps)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d.engine.Store(first)
-	d.cfg.Store(cfg)
+	d.started = cfg
 	defer d.closeEngines()
 
 	writeFile(t, path, testConfig(s, dir, "threshold = \"high\""))
@@ -220,8 +222,8 @@ func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got == first || d.current() != got || got.Config().Policy.Threshold != 5 {
-		t.Fatalf("good reload: engine %p (first %p), threshold %v", got, first, got.Config().Policy.Threshold)
+	if got == first || d.current() != got || got.Threshold() != 5 {
+		t.Fatalf("good reload: engine %p (first %p), threshold %v", got, first, got.Threshold())
 	}
 }
 
@@ -236,7 +238,7 @@ func TestServe(t *testing.T) {
 	path := filepath.Join(dir, "blmilter.toml")
 	// The milter, the policy server and the web service, all on loopback.
 	serveConfig := func(policyTOML string) string {
-		c := strings.Replace(testConfig(s, dir, policyTOML), "[web]\nlisten = \"\"", "[web]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"t0ken\"", 1)
+		c := strings.Replace(testConfig(s, dir, policyTOML), "[web]\nlisten = \"\"", "[web]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"t0ken-t0ken-t0ken-t0ken-t0ken-t0ken\"", 1)
 		return c + "\n[policyd]\nlisten = \"127.0.0.1:0\"\n"
 	}
 	writeFile(t, path, serveConfig(""))
@@ -317,7 +319,7 @@ func TestServe(t *testing.T) {
 		t.Errorf("Test ZEN healthy = %s, want 1", got)
 	}
 	// blmilter stats reads the same counters through the admin API.
-	code, out, errs := runCLI("stats", "-url", "http://"+addrs["web"].String(), "-token", "t0ken")
+	code, out, errs := runCLI("stats", "-url", "http://"+addrs["web"].String(), "-token", "t0ken-t0ken-t0ken-t0ken-t0ken-t0ken")
 	if code != 0 || !strings.Contains(out, "reject 1") || !regexp.MustCompile(`Test ZEN\s+1\s+0\s+0\s+0\s+1\s+1\s+0\s+healthy`).MatchString(out) {
 		t.Errorf("stats: exit %d\n%s%s", code, out, errs)
 	}
@@ -421,5 +423,41 @@ func TestServeStartFailureClosesListeners(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Fatalf("milter socket left behind after a failed start: %v", err)
+	}
+}
+
+// check asks the site's own list too, opening the store read-only.
+func TestCheckAsksTheSiteList(t *testing.T) {
+	s := dnstest.Start(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "blmilter.toml")
+	writeFile(t, path, testConfig(s, dir, "")+"\n[[list]]\nname = \"Our list\"\nstore = true\nweight = 5\n")
+	if code, _, errs := runCLI("-config", path, "list", "add", "192.0.2.50", "-category", "spam-source", "-create"); code != 0 {
+		t.Fatalf("list add: %s", errs)
+	}
+	code, out, errs := runCLI("-config", path, "check", "192.0.2.50")
+	if code != 0 || !strings.Contains(out, "192.0.2.50: reject") || !regexp.MustCompile(`Our list\s+listed\s+-\s+spam-source`).MatchString(out) {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// serve warns when the site's own list has listings that no list uses.
+func TestServeWarnsAboutUnusedStore(t *testing.T) {
+	s := dnstest.Start(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "blmilter.toml")
+	writeFile(t, path, testConfig(s, dir, ""))
+	if code, _, errs := runCLI("list", "add", "192.0.2.50", "-db", filepath.Join(dir, "blmilter.db"), "-create"); code != 0 {
+		t.Fatalf("list add: %s", errs)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &testkit.Buffer{}
+	d := newDaemon(path, slog.New(slog.NewTextHandler(logs, nil)))
+	d.openStore(cfg)()
+	if !strings.Contains(logs.String(), "the site's own list refuses no mail") {
+		t.Errorf("no warning at start: %s", logs.String())
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,7 +25,12 @@ degraded lists included), how many of those no other list caught, how many an
 allow list let through, and each list's health.
 
 Use it to decide whether a list in dry run is worth turning on.`,
-	run: runStats,
+	setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
+		url := fs.String("url", "", "base URL of the daemon's web service (default: http:// + [web] listen)")
+		token := fs.String("token", "", "admin token (default: [web] admin_token)")
+		asJSON := fs.Bool("json", false, "print the daemon's JSON as it is")
+		return func(c *cmdCtx, args []string) error { return runStats(c, args, *url, *token, *asJSON) }
+	},
 }
 
 // statsReport is the JSON of /admin/api/stats.
@@ -33,42 +39,35 @@ type statsReport struct {
 	Health []health.Status `json:"health"`
 }
 
-func runStats(c *cmdCtx, args []string) error {
-	url := c.flags.String("url", "", "base URL of the daemon's web service (default: http:// + [web] listen)")
-	token := c.flags.String("token", "", "admin token (default: [web] admin_token)")
-	asJSON := c.flags.Bool("json", false, "print the daemon's JSON as it is")
-	args, err := c.parse(args)
-	if err != nil {
-		return err
-	}
+func runStats(c *cmdCtx, args []string, url, token string, asJSON bool) error {
 	if len(args) > 0 {
 		return usageError("no arguments expected")
 	}
-	if *url == "" || *token == "" {
-		cfg, err := c.loadConfig()
+	if url == "" || token == "" {
+		cfg, err := loadConfig(c.configPath)
 		if err != nil {
 			return err
 		}
-		if *url == "" {
+		if url == "" {
 			if cfg.Web.Listen == "" {
 				return fmt.Errorf("[web] listen is empty in %s: the daemon has no admin API; give -url", configLabel(c.configPath))
 			}
-			*url = "http://" + cfg.Web.Listen
+			url = "http://" + cfg.Web.Listen
 		}
-		if *token == "" {
-			*token = cfg.Web.AdminToken
+		if token == "" {
+			token = cfg.Web.AdminToken
 		}
 	}
-	if *token == "" {
+	if token == "" {
 		return fmt.Errorf("no admin token: set [web] admin_token (the admin API is off without one) or give -token")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(*url, "/")+"/admin/api/stats", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(url, "/")+"/admin/api/stats", nil)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+*token)
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("ask the daemon: %w", err)
@@ -81,7 +80,7 @@ func runStats(c *cmdCtx, args []string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	if *asJSON {
+	if asJSON {
 		_, err := c.stdout.Write(body)
 		return err
 	}

@@ -2,15 +2,17 @@ package main
 
 // The operator's commands for the site's own list and the removal requests:
 //
-//	blmilter list add IP-or-CIDR... [-category C] [-reason R] [-expires 720h]
+//	blmilter list add IP-or-CIDR... [-category C] [-reason R] [-expires 720h] [-create]
 //	blmilter list remove IP-or-CIDR...
 //	blmilter list show [IP-or-CIDR...]
 //	blmilter requests list [-status open|all|pending|confirmed|waiting|approved|denied|removed]
 //	blmilter requests approve|deny ID...
 //
-// Each takes -db PATH, or -config FILE to use its [store] path. A running
-// daemon sees the change within a few seconds and drops its cached
-// verdicts for the prefix.
+// They work on the daemon's store: -db PATH, else the [store] path of
+// -config FILE, else of /etc/blmilter/blmilter.toml when it exists; none of
+// them creates a database unless asked (-create), and the read-only ones
+// open it read-only. A running daemon sees a change within a few seconds
+// and drops its cached verdicts for the prefix.
 
 import (
 	"context"
@@ -20,96 +22,146 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/config"
 	"github.com/blmilter/blmilter/store"
 )
 
-const storeListUsage = `usage: blmilter list add IP-or-CIDR... [-category C] [-reason R] [-expires 720h] [-db PATH | -config FILE]
-       blmilter list remove IP-or-CIDR... [-db PATH | -config FILE]
-       blmilter list show [IP-or-CIDR...] [-db PATH | -config FILE]
+// storeAccess is what a command does with the store.
+type storeAccess int
 
-Manages the site's own list. "show" without arguments lists every live
-listing; with an IP it shows the listing that applies to it (which may be a
-network around it). -expires takes Go durations (36h, 90m) or days (30d);
-without it a listing stays until removed.
-`
+const (
+	storeNone   storeAccess = iota
+	storeRead               // opened read-only
+	storeWrite              // opened to write; never created
+	storeCreate             // opened to write; created with -create
+)
 
-const storeRequestsUsage = `usage: blmilter requests list [-status open|all|STATUS] [-db PATH | -config FILE]
-       blmilter requests approve ID... [-db PATH | -config FILE]
-       blmilter requests deny ID... [-db PATH | -config FILE]
+// systemConfig is where the daemon's config lives when installed; the
+// store commands use its [store] path when given neither -db nor -config.
+var systemConfig = "/etc/blmilter/blmilter.toml"
 
-Shows and decides removal requests. Approving removes every listing that
-contains the request's IP; denying keeps the listing. Statuses: pending (mail
-not confirmed), confirmed, waiting (for an operator), approved, denied,
-removed (self-service).
-`
+// storeCommands manage the site's own list and its removal requests.
+var storeCommands = []*command{
+	{
+		name:     "list add",
+		args:     "IP-or-CIDR...",
+		synopsis: "list addresses or networks on the site's own list",
+		help: `Lists each IP or CIDR on the site's own list. -expires takes Go durations
+(36h, 90m) or days (30d); without it a listing stays until removed.
 
-// runList is "blmilter list ...".
-func runList(args []string) int { return storeRunList(args, os.Stdout, os.Stderr) }
-
-// runRequests is "blmilter requests ...".
-func runRequests(args []string) int { return storeRunRequests(args, os.Stdout, os.Stderr) }
-
-// storeFlags are the flags every store command takes.
-type storeFlags struct {
-	fs         *flag.FlagSet
-	db, config string
+The site's own list refuses mail only where a [[list]] has store = true; the
+command warns when the config has none.`,
+		store: storeCreate,
+		setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
+			category := fs.String("category", "local", "`CATEGORY` of new listings: zombie, open-proxy, spam-source, dynamic, local")
+			reason := fs.String("reason", "", "`TEXT` shown on the lookup page")
+			expires := fs.String("expires", "", "lifetime of new listings, such as 720h or 30d (default: until removed)")
+			return func(c *cmdCtx, args []string) error { return listAdd(c, args, *category, *reason, *expires) }
+		},
+	},
+	{
+		name:     "list remove",
+		args:     "IP-or-CIDR...",
+		synopsis: "remove listings from the site's own list",
+		help:     `Removes the listing of each prefix, as listed (see list show).`,
+		store:    storeWrite,
+		setup:    func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return listRemove },
+	},
+	{
+		name:     "list show",
+		args:     "[IP-or-CIDR...]",
+		synopsis: "show the site's own list",
+		help: `Without arguments, shows every live listing. With an IP it shows the
+listing that applies to it (which may be a network around it). The store is
+opened read-only.`,
+		store: storeRead,
+		setup: func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return listShow },
+	},
+	{
+		name:     "requests list",
+		synopsis: "show removal requests",
+		help: `Shows removal requests. Statuses: pending (mail not confirmed), confirmed,
+waiting (for an operator), approved, denied, removed (self-service). The
+store is opened read-only.`,
+		store: storeRead,
+		setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
+			status := fs.String("status", "open", "which requests to list: open (pending, confirmed, waiting), all, or one `STATUS`")
+			return func(c *cmdCtx, args []string) error { return requestsList(c, args, *status) }
+		},
+	},
+	{
+		name:     "requests approve",
+		args:     "ID...",
+		synopsis: "approve removal requests",
+		help:     `Approves each request: every listing that contains the request's IP is removed.`,
+		store:    storeWrite,
+		setup:    func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return requestsDecide(true) },
+	},
+	{
+		name:     "requests deny",
+		args:     "ID...",
+		synopsis: "deny removal requests",
+		help:     `Denies each request: the listing stays.`,
+		store:    storeWrite,
+		setup:    func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return requestsDecide(false) },
+	},
 }
 
-func newStoreFlags(name, usage string, stderr io.Writer) *storeFlags {
-	f := &storeFlags{fs: flag.NewFlagSet(name, flag.ContinueOnError)}
-	f.fs.SetOutput(stderr)
-	f.fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fmt.Fprintln(stderr, "\nflags:")
-		f.fs.PrintDefaults()
+// storeTarget finds the daemon's store: -db, else the [store] path of
+// -config, else of the system config when it exists. It returns the config
+// it read too (nil with -db and no -config), and where the path came from.
+func (c *cmdCtx) storeTarget() (cfg *config.Config, path, from string, err error) {
+	cfgPath := c.configPath
+	if cfgPath == "" && c.dbPath == "" {
+		if _, err := os.Stat(systemConfig); err == nil {
+			cfgPath = systemConfig
+		}
 	}
-	f.fs.StringVar(&f.db, "db", "", "store database `PATH` (default: [store] path of -config, else "+store.DefaultPath+")")
-	f.fs.StringVar(&f.config, "config", "", "config `FILE` whose [store] path to use")
-	return f
-}
-
-// parse parses flags anywhere among the arguments ("add 192.0.2.1 -category
-// zombie"); "--" ends the flags.
-func (f *storeFlags) parse(args []string) ([]string, error) {
-	var rest []string
-	for {
-		if len(args) > 0 && args[0] == "--" {
-			return append(rest, args[1:]...), nil
+	if cfgPath != "" {
+		if cfg, err = config.LoadFile(cfgPath); err != nil {
+			return nil, "", "", err
 		}
-		if err := f.fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = f.fs.Args()
-		if len(args) == 0 {
-			return rest, nil
-		}
-		rest = append(rest, args[0])
-		args = args[1:]
 	}
+	switch {
+	case c.dbPath != "":
+		return cfg, c.dbPath, "-db", nil
+	case cfg != nil:
+		return cfg, cfg.Store.Path, "the [store] path of " + cfgPath, nil
+	}
+	return nil, "", "", fmt.Errorf("which store? give -db PATH, or -config FILE to use its [store] path (there is no %s)", systemConfig)
 }
 
-// open opens the store named by -db, or the config's [store] path.
-func (f *storeFlags) open() (*store.Store, error) {
-	path := f.db
-	if path == "" {
-		cfg := policy.Default()
-		if f.config != "" {
-			var err error
-			if cfg, err = policy.LoadFile(f.config); err != nil {
-				return nil, err
-			}
+// openStore opens the command's store as its storeAccess says.
+func (c *cmdCtx) openStore() (*store.Store, *config.Config, error) {
+	cfg, path, from, err := c.storeTarget()
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !(c.cmd.store == storeCreate && c.create) {
+		where := path
+		if !filepath.IsAbs(path) {
+			abs, _ := filepath.Abs(path)
+			where = fmt.Sprintf("%s (%s is relative to this command's working directory; the daemon's is its own)", abs, path)
 		}
-		path = cfg.Store.Path
+		msg := fmt.Sprintf("no database at %s, %s", where, from)
+		if c.cmd.store == storeCreate {
+			msg += "; give -create to make a new one"
+		}
+		return nil, nil, errors.New(msg)
 	}
 	// The command's own changes reach the daemon through the file; it
 	// does not need to watch for anyone else's.
-	return store.Open(path, store.Options{PollInterval: -1})
+	st, err := store.Open(path, store.Options{PollInterval: -1, ReadOnly: c.cmd.store == storeRead})
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, cfg, nil
 }
 
 // storeOperator names who made a change: the login behind sudo, if any.
@@ -122,102 +174,116 @@ func storeOperator() string {
 	return "cli"
 }
 
-func storeRunList(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stderr, storeListUsage)
-		if len(args) == 0 {
-			return 2
-		}
-		return 0
-	}
-	verb := args[0]
-	f := newStoreFlags("list "+verb, storeListUsage, stderr)
-	category := f.fs.String("category", "local", "`CATEGORY` of new listings: zombie, open-proxy, spam-source, dynamic, local")
-	reason := f.fs.String("reason", "", "`TEXT` shown on the lookup page")
-	expires := f.fs.String("expires", "", "lifetime of new listings, such as 720h or 30d (default: until removed)")
-	rest, err := f.parse(args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 2
-	}
-	switch verb {
-	case "add", "remove":
-		if len(rest) == 0 {
-			fmt.Fprintf(stderr, "blmilter list %s: no IP or CIDR given\n", verb)
-			return 2
-		}
-	case "show":
-	default:
-		fmt.Fprintf(stderr, "blmilter list: unknown command %q\n\n%s", verb, storeListUsage)
-		return 2
-	}
-	var prefixes []netip.Prefix
-	for _, a := range rest {
+// parsePrefixes reads the IP-or-CIDR arguments.
+func parsePrefixes(args []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, a := range args {
 		p, err := store.ParsePrefix(a)
 		if err != nil {
-			fmt.Fprintf(stderr, "blmilter list %s: %v\n", verb, err)
-			return 2
+			return nil, usageError(err.Error())
 		}
-		prefixes = append(prefixes, p)
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func listAdd(c *cmdCtx, args []string, category, reason, expires string) error {
+	if len(args) == 0 {
+		return usageError("no IP or CIDR given")
+	}
+	prefixes, err := parsePrefixes(args)
+	if err != nil {
+		return err
 	}
 	var lifetime time.Duration
-	if *expires != "" {
-		if lifetime, err = storeParseLifetime(*expires); err != nil {
-			fmt.Fprintf(stderr, "blmilter list %s: -expires: %v\n", verb, err)
-			return 2
+	if expires != "" {
+		if lifetime, err = storeParseLifetime(expires); err != nil {
+			return usageError(fmt.Sprintf("-expires: %v", err))
 		}
 	}
-
-	s, err := f.open()
+	s, cfg, err := c.openStore()
 	if err != nil {
-		fmt.Fprintf(stderr, "blmilter list %s: %v\n", verb, err)
-		return 1
+		return err
 	}
 	defer s.Close()
-	ctx := context.Background()
-	code := 0
-	switch verb {
-	case "add":
-		for _, p := range prefixes {
-			l := store.Listing{Prefix: p, Category: *category, Reason: *reason, Source: storeOperator()}
-			if lifetime > 0 {
-				t := time.Now().Add(lifetime)
-				l.ExpiresAt = &t
-			}
-			added, err := s.AddListing(ctx, l)
-			if err != nil {
-				fmt.Fprintf(stderr, "blmilter list add: %v\n", err)
-				code = 1
-				continue
-			}
-			fmt.Fprintf(stdout, "listed %s (%s)%s\n", added.Prefix, added.Category, storeUntil(added.ExpiresAt))
-		}
-	case "remove":
-		for _, p := range prefixes {
-			if err := s.RemoveListing(ctx, p, storeOperator()); err != nil {
-				if errors.Is(err, store.ErrNotFound) {
-					err = fmt.Errorf("%s is not listed (give the listed prefix itself: see blmilter list show %s)", p, p.Addr())
-				}
-				fmt.Fprintf(stderr, "blmilter list remove: %v\n", err)
-				code = 1
-				continue
-			}
-			fmt.Fprintf(stdout, "removed %s\n", p)
-		}
-	case "show":
-		ls, err := s.Listings(ctx)
-		if err != nil {
-			fmt.Fprintf(stderr, "blmilter list show: %v\n", err)
-			return 1
-		}
-		if len(prefixes) > 0 {
-			ls, code = storeSelect(s, ls, prefixes, stderr)
-		}
-		storeWriteListings(stdout, ls)
+	if cfg != nil && !cfg.StoreListed() {
+		fmt.Fprintf(c.stderr, "blmilter list add: warning: %s (%s)\n", storeUnusedWarning, cfg.File)
 	}
-	return code
+	failed := false
+	for _, p := range prefixes {
+		l := store.Listing{Prefix: p, Category: category, Reason: reason, Source: storeOperator()}
+		if lifetime > 0 {
+			t := time.Now().Add(lifetime)
+			l.ExpiresAt = &t
+		}
+		added, err := s.AddListing(context.Background(), l)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "blmilter list add: %v\n", err)
+			failed = true
+			continue
+		}
+		fmt.Fprintf(c.stdout, "listed %s (%s)%s\n", added.Prefix, added.Category, storeUntil(added.ExpiresAt))
+	}
+	if failed {
+		return exitCode(1)
+	}
+	return nil
+}
+
+func listRemove(c *cmdCtx, args []string) error {
+	if len(args) == 0 {
+		return usageError("no IP or CIDR given")
+	}
+	prefixes, err := parsePrefixes(args)
+	if err != nil {
+		return err
+	}
+	s, _, err := c.openStore()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	failed := false
+	for _, p := range prefixes {
+		if err := s.RemoveListing(context.Background(), p, storeOperator()); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				err = fmt.Errorf("%s is not listed (give the listed prefix itself: see blmilter list show %s)", p, p.Addr())
+			}
+			fmt.Fprintf(c.stderr, "blmilter list remove: %v\n", err)
+			failed = true
+			continue
+		}
+		fmt.Fprintf(c.stdout, "removed %s\n", p)
+	}
+	if failed {
+		return exitCode(1)
+	}
+	return nil
+}
+
+func listShow(c *cmdCtx, args []string) error {
+	prefixes, err := parsePrefixes(args)
+	if err != nil {
+		return err
+	}
+	s, _, err := c.openStore()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ls, err := s.Listings(context.Background())
+	if err != nil {
+		return err
+	}
+	code := 0
+	if len(prefixes) > 0 {
+		ls, code = storeSelect(s, ls, prefixes, c.stderr)
+	}
+	storeWriteListings(c.stdout, ls)
+	if code != 0 {
+		return exitCode(code)
+	}
+	return nil
 }
 
 // storeSelect picks, for each asked prefix, the listing of exactly that
@@ -263,93 +329,71 @@ func storeWriteListings(w io.Writer, ls []store.Listing) {
 	tw.Flush()
 }
 
-func storeRunRequests(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stderr, storeRequestsUsage)
-		if len(args) == 0 {
-			return 2
-		}
-		return 0
+func requestsList(c *cmdCtx, args []string, status string) error {
+	if len(args) > 0 {
+		return usageError(fmt.Sprintf("unexpected arguments %q", args))
 	}
-	verb := args[0]
-	f := newStoreFlags("requests "+verb, storeRequestsUsage, stderr)
-	status := f.fs.String("status", "open", "which requests to list: open (pending, confirmed, waiting), all, or one `STATUS`")
-	rest, err := f.parse(args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
+	s, _, err := c.openStore()
 	if err != nil {
-		return 2
+		return err
 	}
-	var ids []int64
-	switch verb {
-	case "list":
-		if len(rest) > 0 {
-			fmt.Fprintf(stderr, "blmilter requests list: unexpected arguments %q\n", rest)
-			return 2
+	defer s.Close()
+	if status == "all" {
+		status = ""
+	}
+	rs, err := s.Requests(context.Background(), status)
+	if err != nil {
+		if errors.Is(err, store.ErrInvalid) {
+			return usageError(err.Error())
 		}
-	case "approve", "deny":
-		if len(rest) == 0 {
-			fmt.Fprintf(stderr, "blmilter requests %s: no request ID given\n", verb)
-			return 2
+		return err
+	}
+	storeWriteRequests(c.stdout, rs)
+	return nil
+}
+
+func requestsDecide(approve bool) func(c *cmdCtx, args []string) error {
+	return func(c *cmdCtx, args []string) error {
+		if len(args) == 0 {
+			return usageError("no request ID given")
 		}
-		for _, a := range rest {
+		var ids []int64
+		for _, a := range args {
 			id, err := strconv.ParseInt(strings.TrimPrefix(a, "#"), 10, 64)
 			if err != nil || id <= 0 {
-				fmt.Fprintf(stderr, "blmilter requests %s: %q is not a request ID\n", verb, a)
-				return 2
+				return usageError(fmt.Sprintf("%q is not a request ID", a))
 			}
 			ids = append(ids, id)
 		}
-	default:
-		fmt.Fprintf(stderr, "blmilter requests: unknown command %q\n\n%s", verb, storeRequestsUsage)
-		return 2
-	}
-
-	s, err := f.open()
-	if err != nil {
-		fmt.Fprintf(stderr, "blmilter requests %s: %v\n", verb, err)
-		return 1
-	}
-	defer s.Close()
-	ctx := context.Background()
-	if verb == "list" {
-		st := *status
-		if st == "all" {
-			st = ""
-		}
-		rs, err := s.Requests(ctx, st)
+		s, _, err := c.openStore()
 		if err != nil {
-			fmt.Fprintf(stderr, "blmilter requests list: %v\n", err)
-			if errors.Is(err, store.ErrInvalid) {
-				return 2
+			return err
+		}
+		defer s.Close()
+		ctx := context.Background()
+		failed := false
+		for _, id := range ids {
+			if approve {
+				err = s.ApproveRequest(ctx, id, storeOperator())
+			} else {
+				err = s.DenyRequest(ctx, id, storeOperator())
 			}
-			return 1
+			var r store.RemovalRequest
+			if err == nil {
+				r, err = s.Request(ctx, id)
+			}
+			if err != nil {
+				fmt.Fprintf(c.stderr, "blmilter %s: %v\n", c.cmd.name, err)
+				failed = true
+				continue
+			}
+			fmt.Fprintf(c.stdout, "request %d for %s: %s\n", r.ID, r.IP, r.Status)
 		}
-		storeWriteRequests(stdout, rs)
-		return 0
+		if failed {
+			return exitCode(1)
+		}
+		return nil
 	}
-	code := 0
-	for _, id := range ids {
-		if verb == "approve" {
-			err = s.ApproveRequest(ctx, id, storeOperator())
-		} else {
-			err = s.DenyRequest(ctx, id, storeOperator())
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "blmilter requests %s: %v\n", verb, err)
-			code = 1
-			continue
-		}
-		r, err := s.Request(ctx, id)
-		if err != nil {
-			fmt.Fprintf(stderr, "blmilter requests %s: %v\n", verb, err)
-			code = 1
-			continue
-		}
-		fmt.Fprintf(stdout, "request %d for %s: %s\n", r.ID, r.IP, r.Status)
-	}
-	return code
 }
 
 func storeWriteRequests(w io.Writer, rs []store.RemovalRequest) {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,10 +22,12 @@ func storeRun(t *testing.T, fn func([]string, *bytes.Buffer, *bytes.Buffer) int,
 	return code, out.String(), errb.String()
 }
 
-func listCmd(args []string, out, errb *bytes.Buffer) int { return storeRunList(args, out, errb) }
+func listCmd(args []string, out, errb *bytes.Buffer) int {
+	return run(append([]string{"list"}, args...), out, errb)
+}
 
 func requestsCmd(args []string, out, errb *bytes.Buffer) int {
-	return storeRunRequests(args, out, errb)
+	return run(append([]string{"requests"}, args...), out, errb)
 }
 
 func TestListCommand(t *testing.T) {
@@ -36,7 +39,8 @@ func TestListCommand(t *testing.T) {
 		out     []string // substrings of stdout
 		errText string   // substring of stderr
 	}{
-		{"add host and network", []string{"add", "192.0.2.7", "198.51.100.0/24", "-category", "zombie", "-reason", "trap hits", "-db", db}, 0,
+		{"add to a new store without -create", []string{"add", "192.0.2.7", "-db", db}, 1, nil, "give -create"},
+		{"add host and network", []string{"add", "192.0.2.7", "198.51.100.0/24", "-category", "zombie", "-reason", "trap hits", "-db", db, "-create"}, 0,
 			[]string{"listed 192.0.2.7/32 (zombie)", "listed 198.51.100.0/24 (zombie)"}, ""},
 		{"add with expiry, flags first", []string{"add", "-db", db, "-expires", "30d", "2001:db8::/32"}, 0, []string{"listed 2001:db8::/32 (local) until "}, ""},
 		{"show all", []string{"show", "-db", db}, 0, []string{"PREFIX", "192.0.2.7/32", "198.51.100.0/24", "2001:db8::/32", "trap hits", "never"}, ""},
@@ -94,7 +98,7 @@ func TestListCommandUsesConfigStorePath(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("[store]\npath = \""+db+"\"\n\n[[list]]\nname = \"site\"\nstore = true\nweight = 5\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errText := storeRun(t, listCmd, "add", "192.0.2.9", "-config", cfg); code != 0 {
+	if code, _, errText := storeRun(t, listCmd, "add", "192.0.2.9", "-config", cfg, "-create"); code != 0 {
 		t.Fatalf("exit %d: %s", code, errText)
 	}
 	if _, err := os.Stat(db); err != nil {
@@ -175,5 +179,74 @@ func TestRequestsCommand(t *testing.T) {
 	}
 	if _, _, listed := s.Lookup(netip.MustParseAddr("192.0.2.8")); !listed {
 		t.Error("denied request's IP delisted")
+	}
+}
+
+// The management commands find the daemon's store or refuse; they never
+// make a database somewhere the daemon does not look.
+func TestStoreCommandsFindTheStore(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	oldSystem := systemConfig
+	t.Cleanup(func() { systemConfig = oldSystem })
+	systemConfig = filepath.Join(dir, "etc", "blmilter.toml")
+
+	// No -db, no -config, no system config: refuse, create nothing.
+	code, _, errText := storeRun(t, listCmd, "add", "192.0.2.9")
+	if code != 1 || !strings.Contains(errText, "which store?") || !strings.Contains(errText, "-db PATH") {
+		t.Fatalf("no store named: exit %d, %q", code, errText)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "blmilter.db")); !os.IsNotExist(err) {
+		t.Fatalf("a database was created in the working directory: %v", err)
+	}
+
+	// The system config names the store; without -create it is not made.
+	db := filepath.Join(dir, "var", "blmilter.db")
+	os.MkdirAll(filepath.Dir(db), 0o755)
+	os.MkdirAll(filepath.Dir(systemConfig), 0o755)
+	writeFile(t, systemConfig, "[store]\npath = \""+db+"\"\n\n[[list]]\nname = \"x\"\nzone = \"bl.example\"\n")
+	code, _, errText = storeRun(t, listCmd, "add", "192.0.2.9")
+	if code != 1 || !strings.Contains(errText, "no database at "+db) || !strings.Contains(errText, systemConfig) || !strings.Contains(errText, "-create") {
+		t.Fatalf("missing store: exit %d, %q", code, errText)
+	}
+	code, out, errText := storeRun(t, listCmd, "add", "192.0.2.9", "-create")
+	if code != 0 || !strings.Contains(out, "listed 192.0.2.9/32") {
+		t.Fatalf("add -create: exit %d, %q %q", code, out, errText)
+	}
+	// The config does not use the store for refusing mail: say so.
+	if !strings.Contains(errText, "warning: the site's own list refuses no mail") {
+		t.Errorf("no warning about the unused store: %q", errText)
+	}
+	if code, out, _ := storeRun(t, listCmd, "show"); code != 0 || !strings.Contains(out, "192.0.2.9/32") {
+		t.Errorf("show through the system config: exit %d, %q", code, out)
+	}
+
+	// A relative [store] path is resolved where the command runs; the
+	// message says so rather than creating a database there.
+	rel := filepath.Join(dir, "rel.toml")
+	writeFile(t, rel, "[store]\npath = \"blmilter.db\"\n\n[[list]]\nname = \"site\"\nstore = true\n")
+	code, _, errText = storeRun(t, listCmd, "show", "-config", rel)
+	if code != 1 || !strings.Contains(errText, "relative to this command's working directory") {
+		t.Errorf("relative path: exit %d, %q", code, errText)
+	}
+
+	// Reading commands do not wait for a writer: they open the file
+	// read-only, without the write transaction of a migration.
+	other, err := sql.Open("sqlite", "file:"+db+"?_pragma=busy_timeout(1000)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	lock, err := other.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback()
+	for _, args := range [][]string{{"list", "show"}, {"requests", "list"}} {
+		start := time.Now()
+		var o, e bytes.Buffer
+		if code := run(append(args, "-db", db), &o, &e); code != 0 || time.Since(start) > 3*time.Second {
+			t.Errorf("%v while another process writes: exit %d after %v: %s", args, code, time.Since(start), e.String())
+		}
 	}
 }

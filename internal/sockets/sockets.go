@@ -1,6 +1,7 @@
 // Package sockets opens the unix sockets blmilter serves on (the milter and
 // the policy server): a socket left behind by a crash is removed, but only
-// when nothing accepts connections on it, and the new socket gets its mode.
+// when nothing accepts connections on it, and the new socket gets its mode
+// and group.
 package sockets
 
 import (

@@ -1,13 +1,16 @@
-package policy
+package config
 
 import (
 	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blmilter/blmilter/policy"
 )
 
 func TestDefaultConfigValid(t *testing.T) {
@@ -31,14 +34,15 @@ func TestDefaultConfigValid(t *testing.T) {
 		t.Fatalf("lists: %d", len(cfg.Lists))
 	}
 	l := cfg.Lists[0]
-	if l.Name != "Spamhaus ZEN" || l.Zone != "zen.spamhaus.org" || l.Weight != 3 || l.Kind() != KindDNS || !l.UsesIPv4() || !l.UsesIPv6() || l.OnError != "ignore" || !l.HealthChecked() {
+	if l.Name != "Spamhaus ZEN" || l.Zone != "zen.spamhaus.org" || l.Weight != 3 || l.Kind() != policy.KindDNS || !l.UsesIPv4() || !l.UsesIPv6() || l.OnError != "ignore" || !l.HealthChecked() {
 		t.Errorf("ZEN list: %+v", l)
 	}
+	zen := cfg.EngineOptions().Lists[0]
 	for code, want := range map[string]string{
 		"127.0.0.2": "spam-source", "127.0.0.3": "spam-source", "127.0.0.4": "zombie", "127.0.0.7": "zombie",
 		"127.0.0.9": "spam-source", "127.0.0.10": "dynamic", "127.0.0.11": "dynamic", "127.0.0.8": "listed",
 	} {
-		if got := l.match([]netip.Addr{netip.MustParseAddr(code)}).category; got != want {
+		if _, got, _ := zen.Match([]netip.Addr{netip.MustParseAddr(code)}); got != want {
 			t.Errorf("ZEN code %s: category %q, want %q", code, got, want)
 		}
 	}
@@ -52,7 +56,7 @@ func TestDefaultsFilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := defaults()
+	d := Defaults()
 	if cfg.Milter != d.Milter || cfg.Cache != d.Cache || cfg.Web.PublicURL != d.Web.PublicURL || cfg.Store.Path != "blmilter.db" || cfg.Log != d.Log {
 		t.Errorf("defaults not filled: %+v", cfg)
 	}
@@ -61,7 +65,7 @@ func TestDefaultsFilled(t *testing.T) {
 		t.Errorf("DNS list defaults: %+v", dl)
 	}
 	fl := cfg.Lists[1]
-	if fl.Kind() != KindFile || fl.Category != "local" || fl.HealthChecked() {
+	if fl.Kind() != policy.KindFile || fl.Category != "local" || fl.HealthChecked() {
 		t.Errorf("file list defaults: %+v", fl)
 	}
 	// An empty string is a value, not "use the default": it turns a listener off.
@@ -76,9 +80,9 @@ func TestDefaultsFilled(t *testing.T) {
 
 func problems(t *testing.T, err error) []Problem {
 	t.Helper()
-	var ce *ConfigError
+	var ce *Error
 	if !errors.As(err, &ce) {
-		t.Fatalf("want *ConfigError, got %T %v", err, err)
+		t.Fatalf("want *Error, got %T %v", err, err)
 	}
 	return ce.Problems
 }
@@ -191,7 +195,7 @@ codes = { "127.0.0.2" = "exact", "127.0.0.4-127.0.0.7" = "range", "127.0.1.0/24"
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &cfg.Lists[0]
+	l := cfg.EngineOptions().Lists[0]
 	tests := []struct {
 		codes    []string
 		category string
@@ -214,9 +218,9 @@ codes = { "127.0.0.2" = "exact", "127.0.0.4-127.0.0.7" = "range", "127.0.1.0/24"
 			for _, c := range tc.codes {
 				codes = append(codes, netip.MustParseAddr(c))
 			}
-			m := l.match(codes)
-			if m.category != tc.category || m.weight != tc.weight || m.code.String() != tc.code {
-				t.Errorf("got %s/%v/%s, want %s/%v/%s", m.category, m.weight, m.code, tc.category, tc.weight, tc.code)
+			code, category, weight := l.Match(codes)
+			if category != tc.category || weight != tc.weight || code.String() != tc.code {
+				t.Errorf("got %s/%v/%s, want %s/%v/%s", category, weight, code, tc.category, tc.weight, tc.code)
 			}
 		})
 	}
@@ -273,16 +277,16 @@ func TestCodesMostSpecificRuleWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dnswl := &cfg.Lists[1]
+	dnswl := cfg.EngineOptions().Lists[1]
 	for code, want := range map[string]float64{"127.0.0.255": 0, "127.0.5.2": -3, "127.0.5.3": -3, "127.0.5.1": -1, "127.0.5.0": -1} {
-		if got := dnswl.match([]netip.Addr{netip.MustParseAddr(code)}).weight; got != want {
+		if _, _, got := dnswl.Match([]netip.Addr{netip.MustParseAddr(code)}); got != want {
 			t.Errorf("DNSWL %s: weight %v, want %v", code, got, want)
 		}
 	}
 }
 
-// FuzzParse: whatever the file says, Parse returns a config or a
-// *ConfigError, and never panics.
+// FuzzParse: whatever the file says, Parse returns a config or an *Error,
+// and never panics; a config it accepts builds an engine.
 func FuzzParse(f *testing.F) {
 	f.Add(DefaultTOML())
 	files, _ := filepath.Glob("../examples/*.toml")
@@ -295,7 +299,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse(data, "fuzz.toml")
 		if err != nil {
-			var ce *ConfigError
+			var ce *Error
 			if !errors.As(err, &ce) || len(ce.Problems) == 0 {
 				t.Fatalf("error %T %v", err, err)
 			}
@@ -304,5 +308,41 @@ func FuzzParse(f *testing.F) {
 		if len(cfg.Lists) == 0 {
 			t.Fatal("config without lists accepted")
 		}
+		// Whatever passes validation must be safe to run: no size or
+		// duration that panics or overflows (file lists are not opened).
+		opts := cfg.EngineOptions()
+		opts.Lists = slices.DeleteFunc(opts.Lists, func(l policy.List) bool { return l.Kind == policy.KindFile })
+		opts.DNSServers = []string{"127.0.0.1:1"}
+		e, err := policy.NewEngine(opts)
+		if err != nil {
+			t.Fatalf("valid config, engine: %v", err)
+		}
+		e.Close()
 	})
+}
+
+// A config built or changed in code is checked by Validate as a file is by
+// Parse, and the engine uses what validation parsed.
+func TestConfigChangedInCode(t *testing.T) {
+	cfg := Default()
+	cfg.DNS.Servers = []string{"127.0.0.1:1"}
+	cfg.Policy.Allow = []string{"192.0.2.0/24"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := policy.NewEngine(cfg.EngineOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if s := e.Exempt(netip.MustParseAddr("192.0.2.5")); s != policy.SkipAllow {
+		t.Errorf("allow set in code not used: %q", s)
+	}
+	cfg = Default()
+	cfg.Policy.Threshold = 0
+	cfg.Policy.Allow = []string{"nonsense"}
+	err = cfg.Validate()
+	if err == nil || !strings.Contains(err.Error(), "policy.threshold") || !strings.Contains(err.Error(), "policy.allow[0]") {
+		t.Errorf("bad config built in code: %v", err)
+	}
 }

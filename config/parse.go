@@ -1,4 +1,4 @@
-package policy
+package config
 
 import (
 	_ "embed"
@@ -21,12 +21,13 @@ var defaultTOML []byte
 // starting point for a config file.
 func DefaultTOML() []byte { return slices.Clone(defaultTOML) }
 
-// Default returns the embedded default configuration, parsed. It panics if
-// the embedded file is invalid, which a test rules out.
+// Default returns the embedded default configuration, parsed: what
+// blmilter runs with when no config file is given. It panics if the
+// embedded file is invalid, which a test rules out.
 func Default() *Config {
 	cfg, err := Parse(defaultTOML, "default.toml")
 	if err != nil {
-		panic(fmt.Sprintf("policy: embedded default config is invalid: %v", err))
+		panic(fmt.Sprintf("config: embedded default config is invalid: %v", err))
 	}
 	return cfg
 }
@@ -58,13 +59,13 @@ type Problem struct {
 	Msg  string
 }
 
-// ConfigError lists every problem found in a config file.
-type ConfigError struct {
+// Error lists every problem found in a config file.
+type Error struct {
 	File     string
 	Problems []Problem
 }
 
-func (e *ConfigError) Error() string {
+func (e *Error) Error() string {
 	var b strings.Builder
 	for i, p := range e.Problems {
 		if i > 0 {
@@ -84,12 +85,20 @@ func (e *ConfigError) Error() string {
 	return b.String()
 }
 
+// Errorf is a problem with key found after parsing (a list file that
+// cannot be read, say), with the key's line when the file has it.
+func (c *Config) Errorf(key, format string, args ...any) *Error {
+	p := &parser{lines: c.lines}
+	p.addf(key, format, args...)
+	return &Error{File: c.File, Problems: p.problems}
+}
+
 // parser collects the problems of one file, mox addErrorf style, so the
 // admin sees all of them at once.
 type parser struct {
 	md       *toml.MetaData
 	lines    map[string]int
-	set      map[string]bool // keys present in the file
+	set      map[string]bool // keys present in the file; nil for a config built in code
 	problems []Problem
 }
 
@@ -110,7 +119,7 @@ func (p *parser) line(key string) int {
 }
 
 // Parse parses and validates a config. Every problem is reported in one
-// *ConfigError; keys left out get their defaults.
+// *Error; keys left out get their defaults.
 func Parse(data []byte, filename string) (*Config, error) {
 	if filename == "" {
 		filename = "config"
@@ -120,30 +129,47 @@ func Parse(data []byte, filename string) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &ConfigError{File: filename, Problems: []Problem{{Key: pe.LastKey, Line: pe.Position.Line, Msg: pe.Message}}}
+			return nil, &Error{File: filename, Problems: []Problem{{Key: pe.LastKey, Line: pe.Position.Line, Msg: pe.Message}}}
 		}
-		return nil, &ConfigError{File: filename, Problems: []Problem{{Msg: err.Error()}}}
+		return nil, &Error{File: filename, Problems: []Problem{{Msg: err.Error()}}}
 	}
 	p := &parser{md: &md, lines: scanLines(string(data)), set: map[string]bool{}}
-	cfg := defaults()
+	cfg := Defaults()
 	p.decodeTable(top, reflect.ValueOf(&cfg).Elem(), "")
+	cfg.File = filename
+	cfg.lines = p.lines
 	p.validate(&cfg)
 	if len(p.problems) > 0 {
-		// Lines in file order; problems without a line last.
-		slices.SortStableFunc(p.problems, func(a, b Problem) int {
-			la, lb := a.Line, b.Line
-			if la == 0 {
-				la = int(^uint(0) >> 1)
-			}
-			if lb == 0 {
-				lb = int(^uint(0) >> 1)
-			}
-			return la - lb
-		})
-		return nil, &ConfigError{File: filename, Problems: p.problems}
+		return nil, p.err(filename)
 	}
-	cfg.File = filename
 	return &cfg, nil
+}
+
+// Validate checks a config built or changed in code, as Parse checks a
+// file, and parses its networks and codes. Zero values that have a
+// default (a list's category, timeout, on_error) are filled in.
+func (c *Config) Validate() error {
+	p := &parser{lines: c.lines}
+	p.validate(c)
+	if len(p.problems) > 0 {
+		return p.err(c.File)
+	}
+	return nil
+}
+
+// err sorts the problems by line (those without one last) into an *Error.
+func (p *parser) err(filename string) *Error {
+	slices.SortStableFunc(p.problems, func(a, b Problem) int {
+		la, lb := a.Line, b.Line
+		if la == 0 {
+			la = int(^uint(0) >> 1)
+		}
+		if lb == 0 {
+			lb = int(^uint(0) >> 1)
+		}
+		return la - lb
+	})
+	return &Error{File: filename, Problems: p.problems}
 }
 
 var durationType = reflect.TypeFor[Duration]()

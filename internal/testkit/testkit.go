@@ -1,0 +1,99 @@
+// Package testkit is what the tests of every package share: WaitFor, the
+// query names of DNS lists, the blmilter binary built once per test run,
+// free loopback ports and a buffer goroutines may write while a test reads
+// it. Its subpackage testengine builds a policy engine from TOML against
+// the in-process DNS server. testkit imports no blmilter package but dnsbl,
+// so the tests of the lowest packages (cache) can use it too.
+package testkit
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/blmilter/blmilter/dnsbl"
+)
+
+// QName is the name a DNS list is asked for ip in zone.
+func QName(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(ip), zone) }
+
+// WaitFor polls cond until it returns nil, and fails t with what and
+// cond's last error when timeout passes first.
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting %v for %s: %v", timeout, what, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Unless is the error WaitFor's cond returns while ok is false.
+func Unless(ok bool, format string, args ...any) error {
+	if ok {
+		return nil
+	}
+	return fmt.Errorf(format, args...)
+}
+
+// FreePort returns a loopback port ("tcp" or "udp") that was free a moment ago.
+func FreePort(t testing.TB, network string) int {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// FreeAddr returns 127.0.0.1:PORT with a TCP port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	return fmt.Sprintf("127.0.0.1:%d", FreePort(t, "tcp"))
+}
+
+// Buffer collects log lines or a child's output: goroutines may write it
+// while a test reads it. The zero value is ready to use and keeps
+// everything; Max, when set, keeps only the first Max bytes.
+type Buffer struct {
+	Max int
+
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p (as much of it as Max leaves room for).
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Max > 0 {
+		s.b.Write(p[:min(len(p), max(s.Max-s.b.Len(), 0))])
+		return len(p), nil
+	}
+	return s.b.Write(p)
+}
+
+// String returns everything kept so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
