@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // fakeClock drives entry expiry in tests without sleeping.
@@ -30,19 +32,6 @@ func newTestCache[K comparable, V any](t *testing.T, opts Options) (*Cache[K, V]
 
 func addr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-}
-
-// waitFor polls cond for a bounded time; the tests use it to know that
-// goroutines have reached a point before going on.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func TestClamp(t *testing.T) {
@@ -315,7 +304,7 @@ func TestLoadSharedByConcurrentCallers(t *testing.T) {
 	// Every caller has counted its miss, and a miss is counted under the
 	// same lock that registers the load, so all of them are now sharing
 	// the one load in flight.
-	waitFor(t, "all callers to miss", func() bool { return c.Stats().Misses == callers })
+	testkit.WaitFor(t, "all callers to miss", 5*time.Second, func() error { return testkit.Unless(c.Stats().Misses == callers, "not yet") })
 	close(bl.release)
 	for range callers {
 		r := <-results
@@ -370,7 +359,7 @@ func TestLoadWaiterHonoursOwnContext(t *testing.T) {
 		_, _, err := c.Load(context.Background(), "k", bl.load)
 		leader <- err
 	}()
-	waitFor(t, "the load to start", func() bool { return bl.calls.Load() == 1 })
+	testkit.WaitFor(t, "the load to start", 5*time.Second, func() error { return testkit.Unless(bl.calls.Load() == 1, "not yet") })
 
 	ctx, cancel := context.WithCancel(context.Background())
 	waiter := make(chan error, 1)
@@ -378,7 +367,7 @@ func TestLoadWaiterHonoursOwnContext(t *testing.T) {
 		_, _, err := c.Load(ctx, "k", bl.load)
 		waiter <- err
 	}()
-	waitFor(t, "the waiter to miss", func() bool { return c.Stats().Misses == 2 })
+	testkit.WaitFor(t, "the waiter to miss", 5*time.Second, func() error { return testkit.Unless(c.Stats().Misses == 2, "not yet") })
 	cancel()
 	select {
 	case err := <-waiter:
@@ -412,7 +401,7 @@ func TestLoadLeaderCancelledWaiterLoadsAgain(t *testing.T) {
 		_, _, err := c.Load(ctx, "k", bl.load)
 		leader <- err
 	}()
-	waitFor(t, "the load to start", func() bool { return bl.calls.Load() == 1 })
+	testkit.WaitFor(t, "the load to start", 5*time.Second, func() error { return testkit.Unless(bl.calls.Load() == 1, "not yet") })
 
 	waiter := make(chan string, 1)
 	go func() {
@@ -422,13 +411,13 @@ func TestLoadLeaderCancelledWaiterLoadsAgain(t *testing.T) {
 		}
 		waiter <- v
 	}()
-	waitFor(t, "the waiter to miss", func() bool { return c.Stats().Misses == 2 })
+	testkit.WaitFor(t, "the waiter to miss", 5*time.Second, func() error { return testkit.Unless(c.Stats().Misses == 2, "not yet") })
 	cancel()
 	if err := <-leader; !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled leader got %v, want context.Canceled", err)
 	}
 	// The waiter must not inherit the leader's cancellation: it loads anew.
-	waitFor(t, "the waiter's own load", func() bool { return bl.calls.Load() == 2 })
+	testkit.WaitFor(t, "the waiter's own load", 5*time.Second, func() error { return testkit.Unless(bl.calls.Load() == 2, "not yet") })
 	close(bl.release)
 	if v := <-waiter; v != "v" {
 		t.Errorf("waiter got %q, want v from its own load", v)
@@ -452,7 +441,7 @@ func TestLoadResultDroppedAfterRemoveOrPurge(t *testing.T) {
 				v, _, _ := c.Load(context.Background(), "k", old.load)
 				done <- v
 			}()
-			waitFor(t, "the load to start", func() bool { return old.calls.Load() == 1 })
+			testkit.WaitFor(t, "the load to start", 5*time.Second, func() error { return testkit.Unless(old.calls.Load() == 1, "not yet") })
 			tt.op(c)
 
 			// A Load after the invalidation does not join the old load.
@@ -494,7 +483,7 @@ func TestLoadPanicReleasesWaiters(t *testing.T) {
 		})
 		waiter <- err
 	}()
-	waitFor(t, "the waiter to miss", func() bool { return c.Stats().Misses == 2 })
+	testkit.WaitFor(t, "the waiter to miss", 5*time.Second, func() error { return testkit.Unless(c.Stats().Misses == 2, "not yet") })
 	close(release)
 	if p := <-leader; p != "resolver bug" {
 		t.Errorf("leader recovered %v, want the load's panic to reach it", p)
@@ -654,7 +643,7 @@ func TestExpiryWithRealClock(t *testing.T) {
 	if _, ok := c.Get("a"); !ok {
 		t.Fatal("fresh entry missed")
 	}
-	waitFor(t, "the entry to expire", func() bool { _, ok := c.Get("a"); return !ok })
+	testkit.WaitFor(t, "the entry to expire", 5*time.Second, func() error { _, ok := c.Get("a"); return testkit.Unless(!ok, "not yet") })
 }
 
 func TestNoGoroutinesStarted(t *testing.T) {

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -8,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // blmilter is the blmilter binary running with a test config.
@@ -36,16 +40,16 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 	t.Helper()
 	bin := o.Bin
 	if bin == "" {
-		bin = binary(t, "github.com/blmilter/blmilter/cmd/blmilter")
+		bin = testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmilter")
 	}
 	dir := tempDir(t, "blmilter")
 	b := &blmilter{config: filepath.Join(dir, "blmilter.toml"), Milter: o.MilterAddr}
 	if b.Milter == "" {
-		b.Milter = "127.0.0.1:" + strconv.Itoa(freePort(t, "tcp"))
+		b.Milter = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
 	}
 	policyd := ""
 	if !o.NoPolicyd {
-		b.Policy = "127.0.0.1:" + strconv.Itoa(freePort(t, "tcp"))
+		b.Policy = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
 		policyd = b.Policy
 	}
 	logLevel, logFile := o.LogLevel, ""

@@ -2,8 +2,9 @@
 // real mail servers (a private Postfix instance, Sendmail) and test block
 // lists served by rbldnsd, driven by real SMTP sessions on loopback.
 //
-// The tests need root and the packages e2e/deps.sh installs. Without them
-// they skip with a message; with BLMILTER_E2E=require or CI=true they fail
-// instead. BLMILTER_E2E=skip skips them always. BLMILTER_LOAD=1 adds the
-// load comparison (TestLoad).
+// The tests are built only with -tags e2e (make test), and then need root
+// and the packages e2e/deps.sh installs: a missing one is a failure, never
+// a skip. A plain go test ./... (make unit) leaves them out. The load
+// comparison (TestLoad) runs one short round; e2e/load.sh runs it at full
+// size.
 package e2e

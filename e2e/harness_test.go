@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -6,26 +8,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/blmilter/blmilter/internal/syncbuf"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
-
-const envE2E = "BLMILTER_E2E"
-
-// required reports whether a missing dependency is a failure rather than a
-// reason to skip: CI must never skip the end-to-end tests silently.
-func required() bool {
-	return os.Getenv(envE2E) == "require" || os.Getenv("CI") == "true"
-}
 
 // tools are the external programs the suite uses, by name, with where to
 // look for them (PATH first, then these places: CI's PATH may lack sbin).
@@ -58,19 +52,10 @@ func tool(name string) string {
 	return ""
 }
 
-// need skips t, or fails it when required(), unless this machine can run
-// the end-to-end tests with the named tools.
+// need fails t unless this machine can run the end-to-end tests with the
+// named tools: a run with -tags e2e skips nothing.
 func need(t testing.TB, names ...string) {
 	t.Helper()
-	if !required() {
-		switch os.Getenv(envE2E) {
-		case "skip", "0", "off", "no":
-			t.Skipf("e2e: skipped: %s=%s", envE2E, os.Getenv(envE2E))
-		}
-		if testing.Short() {
-			t.Skip("e2e: skipped in -short mode")
-		}
-	}
 	var missing []string
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root (Postfix and Sendmail run as root)")
@@ -83,49 +68,8 @@ func need(t testing.TB, names ...string) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("e2e: cannot run here, missing: %s; run e2e/deps.sh as root (with %s=require or CI=true this is a failure, not a skip)",
-		strings.Join(missing, ", "), envE2E)
-	if required() {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-// buildDir holds the binaries built for this test run; TestMain removes it.
-var buildDir string
-
-var builds struct {
-	sync.Mutex
-	paths map[string]string
-	errs  map[string]error
-}
-
-// binary builds the Go command pkg (an import path inside this module) once
-// per test run and returns its path.
-func binary(t testing.TB, pkg string) string {
-	t.Helper()
-	builds.Lock()
-	defer builds.Unlock()
-	if p, ok := builds.paths[pkg]; ok {
-		return p
-	}
-	if err, ok := builds.errs[pkg]; ok {
-		t.Fatal(err)
-	}
-	out := filepath.Join(buildDir, filepath.Base(pkg))
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(gobin); err != nil {
-		gobin = "go"
-	}
-	cmd := exec.Command(gobin, "build", "-o", out, pkg)
-	cmd.Dir = ".." // the module root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		err = fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
-		builds.errs[pkg] = err
-		t.Fatal(err)
-	}
-	builds.paths[pkg] = out
-	return out
+	t.Fatalf("e2e: cannot run here, missing: %s; run e2e/deps.sh as root, or leave out -tags e2e (make unit)",
+		strings.Join(missing, ", "))
 }
 
 func TestMain(m *testing.M) {
@@ -140,14 +84,6 @@ func TestMain(m *testing.M) {
 		os.Exit(netnsMain(m))
 	}
 
-	dir, err := os.MkdirTemp("", "blmilter-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	buildDir = dir
-	builds.paths = map[string]string{}
-	builds.errs = map[string]error{}
 	flag.Parse()
 	if f := flag.Lookup("test.timeout"); f != nil {
 		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > time.Minute {
@@ -155,8 +91,7 @@ func TestMain(m *testing.M) {
 			time.AfterFunc(d-20*time.Second, runEmergencyStops)
 		}
 	}
-	code := m.Run()
-	os.RemoveAll(dir)
+	code := testkit.Main(m)
 	reapOrphans()
 	os.Exit(code)
 }
@@ -205,7 +140,7 @@ func runEmergencyStops() {
 		os.RemoveAll(k.(string))
 		return true
 	})
-	os.RemoveAll(buildDir)
+	testkit.RemoveBinaries()
 }
 
 // reapOrphans collects the exit status of every orphan this process
@@ -258,32 +193,11 @@ func writeFile(t testing.TB, path, content string) {
 	}
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB, network string) int {
-	t.Helper()
-	switch network {
-	case "udp":
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
-	default:
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-}
-
 // proc is a service the test started and stops.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncbuf.Buffer
+	out  *testkit.Buffer
 	done chan struct{}
 	err  error // the exit status, once done is closed
 }
@@ -292,7 +206,7 @@ type proc struct {
 // anything it forked) when t ends. Its output is logged if t failed.
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: filepath.Base(name), out: &syncbuf.Buffer{}, done: make(chan struct{})}
+	p := &proc{name: filepath.Base(name), out: &testkit.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
@@ -353,26 +267,10 @@ func tail(s string, lines int) string {
 	return strings.Join(ls, "\n")
 }
 
-// waitFor polls cond until it is true or the timeout passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // waitTCP waits until addr accepts TCP connections.
 func waitTCP(t testing.TB, what, addr string, p *proc) {
 	t.Helper()
-	waitFor(t, what, 15*time.Second, func() error {
+	testkit.WaitFor(t, what, 15*time.Second, func() error {
 		if p != nil && !p.running() {
 			t.Fatalf("%s exited: %v\n%s", what, p.err, tail(p.out.String(), 40))
 		}

@@ -4,7 +4,7 @@
 # with blmilter as milter (warm cache), with blmilter as policy server and
 # without policy service, and the ratios c/b and d/e.
 #
-#   e2e/load.sh                      # defaults: 3000 sessions x 16 workers x 3 rounds
+#   e2e/load.sh                      # 3000 sessions x 16 workers x 5 rounds
 #   BLMILTER_LOAD_N=10000 BLMILTER_LOAD_C=32 BLMILTER_LOAD_ROUNDS=5 e2e/load.sh
 #   BLMILTER_LOAD_REPORT=/tmp/load.txt e2e/load.sh   # also write the summary there
 #
@@ -14,5 +14,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash e2e/deps.sh
-BLMILTER_LOAD=1 go test -count=1 -v -timeout 30m -run '^TestLoad$' ./e2e "$@" |
+BLMILTER_LOAD_N=${BLMILTER_LOAD_N:-3000} BLMILTER_LOAD_ROUNDS=${BLMILTER_LOAD_ROUNDS:-5} \
+	go test -tags e2e -count=1 -v -timeout 30m -run '^TestLoad$' ./e2e "$@" |
 	grep -E '^(=== RUN|--- |PASS|FAIL|ok )|load_test.go|^ +\(|c/b'

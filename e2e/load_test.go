@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -9,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // loadReport is the part of blmload -json output the comparison uses.
@@ -47,18 +51,16 @@ func envInt(name string, def int) int {
 // median round. Figures go to the log, not into assertions:
 // the test fails only if sessions fail.
 //
-// BLMILTER_LOAD=1 turns it on (e2e/load.sh); BLMILTER_LOAD_N (sessions per
-// round, default 3000), BLMILTER_LOAD_C (workers, default 16) and
-// BLMILTER_LOAD_ROUNDS (default 5) tune it.
+// With -tags e2e it runs one short round, so its whole path is exercised;
+// e2e/load.sh runs it at full size for figures. BLMILTER_LOAD_N (sessions
+// per round, default 300), BLMILTER_LOAD_C (workers, default 16) and
+// BLMILTER_LOAD_ROUNDS (default 1) size it.
 func TestLoad(t *testing.T) {
-	if os.Getenv("BLMILTER_LOAD") == "" {
-		t.Skip("load comparison: set BLMILTER_LOAD=1 (or run e2e/load.sh)")
-	}
 	need(t, "postfix", "rbldnsd")
-	n := envInt("BLMILTER_LOAD_N", 3000)
+	n := envInt("BLMILTER_LOAD_N", 300)
 	c := envInt("BLMILTER_LOAD_C", 16)
-	rounds := envInt("BLMILTER_LOAD_ROUNDS", 5)
-	load := binary(t, "github.com/blmilter/blmilter/cmd/blmload")
+	rounds := envInt("BLMILTER_LOAD_ROUNDS", 1)
+	load := testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmload")
 
 	dns := startRbldnsd(t)
 	// Decisions are logged at info to a file, as in production (a file or

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -5,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // mtaCase is one SMTP client and what it must be told at RCPT.
@@ -77,7 +81,7 @@ func runPostfixCases(t *testing.T, addr string) {
 // error.
 func checkListErrorLogged(t *testing.T, b *blmilter) {
 	t.Helper()
-	waitFor(t, "a logged error from "+listError, 5*time.Second, func() error {
+	testkit.WaitFor(t, "a logged error from "+listError, 5*time.Second, func() error {
 		if b.listErrorLogged(clientClean, listError) {
 			return nil
 		}

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -16,6 +18,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // postfix is a private Postfix instance: its own config, queue and data
@@ -68,7 +72,7 @@ func startPostfix(t testing.TB, o postfixOpts) *postfix {
 			t.Fatal(err)
 		}
 	}
-	port := freePort(t, "tcp")
+	port := testkit.FreePort(t, "tcp")
 	p.Addr = "127.0.0.1:" + strconv.Itoa(port)
 
 	main := fmt.Sprintf(`# private Postfix instance for blmilter's end-to-end tests
@@ -171,12 +175,6 @@ func (p *postfix) stop(t testing.TB) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-}
-
-// logText returns the instance's maillog so far.
-func (p *postfix) logText() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
 }
 
 func postfixUID(t testing.TB) int {
@@ -320,7 +318,7 @@ func TestPostfixXCLIENTReachesMilter(t *testing.T) {
 		if err != nil || r.Code != 250 {
 			t.Fatalf("session from %s: %v %v", ip, r, err)
 		}
-		waitFor(t, "milter connect from "+ip, 5*time.Second, func() error {
+		testkit.WaitFor(t, "milter connect from "+ip, 5*time.Second, func() error {
 			if !strings.Contains(noop.p.out.String(), "addr="+ip) {
 				return fmt.Errorf("no connect with addr=%s in:\n%s", ip, noop.p.out.String())
 			}
@@ -337,9 +335,9 @@ type noopMilter struct {
 
 func startNoopMilter(t testing.TB, args ...string) noopMilter {
 	t.Helper()
-	port := freePort(t, "tcp")
+	port := testkit.FreePort(t, "tcp")
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	p := startProc(t, binary(t, "github.com/blmilter/blmilter/e2e/noopmilter"), append([]string{"-listen", addr}, args...)...)
+	p := startProc(t, testkit.Binary(t, "github.com/blmilter/blmilter/e2e/noopmilter"), append([]string{"-listen", addr}, args...)...)
 	waitTCP(t, "noopmilter", addr, p)
 	return noopMilter{p: p, addr: addr}
 }

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // The test lists. Client addresses come from the benchmarking network
@@ -118,7 +122,7 @@ func startRbldnsd(t testing.TB) string {
 
 	var lastErr error
 	for try := 0; try < 3; try++ {
-		port := freePort(t, "udp")
+		port := testkit.FreePort(t, "udp")
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		// -n: foreground; -e: allow ranges like 0.0.0.0/0; -t: a short TTL
 		// for the answers; -c: do not poll the files.

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // Sendmail has no XCLIENT: the milter sees the TCP peer. blmilter never
@@ -40,7 +44,7 @@ func netnsMain(m *testing.M) int {
 			return 1
 		}
 	}
-	return m.Run()
+	return testkit.Main(m)
 }
 
 // sendmailCFDir is where sendmail-cf keeps cf.m4.
@@ -59,7 +63,7 @@ func startSendmail(t *testing.T, milterAddr string) string {
 	writeFile(t, filepath.Join(dir, "aliases"), "")
 	writeFile(t, filepath.Join(dir, "statistics"), "")
 
-	port := freePort(t, "tcp")
+	port := testkit.FreePort(t, "tcp")
 	_, milterPort, _ := strings.Cut(milterAddr, ":")
 	tmpl, err := os.ReadFile(filepath.Join("testdata", "sendmail.mc"))
 	if err != nil {
@@ -97,7 +101,7 @@ func TestSendmail(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(sendmailCFDir, "m4", "cf.m4")); err != nil {
 			need(t, "sendmail-cf") // reports it missing
 		}
-		bin := binary(t, "github.com/blmilter/blmilter/cmd/blmilter")
+		bin := testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmilter")
 		runInNetNS(t, bin)
 		return
 	}

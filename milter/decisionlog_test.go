@@ -1,7 +1,6 @@
 package milter
 
 import (
-	"github.com/blmilter/blmilter/internal/syncbuf"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -9,11 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/policy"
 )
 
 func TestDecisionLogKeepsEveryLine(t *testing.T) {
-	var buf syncbuf.Buffer
+	var buf testkit.Buffer
 	l := newDecisionLog(slog.New(slog.NewTextHandler(&buf, nil)))
 	v := policy.Verdict{IP: netip.MustParseAddr("192.0.2.7"), Action: policy.ActionReject, Score: 3, Threshold: 3}
 	l.log(decisionLine{when: time.Now(), verdict: v, stage: "rcpt"}) // before start: written at once

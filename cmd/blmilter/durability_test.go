@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -46,9 +46,9 @@ func TestKill9DuringRemovalBurst(t *testing.T) {
 		t.Skip("builds the binary and runs it as a daemon")
 	}
 	dir := t.TempDir()
-	bin := buildBinary(t, dir)
+	bin := testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmilter")
 	db := filepath.Join(dir, "blmilter.db")
-	addr := freeLoopbackAddr(t)
+	addr := testkit.FreeAddr(t)
 	base := "http://" + addr
 	cfgPath := filepath.Join(dir, "blmilter.toml")
 	writeFile(t, cfgPath, fmt.Sprintf(`[milter]
@@ -249,36 +249,10 @@ weight = 5
 	checkIntegrity(t, db)
 }
 
-// buildBinary builds this package's command into dir.
-func buildBinary(t *testing.T, dir string) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build blmilter: %v", err)
-	}
-	bin := filepath.Join(dir, "blmilter")
-	cmd := exec.Command(goTool, "build", "-o", bin, ".")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// freeLoopbackAddr returns 127.0.0.1:PORT with a port that was free a moment ago.
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // daemonProc is a running "blmilter serve".
 type daemonProc struct {
 	cmd  *exec.Cmd
-	log  *boundedBuffer
+	log  *testkit.Buffer
 	done chan struct{} // closed when the process has exited
 }
 
@@ -292,7 +266,7 @@ func (d *daemonProc) kill() {
 // /healthz answers. The process is killed when the test ends.
 func startDaemon(t *testing.T, bin, cfg, base string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{cmd: exec.Command(bin, "-config", cfg, "serve"), log: &boundedBuffer{max: 1 << 20}, done: make(chan struct{})}
+	d := &daemonProc{cmd: exec.Command(bin, "-config", cfg, "serve"), log: &testkit.Buffer{Max: 1 << 20}, done: make(chan struct{})}
 	d.cmd.Stdout = d.log
 	d.cmd.Stderr = d.log
 	if err := d.cmd.Start(); err != nil {
@@ -373,27 +347,4 @@ func checkIntegrity(t *testing.T, path string) {
 	if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&res); err != nil || res != "ok" {
 		t.Errorf("integrity_check after kill -9 and restart: %q, %v", res, err)
 	}
-}
-
-// boundedBuffer collects a child's output for failure messages, safe to
-// read while the child writes, and keeps at most max bytes.
-type boundedBuffer struct {
-	mu  sync.Mutex
-	b   bytes.Buffer
-	max int
-}
-
-func (b *boundedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if room := b.max - b.b.Len(); room > 0 {
-		b.b.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}
-
-func (b *boundedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -461,3 +461,5 @@ func TestServeWarnsAboutUnusedStore(t *testing.T) {
 		t.Errorf("no warning at start: %s", logs.String())
 	}
 }
+
+func TestMain(m *testing.M) { os.Exit(testkit.Main(m)) }
