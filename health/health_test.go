@@ -201,13 +201,13 @@ func TestDegradedListDoesNotScore(t *testing.T) {
 
 // A list that stops answering is degraded, and checks stop waiting for it.
 func TestTimedOutListStopsCostingTime(t *testing.T) {
-	f := newFixture(t, fmt.Sprintf(`
+	f := newFixture(t, `
 [[list]]
 name = "Fast BL"
 zone = "fast.test"
 weight = 3
 health = false
-`), Options{FailAfter: 2})
+`, Options{FailAfter: 2})
 	f.dns.SetZone(zone, dnstest.Answer{Silent: true})
 	f.dns.Set(dnsbl.QueryName(netip.MustParseAddr("127.0.0.2"), zone), dnstest.Answer{Silent: true})
 	ctx := context.Background()

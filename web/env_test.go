@@ -37,16 +37,15 @@ var (
 )
 
 type env struct {
-	t     testing.TB
-	dns   *dnstest.Server
-	ptr   *ptrServer
-	cfg   *Settings
-	eng   *policy.Engine
-	st    *store.Store
-	srv   *Server
-	ts    *httptest.Server
-	logs  *testkit.Buffer
-	token string
+	t    testing.TB
+	dns  *dnstest.Server
+	ptr  *ptrServer
+	cfg  *Settings
+	eng  *policy.Engine
+	st   *store.Store
+	srv  *Server
+	ts   *httptest.Server
+	logs *testkit.Buffer
 }
 
 type envOpts struct {

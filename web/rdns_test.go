@@ -2,6 +2,7 @@ package web
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -54,8 +55,9 @@ func TestLimiter(t *testing.T) {
 	clock := func() time.Time { return now }
 	l := newLimiter(rate.Every(time.Second), 2, 4, clock)
 	a := netip.MustParseAddr("192.0.2.1")
-	if !l.allow(a) || !l.allow(a) || l.allow(a) {
-		t.Fatal("burst of 2 not enforced")
+	// A burst of 2: the first two lookups pass, the third waits.
+	if got := []bool{l.allow(a), l.allow(a), l.allow(a)}; !slices.Equal(got, []bool{true, true, false}) {
+		t.Fatalf("three lookups at once: allowed %v, want [true true false]", got)
 	}
 	// Another host of the same IPv6 /64 shares the bucket; another /64 does not.
 	b1, b2, c := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::ffff"), netip.MustParseAddr("2001:db8:1::1")
@@ -77,6 +79,12 @@ func TestLimiter(t *testing.T) {
 		if n := l.len(); n > 4 {
 			t.Fatalf("limiter holds %d clients, max 4", n)
 		}
+	}
+	// A reload's new limits apply to the next lookup.
+	l.setLimit(rate.Every(time.Hour), 1)
+	d := netip.MustParseAddr("192.0.2.99")
+	if got := []bool{l.allow(d), l.allow(d)}; !slices.Equal(got, []bool{true, false}) {
+		t.Errorf("after setLimit(burst 1): allowed %v, want [true false]", got)
 	}
 }
 
