@@ -197,7 +197,8 @@ type StoreConfig struct {
 	DecisionMaxRows int `toml:"decision_max_rows" reload:"live"`
 }
 
-// LogConfig is the [log] section.
+// LogConfig is the [log] section: what blmilter logs, and where. Every
+// decision is one line.
 type LogConfig struct {
 	// Lowest level logged: debug, info, warn or error.
 	Level string `toml:"level" reload:"live"`

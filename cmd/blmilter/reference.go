@@ -1,4 +1,7 @@
 package main
 
-// configReference is the configuration reference "blmilter help config" prints.
-func configReference() string { return "The configuration reference is docs/config.md.\n" }
+import "github.com/blmilter/blmilter/docs"
+
+// configReference is the configuration reference "blmilter help config"
+// prints: docs/config.md, generated from the config package.
+func configReference() string { return docs.ConfigReference }
