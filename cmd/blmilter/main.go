@@ -95,6 +95,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		args = []string{"help"}
 	}
 	cmd, rest := findCommand(args)
+	if cmd == nil && len(args) > 1 && (args[1] == "-h" || args[1] == "--help") && len(group(args[0])) > 0 {
+		cmd, rest = helpCommand, args[:1] // "list -h": the list commands' help
+	}
 	if cmd == nil {
 		return unknownCommand(args, stderr)
 	}

@@ -104,6 +104,8 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"help", "config"}, code: 0, out: "- **`max_connections`**: integer, default `500`, reload: restart."},
 		{args: []string{"help", "list"}, code: 0, out: "usage: blmilter list show"},
 		{args: []string{"list"}, code: 2, errs: "usage: blmilter list add"},
+		{args: []string{"list", "-h"}, code: 0, out: "usage: blmilter list remove"},
+		{args: []string{"requests", "show"}, code: 2, errs: `unknown command "show"`},
 		{args: []string{"list", "show", "-bogus"}, code: 2, errs: "flag provided but not defined: -bogus"},
 		{args: []string{"help", "list", "add"}, code: 0, out: "-create"},
 		{args: []string{"check"}, code: 2, errs: "at least one IP address expected"},
