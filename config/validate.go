@@ -30,7 +30,7 @@ const (
 	maxMinChecks     = 1_000_000
 	maxScore         = 1_000_000 // threshold and the size of any weight
 	maxListName      = 64
-	maxCategory      = 64
+	maxCategory      = policy.MaxCategoryLen
 	minAdminToken    = 32
 	maxReplyTemplate = 300
 	day              = 24 * time.Hour
@@ -468,19 +468,8 @@ func hasControl(s string) bool {
 	return false
 }
 
-// isCategory: a category is one word of a-z, 0-9 and '-', so it reads well
-// in replies, logs and URLs (/help/zombie).
-func isCategory(s string) bool {
-	if s == "" || len(s) > maxCategory {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-			return false
-		}
-	}
-	return true
-}
+// isCategory: a category is one word of a-z, 0-9 and '-' (policy.IsCategory).
+func isCategory(s string) bool { return policy.IsCategory(s) }
 
 func parseNet(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {

@@ -18,7 +18,7 @@ func benchStore(b *testing.B, n int) *Store {
 	if err != nil {
 		b.Fatal(err)
 	}
-	now := nanos(time.Now())
+	now := millis(time.Now())
 	for i := range n {
 		var p string
 		switch i % 4 {
@@ -82,7 +82,7 @@ func BenchmarkCreateRequest(b *testing.B) {
 		ctx := context.Background()
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := s.CreateRequest(ctx, "192.0.2.7", "owner@example.org", "fixed"); err != nil {
+			if _, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: "owner@example.org", Reason: "fixed"}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -93,7 +93,7 @@ func BenchmarkCreateRequest(b *testing.B) {
 		ctx := context.Background()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				if _, err := s.CreateRequest(ctx, "192.0.2.7", "owner@example.org", "fixed"); err != nil {
+				if _, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: "owner@example.org", Reason: "fixed"}); err != nil {
 					b.Error(err)
 					return
 				}

@@ -118,7 +118,7 @@ func (s *Store) Decision(ctx context.Context, ref string) (DecisionRecord, error
 	)
 	err := s.db.QueryRowContext(ctx, `
 SELECT ref, at, ip, action, score, threshold, hits, errors, reply FROM decisions WHERE ref = ?`, ref).
-		Scan(&r.Ref, (*nanoTime)(&r.Time), &ip, &action, &r.Score, &r.Threshold, &hits, &errs, &replyTxt)
+		Scan(&r.Ref, (*msTime)(&r.Time), &ip, &action, &r.Score, &r.Threshold, &hits, &errs, &replyTxt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return DecisionRecord{}, fmt.Errorf("decision %q: %w", ref, ErrNotFound)
 	}
@@ -291,13 +291,13 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 			}
 			at := d.Time
 			if at.IsZero() {
-				at = time.Now()
+				at = s.now()
 			}
 			ip := ""
 			if d.Verdict.IP.IsValid() {
 				ip = d.Verdict.IP.String()
 			}
-			if _, err := st.ExecContext(ctx, d.Ref, nanos(at), ip, string(d.Verdict.Action),
+			if _, err := st.ExecContext(ctx, d.Ref, millis(at), ip, string(d.Verdict.Action),
 				d.Verdict.Score, d.Verdict.Threshold, string(hits), string(errs), string(reply)); err != nil {
 				return fmt.Errorf("insert decision %s: %w", d.Ref, err)
 			}
@@ -307,19 +307,19 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 }
 
 func (s *Store) pruneDecisions() {
-	if err := s.PruneDecisions(context.Background(), time.Now()); err != nil {
+	if err := s.PruneDecisions(context.Background(), s.now()); err != nil {
 		s.log.Warn("pruning decisions", "err", err)
 	}
 }
 
 // PruneDecisions applies the decisions' age and row limits as of now, and
-// deletes unconfirmed requests StalePendingAge after their link expired.
-// The writer does this on its own; it is exported for tests and maintenance.
+// closes as expired the pending requests whose link expired unused. The
+// writer does this on its own; it is exported for tests and maintenance.
 func (s *Store) PruneDecisions(ctx context.Context, now time.Time) error {
 	maxAge, maxRows := time.Duration(s.decisionMaxAge.Load()), s.decisionMaxRows.Load()
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if maxAge > 0 {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM decisions WHERE at < ?`, nanos(now.Add(-maxAge))); err != nil {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM decisions WHERE at < ?`, millis(now.Add(-maxAge))); err != nil {
 				return fmt.Errorf("prune decisions by age: %w", err)
 			}
 		}
@@ -330,11 +330,14 @@ DELETE FROM decisions WHERE ref IN (SELECT ref FROM decisions ORDER BY at DESC L
 				return fmt.Errorf("prune decisions by count: %w", err)
 			}
 		}
-		// Unconfirmed requests whose link died long ago are noise in the
-		// operator's list; nothing refers to them.
-		if _, err := tx.ExecContext(ctx, `DELETE FROM removal_requests WHERE status = ? AND token_expires < ?`,
-			StatusPending, nanos(now.Add(-StalePendingAge))); err != nil {
-			return fmt.Errorf("prune stale requests: %w", err)
+		// A request nobody confirmed is decided by this rule, not
+		// deleted: its requester's status page still tells what became
+		// of it.
+		if _, err := tx.ExecContext(ctx, `
+UPDATE removal_requests SET status = ?, decided = token_expires, decided_by = 'unconfirmed', token_hash = NULL
+WHERE status = ? AND token_expires <= ?`,
+			StatusExpired, StatusPending, millis(now)); err != nil {
+			return fmt.Errorf("expire unconfirmed requests: %w", err)
 		}
 		return nil
 	})

@@ -37,7 +37,7 @@ func sampleDecision(ref string, at time.Time) policy.Decision {
 func TestDecisionRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{})
-	at := time.Now().Add(-time.Hour)
+	at := time.Now().Add(-time.Hour).Truncate(time.Millisecond) // times are kept to the millisecond
 	d := sampleDecision("r1", at)
 	s.RecordDecision(d)
 	s.RecordDecision(policy.Decision{Time: at}) // no ref: nothing to find it by

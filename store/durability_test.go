@@ -60,7 +60,7 @@ func crashChild(path string) int {
 					return
 				}
 				email := fmt.Sprintf("burst%d@example.org", i)
-				r, err := s.CreateRequest(ctx, fmt.Sprintf("192.0.2.%d", i%250+1), email, "burst")
+				r, err := s.CreateRequest(ctx, NewRequest{IP: fmt.Sprintf("192.0.2.%d", i%250+1), Email: email, Reason: "burst"})
 				if err != nil {
 					fmt.Fprintln(os.Stderr, err)
 					os.Exit(1)

@@ -8,6 +8,9 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/blmilter/blmilter/policy"
 )
 
 // Listing is one entry of the site's own list.
@@ -72,8 +75,23 @@ func (s *Store) AddListing(ctx context.Context, l Listing) (Listing, error) {
 	if l.Category == "" {
 		return Listing{}, fmt.Errorf("add listing %s: %w: no category", l.Prefix, ErrInvalid)
 	}
+	if !policy.IsCategory(l.Category) {
+		return Listing{}, fmt.Errorf("add listing %s: %w: category %q is not one word of a-z, 0-9 and '-' (at most %d characters)",
+			l.Prefix, ErrInvalid, l.Category, policy.MaxCategoryLen)
+	}
+	if len(l.Reason) > MaxReasonLen || !utf8.ValidString(l.Reason) {
+		return Listing{}, fmt.Errorf("add listing %s: %w: reason longer than %d bytes or not UTF-8", l.Prefix, ErrInvalid, MaxReasonLen)
+	}
 	if l.ListedAt.IsZero() {
-		l.ListedAt = time.Now()
+		l.ListedAt = s.now()
+	}
+	if err := CheckTime("listed_at", l.ListedAt); err != nil {
+		return Listing{}, fmt.Errorf("add listing %s: %w", l.Prefix, err)
+	}
+	if l.ExpiresAt != nil {
+		if err := CheckTime("expires_at", *l.ExpiresAt); err != nil {
+			return Listing{}, fmt.Errorf("add listing %s: %w", l.Prefix, err)
+		}
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `
@@ -86,8 +104,8 @@ ON CONFLICT (prefix) DO UPDATE SET
 	listed_at = CASE WHEN removed_at IS NULL THEN listed_at ELSE excluded.listed_at END,
 	removed_at = NULL, removed_by = ''
 RETURNING id, listed_at, removal_count`,
-			l.Prefix.String(), l.Category, l.Reason, l.Source, nanos(l.ListedAt), nullNanos(l.ExpiresAt),
-		).Scan(&l.ID, (*nanoTime)(&l.ListedAt), &l.Removals)
+			l.Prefix.String(), l.Category, l.Reason, l.Source, millis(l.ListedAt), nullMillis(l.ExpiresAt),
+		).Scan(&l.ID, (*msTime)(&l.ListedAt), &l.Removals)
 	})
 	if err != nil {
 		return Listing{}, fmt.Errorf("add listing %s: %w", l.Prefix, err)
@@ -109,7 +127,7 @@ func (s *Store) RemoveListing(ctx context.Context, prefix netip.Prefix, by strin
 		if prefix.IsSingleIP() {
 			ip = prefix.Addr().String()
 		}
-		return removeListingTx(ctx, tx, prefix, ip, by, false, 0, time.Now())
+		return removeListingTx(ctx, tx, prefix, ip, by, false, 0, s.now())
 	})
 	if err != nil {
 		return fmt.Errorf("remove listing %s: %w", prefix, err)
@@ -123,7 +141,7 @@ func (s *Store) RemoveListing(ctx context.Context, prefix netip.Prefix, by strin
 func removeListingTx(ctx context.Context, tx *sql.Tx, prefix netip.Prefix, ip, by string, selfService bool, requestID int64, now time.Time) error {
 	res, err := tx.ExecContext(ctx, `
 UPDATE listings SET removed_at = ?, removed_by = ?, removal_count = removal_count + 1
-WHERE prefix = ? AND removed_at IS NULL`, nanos(now), by, prefix.String())
+WHERE prefix = ? AND removed_at IS NULL`, millis(now), by, prefix.String())
 	if err != nil {
 		return err
 	}
@@ -133,7 +151,7 @@ WHERE prefix = ? AND removed_at IS NULL`, nanos(now), by, prefix.String())
 	req := sql.NullInt64{Int64: requestID, Valid: requestID != 0}
 	_, err = tx.ExecContext(ctx, `
 INSERT INTO removals (ip, prefix, at, self_service, by, request_id) VALUES (?, ?, ?, ?, ?, ?)`,
-		ip, prefix.String(), nanos(now), selfService, by, req)
+		ip, prefix.String(), millis(now), selfService, by, req)
 	return err
 }
 
@@ -162,7 +180,7 @@ func (s *Store) Len() int { return len(s.snap.Load().all) }
 // Listings returns the live listings (not removed, not expired), ordered by
 // prefix text.
 func (s *Store) Listings(ctx context.Context) ([]Listing, error) {
-	ls, err := s.liveListings(ctx, s.db, time.Now())
+	ls, err := s.liveListings(ctx, s.db, s.now())
 	if err != nil {
 		return nil, fmt.Errorf("listings: %w", err)
 	}
@@ -173,7 +191,7 @@ func (s *Store) liveListings(ctx context.Context, q querier, now time.Time) ([]L
 	rows, err := q.QueryContext(ctx, `
 SELECT id, prefix, category, reason, source, listed_at, expires_at, removal_count
 FROM listings WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)
-ORDER BY prefix`, nanos(now))
+ORDER BY prefix`, millis(now))
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +203,7 @@ ORDER BY prefix`, nanos(now))
 			prefix  string
 			expires sql.NullInt64
 		)
-		if err := rows.Scan(&l.ID, &prefix, &l.Category, &l.Reason, &l.Source, (*nanoTime)(&l.ListedAt), &expires, &l.Removals); err != nil {
+		if err := rows.Scan(&l.ID, &prefix, &l.Category, &l.Reason, &l.Source, (*msTime)(&l.ListedAt), &expires, &l.Removals); err != nil {
 			return nil, err
 		}
 		p, err := netip.ParsePrefix(prefix)
@@ -195,7 +213,7 @@ ORDER BY prefix`, nanos(now))
 			continue
 		}
 		l.Prefix = canonPrefix(p)
-		l.ExpiresAt = fromNullNanos(expires)
+		l.ExpiresAt = fromNullMillis(expires)
 		out = append(out, l)
 	}
 	return out, rows.Err()
@@ -239,7 +257,7 @@ func (s *Store) changed(ctx context.Context) {
 func (s *Store) refresh(ctx context.Context) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
-	now := time.Now()
+	now := s.now()
 	old := s.snap.Load()
 	var gen int64
 	if err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'listings_gen'`).Scan(&gen); err != nil {
@@ -252,7 +270,7 @@ func (s *Store) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load listings: %w", err)
 	}
-	snap := newSnapshot(ls, gen, now)
+	snap := newSnapshot(ls, gen, now, s.opts.Now)
 	s.snap.Store(snap)
 	select {
 	case s.kick <- struct{}{}:
@@ -285,7 +303,7 @@ func (s *Store) watchListings() {
 			wait = s.opts.PollInterval
 		}
 		if next := s.snap.Load().next; !next.IsZero() {
-			wait = min(wait, max(time.Until(next), time.Millisecond))
+			wait = min(wait, max(next.Sub(s.now()), time.Millisecond))
 		}
 		timer.Reset(wait)
 		select {
@@ -338,14 +356,14 @@ func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return nil
 }
 
-// nanoTime scans an INTEGER Unix-nanosecond column into a time.Time.
-type nanoTime time.Time
+// msTime scans an INTEGER Unix-millisecond column into a time.Time.
+type msTime time.Time
 
-func (t *nanoTime) Scan(v any) error {
+func (t *msTime) Scan(v any) error {
 	n, ok := v.(int64)
 	if !ok {
 		return fmt.Errorf("time column holds %T, want integer", v)
 	}
-	*t = nanoTime(fromNanos(n))
+	*t = msTime(fromMillis(n))
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -117,12 +118,58 @@ func TestLookup(t *testing.T) {
 func TestAddListingValidates(t *testing.T) {
 	s := openTest(t, Options{})
 	ctx := context.Background()
+	at := func(y int) *time.Time { t := time.Date(y, 6, 1, 0, 0, 0, 0, time.UTC); return &t }
 	for name, l := range map[string]Listing{
-		"no prefix":   {Category: "zombie"},
-		"no category": {Prefix: mustPrefix(t, "192.0.2.1")},
+		"no prefix":        {Category: "zombie"},
+		"no category":      {Prefix: mustPrefix(t, "192.0.2.1")},
+		"two words":        {Prefix: mustPrefix(t, "192.0.2.1"), Category: "spam source"},
+		"markup":           {Prefix: mustPrefix(t, "192.0.2.1"), Category: "<b>zombie</b>"},
+		"line break":       {Prefix: mustPrefix(t, "192.0.2.1"), Category: "zombie\r\nX-Evil: 1"},
+		"upper case":       {Prefix: mustPrefix(t, "192.0.2.1"), Category: "Zombie"},
+		"long category":    {Prefix: mustPrefix(t, "192.0.2.1"), Category: strings.Repeat("a", 65)},
+		"expiry in 10000":  {Prefix: mustPrefix(t, "192.0.2.1"), Category: "zombie", ExpiresAt: at(10000)},
+		"expiry in 1600":   {Prefix: mustPrefix(t, "192.0.2.1"), Category: "zombie", ExpiresAt: at(1600)},
+		"expiry in 1999":   {Prefix: mustPrefix(t, "192.0.2.1"), Category: "zombie", ExpiresAt: at(1999)},
+		"listed in 1970":   {Prefix: mustPrefix(t, "192.0.2.1"), Category: "zombie", ListedAt: *at(1970)},
+		"reason too long":  {Prefix: mustPrefix(t, "192.0.2.1"), Category: "zombie", Reason: strings.Repeat("x", MaxReasonLen+1)},
+		"reason not UTF-8": {Prefix: mustPrefix(t, "192.0.2.1"), Category: "zombie", Reason: "\xff"},
 	} {
 		if _, err := s.AddListing(ctx, l); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: err %v, want ErrInvalid", name, err)
+		}
+	}
+	if s.Len() != 0 {
+		t.Errorf("%d listings stored from invalid input", s.Len())
+	}
+}
+
+// Expiry times far from now are stored as they are: the years 2262 and
+// later (past Unix nanoseconds) and up to 9999 keep their order and value.
+func TestFarExpiry(t *testing.T) {
+	s := openTest(t, Options{})
+	ctx := context.Background()
+	for _, y := range []int{2000, 2263, 3000, 9999} {
+		exp := time.Date(y, 12, 31, 0, 0, 0, 0, time.UTC)
+		l, err := s.AddListing(ctx, Listing{Prefix: mustPrefix(t, fmt.Sprintf("192.0.2.%d", y%250)), Category: "zombie", ExpiresAt: &exp})
+		if err != nil {
+			t.Fatalf("year %d: %v", y, err)
+		}
+		got, ok := s.ListingFor(l.Prefix.Addr())
+		if live := exp.After(time.Now()); ok != live {
+			t.Errorf("year %d: listed %v, want %v", y, ok, live)
+		}
+		ls, _ := s.Listings(ctx)
+		found := false
+		for _, x := range ls {
+			if x.Prefix == l.Prefix {
+				found = true
+				if !x.ExpiresAt.Equal(exp) {
+					t.Errorf("year %d: stored expiry %v", y, x.ExpiresAt)
+				}
+			}
+		}
+		if found != exp.After(time.Now()) || (ok && !got.ExpiresAt.Equal(exp)) {
+			t.Errorf("year %d: in Listings %v, snapshot %+v", y, found, got)
 		}
 	}
 }
@@ -135,7 +182,7 @@ func TestExpiry(t *testing.T) {
 
 	add(t, s, "198.51.100.0/24", "dynamic")
 	<-changes
-	exp := time.Now().Add(300 * time.Millisecond)
+	exp := time.Now().Add(300 * time.Millisecond).Truncate(time.Millisecond) // kept to the millisecond
 	if _, err := s.AddListing(ctx, Listing{Prefix: mustPrefix(t, "198.51.100.9"), Category: "zombie", ExpiresAt: &exp}); err != nil {
 		t.Fatal(err)
 	}
@@ -183,14 +230,14 @@ func TestExpiredMatchIsSkippedBeforeRebuild(t *testing.T) {
 	snap := newSnapshot([]Listing{
 		{Prefix: mustPrefix(t, "192.0.2.7"), Category: "zombie", ExpiresAt: &exp},
 		{Prefix: mustPrefix(t, "192.0.2.0/24"), Category: "dynamic"},
-	}, 1, time.Now())
+	}, 1, time.Now(), time.Now)
 	if e, _ := snap.lookup(mustAddr(t, "192.0.2.7")); e.l.Category != "zombie" {
 		t.Fatalf("got %q, want zombie", e.l.Category)
 	}
 	for _, lv := range snap.v4 {
 		for _, e := range lv.m {
 			if e.expires != 0 {
-				e.expires = time.Now().Add(-time.Second).UnixNano()
+				e.expires = time.Now().Add(-time.Second).UnixMilli()
 			}
 		}
 	}
@@ -358,7 +405,7 @@ func TestSnapshotMatchesContains(t *testing.T) {
 		seen[p] = true
 		ls = append(ls, Listing{ID: int64(i), Prefix: p, Category: fmt.Sprint(i)})
 	}
-	snap := newSnapshot(ls, 1, time.Now())
+	snap := newSnapshot(ls, 1, time.Now(), time.Now)
 	for i := range 20000 {
 		// Half the probes land inside a listed prefix, the rest anywhere.
 		l := ls[rng.IntN(len(ls))]

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 )
 
@@ -18,7 +19,7 @@ CREATE TABLE listings (
 	category      TEXT    NOT NULL,
 	reason        TEXT    NOT NULL DEFAULT '',
 	source        TEXT    NOT NULL DEFAULT '',
-	listed_at     INTEGER NOT NULL,        -- Unix nanoseconds, as every time here
+	listed_at     INTEGER NOT NULL,        -- Unix nanoseconds here; milliseconds from version 2 on
 	expires_at    INTEGER,
 	removal_count INTEGER NOT NULL DEFAULT 0,
 	-- A removed listing keeps its row, so its removal count survives a re-listing.
@@ -80,6 +81,40 @@ CREATE TRIGGER listings_gen_update AFTER UPDATE ON listings
 CREATE TRIGGER listings_gen_delete AFTER DELETE ON listings
 	BEGIN UPDATE meta SET value = value + 1 WHERE key = 'listings_gen'; END;
 `,
+
+	// 2: every time in Unix milliseconds instead of nanoseconds, which wrap
+	// outside the years 1678-2262; a removal request whose link was never
+	// followed ends as "expired" instead of being deleted; the email is
+	// kept as typed, with a case-folded key for the limit per mailbox.
+	`
+UPDATE listings SET listed_at = listed_at / 1000000, expires_at = expires_at / 1000000, removed_at = removed_at / 1000000;
+UPDATE removals SET at = at / 1000000;
+UPDATE decisions SET at = at / 1000000;
+
+CREATE TABLE removal_requests_v2 (
+	id            INTEGER PRIMARY KEY,
+	ip            TEXT    NOT NULL,
+	email         TEXT    NOT NULL,                  -- as typed
+	email_key     TEXT    NOT NULL,                  -- case-folded, for the limit per mailbox
+	reason        TEXT    NOT NULL DEFAULT '',
+	status        TEXT    NOT NULL CHECK (status IN ('pending','confirmed','waiting','approved','denied','removed','expired')),
+	token_hash    BLOB    UNIQUE,
+	token_expires INTEGER NOT NULL,
+	created       INTEGER NOT NULL,
+	verified      INTEGER,
+	decided       INTEGER,
+	decided_by    TEXT    NOT NULL DEFAULT '',
+	self_service  INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO removal_requests_v2
+SELECT id, ip, email, lower(email), reason, status, token_hash, token_expires / 1000000, created / 1000000,
+	verified / 1000000, decided / 1000000, decided_by, self_service
+FROM removal_requests;
+DROP TABLE removal_requests;
+ALTER TABLE removal_requests_v2 RENAME TO removal_requests;
+CREATE INDEX removal_requests_email ON removal_requests (email_key, created);
+CREATE INDEX removal_requests_status ON removal_requests (status, id);
+`,
 }
 
 // schemaVersion reads PRAGMA user_version.
@@ -114,17 +149,36 @@ func checkSchema(ctx context.Context, db *sql.DB, want int) error {
 // leaves the previous version intact. Two processes opening the same new
 // file at once are serialised by the immediate transaction; the loser
 // re-reads the version inside it and finds nothing to do.
+//
+// The migrations run on one connection with foreign keys off, as SQLite
+// asks for a migration that rebuilds a table others refer to; each checks
+// the keys itself (PRAGMA foreign_key_check) before it commits.
 func migrate(ctx context.Context, db *sql.DB, migs []string) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "PRAGMA foreign_keys = OFF"); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	// The connection goes back to the pool: with its keys on again, or
+	// not at all.
+	defer func() {
+		if _, err := conn.ExecContext(context.WithoutCancel(ctx), "PRAGMA foreign_keys = ON"); err != nil {
+			conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
 	for {
-		done, err := migrateOne(ctx, db, migs)
+		done, err := migrateOne(ctx, conn, migs)
 		if err != nil || done {
 			return err
 		}
 	}
 }
 
-func migrateOne(ctx context.Context, db *sql.DB, migs []string) (done bool, err error) {
-	tx, err := db.BeginTx(ctx, nil)
+func migrateOne(ctx context.Context, conn *sql.Conn, migs []string) (done bool, err error) {
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("migrate: begin: %w", err)
 	}
@@ -141,6 +195,15 @@ func migrateOne(ctx context.Context, db *sql.DB, migs []string) (done bool, err 
 	}
 	if _, err := tx.ExecContext(ctx, migs[v]); err != nil {
 		return false, fmt.Errorf("migrate to schema version %d: %w", v+1, err)
+	}
+	rows, err := tx.QueryContext(ctx, "PRAGMA foreign_key_check")
+	if err != nil {
+		return false, fmt.Errorf("migrate to schema version %d: foreign key check: %w", v+1, err)
+	}
+	bad := rows.Next()
+	rows.Close()
+	if bad {
+		return false, fmt.Errorf("migrate to schema version %d: foreign keys broken", v+1)
 	}
 	// PRAGMA takes no parameters; v+1 is our own integer.
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {

@@ -29,7 +29,7 @@ func TestReadOnly(t *testing.T) {
 	if _, err := rw.AddListing(ctx, Listing{Prefix: netip.MustParsePrefix("192.0.2.7/32"), Category: "zombie"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rw.CreateRequest(ctx, "192.0.2.7", "a@example.org", "fixed"); err != nil {
+	if _, err := rw.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: "a@example.org", Reason: "fixed"}); err != nil {
 		t.Fatal(err)
 	}
 

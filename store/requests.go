@@ -8,17 +8,21 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/mail"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/blmilter/blmilter/internal/mailbox"
 )
 
 // Request statuses. A request starts pending, becomes confirmed when its
 // link is followed, and is then either removed at once (self-service) or
-// waiting for an operator, who approves or denies it.
+// waiting for an operator, who approves or denies it. Without a way to
+// send the confirmation mail it starts waiting. A pending request whose
+// link expired unused ends as expired: the pruner decides it, and it is
+// kept, so the requester's status page can say so.
 const (
 	StatusPending   = "pending"
 	StatusConfirmed = "confirmed"
@@ -26,19 +30,24 @@ const (
 	StatusApproved  = "approved"
 	StatusDenied    = "denied"
 	StatusRemoved   = "removed"
+	StatusExpired   = "expired"
 )
 
 // Limits on what a requester may store.
 const (
-	MaxEmailLen  = 254 // RFC 5321 path limit
+	MaxEmailLen  = mailbox.MaxPath
 	MaxReasonLen = 2000
 )
+
+// ErrQuota is CreateRequest's answer when the mailbox has made its
+// requests for the period.
+var ErrQuota = errors.New("too many requests for this email address")
 
 // RemovalRequest is a request to remove an IP from the site's own list.
 type RemovalRequest struct {
 	ID     int64
 	IP     netip.Addr
-	Email  string
+	Email  string // as the requester typed it
 	Reason string
 	Status string
 	// Token is the confirmation token, set only in CreateRequest's result:
@@ -48,7 +57,7 @@ type RemovalRequest struct {
 	Created      time.Time
 	Verified     *time.Time
 	Decided      *time.Time
-	DecidedBy    string // "self-service", "not listed", or the operator
+	DecidedBy    string // "self-service", "not listed", "unconfirmed", or the operator
 	SelfService  bool   // removed by the self-service rule
 }
 
@@ -57,52 +66,97 @@ func (r RemovalRequest) Open() bool {
 	return r.Status == StatusPending || r.Status == StatusConfirmed || r.Status == StatusWaiting
 }
 
-// CreateRequest stores a pending removal request for ip with a fresh
-// one-time confirmation token, returned in the result's Token and nowhere
-// else. The address must be a bare address (no display name); the reason
-// is limited to MaxReasonLen bytes.
-func (s *Store) CreateRequest(ctx context.Context, ip, email, reason string) (RemovalRequest, error) {
-	addr, err := netip.ParseAddr(strings.TrimSpace(ip))
+// NewRequest is a removal request as the requester made it.
+type NewRequest struct {
+	IP     string
+	Email  string // an RFC 5321 mailbox with a domain name (package mailbox)
+	Reason string // at most MaxReasonLen bytes
+	// ToOperator stores the request as waiting for an operator at once,
+	// with no confirmation link: for a site that cannot send the mail.
+	ToOperator bool
+	// MaxPerEmail, when above 0, refuses the request with ErrQuota if the
+	// mailbox (compared without case) already made that many requests
+	// within Per. The count and the insert are one transaction, so
+	// requests sent in parallel cannot pass the limit together.
+	MaxPerEmail int
+	Per         time.Duration
+}
+
+// CreateRequest stores a removal request: pending, with a fresh one-time
+// confirmation token returned in the result's Token and nowhere else, or
+// waiting with n.ToOperator.
+func (s *Store) CreateRequest(ctx context.Context, n NewRequest) (RemovalRequest, error) {
+	addr, err := netip.ParseAddr(strings.TrimSpace(n.IP))
 	if err != nil || addr.Zone() != "" {
-		return RemovalRequest{}, fmt.Errorf("create request: %w: %q is not an IP address", ErrInvalid, ip)
+		return RemovalRequest{}, fmt.Errorf("create request: %w: %q is not an IP address", ErrInvalid, n.IP)
 	}
-	email, err = checkEmail(email)
+	box, err := mailbox.Parse(strings.TrimSpace(n.Email))
 	if err != nil {
-		return RemovalRequest{}, fmt.Errorf("create request: %w", err)
+		return RemovalRequest{}, fmt.Errorf("create request: %w: %w", ErrInvalid, err)
 	}
-	reason = strings.TrimSpace(reason)
+	reason := strings.TrimSpace(n.Reason)
 	if len(reason) > MaxReasonLen || !utf8.ValidString(reason) {
 		return RemovalRequest{}, fmt.Errorf("create request: %w: reason longer than %d bytes or not UTF-8", ErrInvalid, MaxReasonLen)
 	}
-	token, hash, err := newToken()
-	if err != nil {
-		return RemovalRequest{}, fmt.Errorf("create request: %w", err)
-	}
-	now := time.Now()
+	now := s.now()
 	r := RemovalRequest{
-		IP: addr.Unmap(), Email: email, Reason: reason, Status: StatusPending,
-		Token: token, TokenExpires: now.Add(s.opts.TokenTTL), Created: now,
+		IP: addr.Unmap(), Email: box.String(), Reason: reason, Status: StatusPending,
+		TokenExpires: now.Add(s.opts.TokenTTL), Created: now,
 	}
-	err = s.db.QueryRowContext(ctx, `
-INSERT INTO removal_requests (ip, email, reason, status, token_hash, token_expires, created)
-VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-		r.IP.String(), r.Email, r.Reason, r.Status, hash[:], nanos(r.TokenExpires), nanos(r.Created)).Scan(&r.ID)
+	var hash []byte
+	if n.ToOperator {
+		r.Status = StatusWaiting
+	} else {
+		token, h, err := newToken()
+		if err != nil {
+			return RemovalRequest{}, fmt.Errorf("create request: %w", err)
+		}
+		r.Token, hash = token, h[:]
+	}
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if n.MaxPerEmail > 0 {
+			var made int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM removal_requests WHERE email_key = ? AND created >= ?`,
+				box.Key(), millis(now.Add(-n.Per))).Scan(&made); err != nil {
+				return err
+			}
+			if made >= n.MaxPerEmail {
+				return ErrQuota
+			}
+		}
+		return tx.QueryRowContext(ctx, `
+INSERT INTO removal_requests (ip, email, email_key, reason, status, token_hash, token_expires, created)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+			r.IP.String(), r.Email, box.Key(), r.Reason, r.Status, hash, millis(r.TokenExpires), millis(r.Created)).Scan(&r.ID)
+	})
 	if err != nil {
 		return RemovalRequest{}, fmt.Errorf("create request for %s: %w", r.IP, err)
 	}
 	return r, nil
 }
 
-func checkEmail(email string) (string, error) {
-	email = strings.TrimSpace(email)
-	if email == "" || len(email) > MaxEmailLen || strings.ContainsAny(email, "\r\n<>") {
-		return "", fmt.Errorf("%w: %q is not an email address", ErrInvalid, email)
+// HandToOperator turns a pending request into one waiting for an
+// operator, its link dead: for when the confirmation mail could not be
+// sent, so the request is not lost.
+func (s *Store) HandToOperator(ctx context.Context, id int64) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE removal_requests SET status = ?, token_hash = NULL WHERE id = ? AND status = ?`,
+			StatusWaiting, id, StatusPending)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			if _, err := requestTx(ctx, tx, id); err != nil {
+				return err
+			}
+			return ErrDecided
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("hand request %d to the operator: %w", id, err)
 	}
-	a, err := mail.ParseAddress(email)
-	if err != nil || a.Address != email || a.Name != "" || !strings.Contains(email, "@") {
-		return "", fmt.Errorf("%w: %q is not an email address", ErrInvalid, email)
-	}
-	return email, nil
+	return nil
 }
 
 // newToken makes a 256-bit random token, URL-safe, and its SHA-256.
@@ -137,11 +191,11 @@ func (s *Store) ConfirmRequest(ctx context.Context, token string, now time.Time)
 		if err != nil {
 			return err
 		}
-		if now.UnixNano() >= expires {
-			return fmt.Errorf("%w: expired at %s", ErrTokenInvalid, fromNanos(expires).UTC().Format(time.RFC3339))
+		if now.UnixMilli() >= expires {
+			return fmt.Errorf("%w: expired at %s", ErrTokenInvalid, fromMillis(expires).UTC().Format(time.RFC3339))
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE removal_requests SET status = ?, verified = ?, token_hash = NULL WHERE id = ?`,
-			StatusConfirmed, nanos(now), id); err != nil {
+			StatusConfirmed, millis(now), id); err != nil {
 			return err
 		}
 		r, err = requestTx(ctx, tx, id)
@@ -163,7 +217,7 @@ func (s *Store) ConfirmRequest(ctx context.Context, token string, now time.Time)
 // operator ("waiting"). An IP that is no longer listed closes the request
 // as "removed" with DecidedBy "not listed", without using the quota.
 func (s *Store) DecideConfirmed(ctx context.Context, id int64, quota int, window time.Duration, selfServiceCategories []string) (removed bool, err error) {
-	now := time.Now()
+	now := s.now()
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		r, err := requestTx(ctx, tx, id)
 		if err != nil {
@@ -187,7 +241,7 @@ func (s *Store) DecideConfirmed(ctx context.Context, id int64, quota int, window
 		if len(ls) == 1 && l.Prefix.IsSingleIP() && slices.Contains(selfServiceCategories, l.Category) {
 			var used int
 			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM removals WHERE ip = ? AND self_service AND at >= ?`,
-				r.IP.String(), nanos(now.Add(-window))).Scan(&used); err != nil {
+				r.IP.String(), millis(now.Add(-window))).Scan(&used); err != nil {
 				return err
 			}
 			if used < quota {
@@ -215,7 +269,7 @@ func (s *Store) DecideConfirmed(ctx context.Context, id int64, quota int, window
 // goes too) and the request is "approved". ErrDecided if it was already
 // decided.
 func (s *Store) ApproveRequest(ctx context.Context, id int64, by string) error {
-	now := time.Now()
+	now := s.now()
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		r, err := requestTx(ctx, tx, id)
 		if err != nil {
@@ -244,7 +298,7 @@ func (s *Store) ApproveRequest(ctx context.Context, id int64, by string) error {
 
 // DenyRequest is an operator's no: the listing stays, the request is "denied".
 func (s *Store) DenyRequest(ctx context.Context, id int64, by string) error {
-	now := time.Now()
+	now := s.now()
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		r, err := requestTx(ctx, tx, id)
 		if err != nil {
@@ -265,14 +319,14 @@ func setStatus(ctx context.Context, tx *sql.Tx, id int64, status, by string, sel
 	// A decided request's link must not work any more either.
 	_, err := tx.ExecContext(ctx, `
 UPDATE removal_requests SET status = ?, decided = ?, decided_by = ?, self_service = ?, token_hash = NULL WHERE id = ?`,
-		status, nanos(now), by, selfService, id)
+		status, millis(now), by, selfService, id)
 	return err
 }
 
 // containing returns the live listings that contain ip, longest prefix first.
 func containing(ctx context.Context, tx *sql.Tx, ip netip.Addr, now time.Time) ([]Listing, error) {
 	rows, err := tx.QueryContext(ctx, `
-SELECT id, prefix, category FROM listings WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`, nanos(now))
+SELECT id, prefix, category FROM listings WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`, millis(now))
 	if err != nil {
 		return nil, err
 	}
@@ -319,7 +373,7 @@ func (s *Store) Requests(ctx context.Context, status string) ([]RemovalRequest, 
 	case "open":
 		q += ` WHERE status IN (?, ?, ?)`
 		args = append(args, StatusPending, StatusConfirmed, StatusWaiting)
-	case StatusPending, StatusConfirmed, StatusWaiting, StatusApproved, StatusDenied, StatusRemoved:
+	case StatusPending, StatusConfirmed, StatusWaiting, StatusApproved, StatusDenied, StatusRemoved, StatusExpired:
 		q += ` WHERE status = ?`
 		args = append(args, status)
 	default:
@@ -349,19 +403,23 @@ func (s *Store) Requests(ctx context.Context, status string) ([]RemovalRequest, 
 func (s *Store) SelfServiceRemovals(ctx context.Context, ip netip.Addr, since time.Time) (int, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM removals WHERE ip = ? AND self_service AND at >= ?`,
-		ip.Unmap().WithZone("").String(), nanos(since)).Scan(&n)
+		ip.Unmap().WithZone("").String(), millis(since)).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("self-service removals of %s: %w", ip, err)
 	}
 	return n, nil
 }
 
-// RequestsByEmailSince counts the requests made with email (case-insensitive)
-// since since, for the limit on confirmation mails per address.
+// RequestsByEmailSince counts the requests made with email (compared
+// without case) since since.
 func (s *Store) RequestsByEmailSince(ctx context.Context, email string, since time.Time) (int, error) {
+	box, err := mailbox.Parse(strings.TrimSpace(email))
+	if err != nil {
+		return 0, nil // no such address was ever stored
+	}
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM removal_requests WHERE email = ? AND created >= ?`,
-		strings.TrimSpace(email), nanos(since)).Scan(&n)
+	err = s.db.QueryRowContext(ctx, `SELECT count(*) FROM removal_requests WHERE email_key = ? AND created >= ?`,
+		box.Key(), millis(since)).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("requests by %q: %w", email, err)
 	}
@@ -387,10 +445,10 @@ func scanRequest(row rowScanner) (RemovalRequest, error) {
 		return RemovalRequest{}, fmt.Errorf("request %d: bad ip %q: %w", r.ID, ip, err)
 	}
 	r.IP = a
-	r.TokenExpires = fromNanos(expires)
-	r.Created = fromNanos(created)
-	r.Verified = fromNullNanos(verified)
-	r.Decided = fromNullNanos(decided)
+	r.TokenExpires = fromMillis(expires)
+	r.Created = fromMillis(created)
+	r.Verified = fromNullMillis(verified)
+	r.Decided = fromNullMillis(decided)
 	return r, nil
 }
 

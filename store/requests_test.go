@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ var (
 func confirmed(t testing.TB, s *Store, ip string) RemovalRequest {
 	t.Helper()
 	ctx := context.Background()
-	r, err := s.CreateRequest(ctx, ip, "owner@example.org", "fixed it")
+	r, err := s.CreateRequest(ctx, NewRequest{IP: ip, Email: "owner@example.org", Reason: "fixed it"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func confirmed(t testing.TB, s *Store, ip string) RemovalRequest {
 func TestRequestTokenLifecycle(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{TokenTTL: time.Hour})
-	r, err := s.CreateRequest(ctx, "::ffff:192.0.2.7", "Owner@Example.org", "  we cleaned the host  ")
+	r, err := s.CreateRequest(ctx, NewRequest{IP: "::ffff:192.0.2.7", Email: "Owner@Example.org", Reason: "  we cleaned the host  "})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestRequestTokenLifecycle(t *testing.T) {
 		t.Error("the token text is in the database files")
 	}
 
-	other, err := s.CreateRequest(ctx, "192.0.2.8", "owner@example.org", "")
+	other, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.8", Email: "owner@example.org", Reason: ""})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,12 +128,15 @@ func TestCreateRequestValidates(t *testing.T) {
 		{"header injection", "192.0.2.1", "bob@example.org\r\nBcc: eve@example.org", ""},
 		{"two addresses", "192.0.2.1", "bob@example.org, eve@example.org", ""},
 		{"long email", "192.0.2.1", strings.Repeat("a", 250) + "@example.org", ""},
+		{"address literal", "192.0.2.1", "bob@[127.0.0.1]", ""},
+		{"hyphen domain", "192.0.2.1", "a@-", ""},
+		{"single label", "192.0.2.1", "root@localhost", ""},
 		{"long reason", "192.0.2.1", "bob@example.org", strings.Repeat("x", MaxReasonLen+1)},
 		{"bad utf-8", "192.0.2.1", "bob@example.org", "\xff\xfe"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if r, err := s.CreateRequest(context.Background(), tc.ip, tc.email, tc.reason); !errors.Is(err, ErrInvalid) {
+			if r, err := s.CreateRequest(context.Background(), NewRequest{IP: tc.ip, Email: tc.email, Reason: tc.reason}); !errors.Is(err, ErrInvalid) {
 				t.Errorf("CreateRequest = %+v, %v; want ErrInvalid", r, err)
 			}
 		})
@@ -188,7 +192,7 @@ func TestDecideConfirmed(t *testing.T) {
 func TestDecideNeedsConfirmation(t *testing.T) {
 	s := openTest(t, Options{})
 	add(t, s, "192.0.2.7", "zombie")
-	r, err := s.CreateRequest(context.Background(), "192.0.2.7", "a@example.org", "")
+	r, err := s.CreateRequest(context.Background(), NewRequest{IP: "192.0.2.7", Email: "a@example.org", Reason: ""})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +230,7 @@ func TestSelfServiceQuota(t *testing.T) {
 		t.Errorf("SelfServiceRemovals = %d, want 2", n)
 	}
 	// Removals older than the window no longer count.
-	if _, err := s.db.Exec(`UPDATE removals SET at = ?`, nanos(time.Now().Add(-91*24*time.Hour))); err != nil {
+	if _, err := s.db.Exec(`UPDATE removals SET at = ?`, millis(time.Now().Add(-91*24*time.Hour))); err != nil {
 		t.Fatal(err)
 	}
 	r := confirmed(t, s, ip)
@@ -252,7 +256,7 @@ func TestOperatorDecisions(t *testing.T) {
 	if _, err := s.DecideConfirmed(ctx, approve.ID, 2, time.Hour, nil); err != nil {
 		t.Fatal(err)
 	}
-	deny, err := s.CreateRequest(ctx, "198.51.100.1", "x@example.org", "")
+	deny, err := s.CreateRequest(ctx, NewRequest{IP: "198.51.100.1", Email: "x@example.org", Reason: ""})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +310,7 @@ func TestRequestsByEmailSince(t *testing.T) {
 	s := openTest(t, Options{})
 	start := time.Now()
 	for _, e := range []string{"a@example.org", "A@Example.ORG", "b@example.org"} {
-		if _, err := s.CreateRequest(ctx, "192.0.2.1", e, ""); err != nil {
+		if _, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.1", Email: e, Reason: ""}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -318,14 +322,16 @@ func TestRequestsByEmailSince(t *testing.T) {
 	}
 }
 
-func TestPruneStalePendingRequests(t *testing.T) {
+// A request whose link expired unused is decided by the pruner as
+// expired, never deleted: its requester can still see what became of it.
+func TestUnconfirmedRequestsExpireAndStay(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{TokenTTL: time.Hour})
-	stale, err := s.CreateRequest(ctx, "192.0.2.1", "a@example.org", "")
+	stale, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.1", Email: "a@example.org"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := s.CreateRequest(ctx, "192.0.2.2", "a@example.org", "")
+	waiting, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.2", Email: "a@example.org", ToOperator: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,22 +340,145 @@ func TestPruneStalePendingRequests(t *testing.T) {
 	if err := s.DenyRequest(ctx, decided.ID, "op"); err != nil {
 		t.Fatal(err)
 	}
-	// As of a moment just past the stale request's expiry plus the grace period.
-	now := stale.TokenExpires.Add(StalePendingAge + time.Second)
-	if _, err := s.db.Exec(`UPDATE removal_requests SET token_expires = ? WHERE id = ?`,
-		nanos(now.Add(-time.Minute)), fresh.ID); err != nil {
+	// Before its link expires the pending request stays pending.
+	if err := s.PruneDecisions(ctx, stale.TokenExpires.Add(-time.Second)); err != nil {
 		t.Fatal(err)
 	}
+	if got, _ := s.Request(ctx, stale.ID); got.Status != StatusPending {
+		t.Errorf("before expiry: %s, want pending", got.Status)
+	}
+	// Long after: expired, kept, decided by the rule; the others untouched.
+	now := stale.TokenExpires.Add(400 * 24 * time.Hour)
 	if err := s.PruneDecisions(ctx, now); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Request(ctx, stale.ID); !errors.Is(err, ErrNotFound) {
-		t.Errorf("stale pending request: %v, want deleted", err)
+	got, err := s.Request(ctx, stale.ID)
+	if err != nil {
+		t.Fatalf("the unconfirmed request is gone: %v", err)
 	}
-	for _, id := range []int64{fresh.ID, decided.ID} {
-		if _, err := s.Request(ctx, id); err != nil {
-			t.Errorf("request %d: %v, want kept", id, err)
+	if got.Status != StatusExpired || got.DecidedBy != "unconfirmed" || got.Decided == nil || !got.Decided.Equal(stale.TokenExpires.Truncate(time.Millisecond)) {
+		t.Errorf("unconfirmed request after expiry: %+v", got)
+	}
+	if _, err := s.ConfirmRequest(ctx, stale.Token, stale.Created); !errors.Is(err, ErrTokenInvalid) {
+		t.Errorf("the link of an expired request: %v, want ErrTokenInvalid", err)
+	}
+	for id, want := range map[int64]string{waiting.ID: StatusWaiting, decided.ID: StatusDenied} {
+		if got, err := s.Request(ctx, id); err != nil || got.Status != want {
+			t.Errorf("request %d: %s, %v; want %s", id, got.Status, err, want)
 		}
+	}
+}
+
+// Without a relay a request goes to the operator at once: waiting, with no
+// link, and the pruner never touches it.
+func TestRequestToOperator(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{TokenTTL: time.Hour})
+	r, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: "a@example.org", Reason: "fixed", ToOperator: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != StatusWaiting || r.Token != "" {
+		t.Errorf("created %+v, want waiting without a token", r)
+	}
+	if err := s.PruneDecisions(ctx, time.Now().Add(1000*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Request(ctx, r.ID); err != nil || got.Status != StatusWaiting {
+		t.Errorf("after pruning: %+v, %v; want still waiting", got, err)
+	}
+	ws, err := s.Requests(ctx, StatusWaiting)
+	if err != nil || len(ws) != 1 || ws[0].ID != r.ID {
+		t.Errorf("waiting requests: %+v, %v", ws, err)
+	}
+}
+
+// A request whose confirmation mail failed goes to the operator.
+func TestHandToOperator(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	r, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: "a@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.HandToOperator(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Request(ctx, r.ID); got.Status != StatusWaiting {
+		t.Errorf("status %s, want waiting", got.Status)
+	}
+	if _, err := s.ConfirmRequest(ctx, r.Token, time.Now()); !errors.Is(err, ErrTokenInvalid) {
+		t.Errorf("the link still works after the hand-over: %v", err)
+	}
+	if err := s.HandToOperator(ctx, r.ID); !errors.Is(err, ErrDecided) {
+		t.Errorf("second hand-over: %v, want ErrDecided", err)
+	}
+	if err := s.HandToOperator(ctx, 999); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown request: %v, want ErrNotFound", err)
+	}
+}
+
+// The address is stored as typed; the limit per mailbox ignores case.
+func TestRequestEmailKeptAsTyped(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	r, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: " John.Smith@Example.ORG "})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Request(ctx, r.ID); got.Email != "John.Smith@Example.ORG" {
+		t.Errorf("stored %q, want the address as typed", got.Email)
+	}
+	if n, _ := s.RequestsByEmailSince(ctx, "john.smith@example.org", time.Now().Add(-time.Hour)); n != 1 {
+		t.Errorf("count without case: %d, want 1", n)
+	}
+}
+
+// Parallel requests for one mailbox never pass its limit together: the
+// count and the insert are one transaction.
+func TestRequestQuotaUnderRace(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	const limit, attempts = 3, 40
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		made    int
+		refused int
+	)
+	start := make(chan struct{})
+	for i := range attempts {
+		wg.Go(func() {
+			<-start
+			// Case variants share the mailbox's limit.
+			email := "owner@example.org"
+			if i%2 == 1 {
+				email = "OWNER@Example.Org"
+			}
+			_, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: email, MaxPerEmail: limit, Per: 24 * time.Hour})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				made++
+			case errors.Is(err, ErrQuota):
+				refused++
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if made != limit || refused != attempts-limit {
+		t.Errorf("%d made, %d refused; want %d and %d", made, refused, limit, attempts-limit)
+	}
+	if n, _ := s.RequestsByEmailSince(ctx, "owner@example.org", time.Now().Add(-time.Hour)); n != limit {
+		t.Errorf("%d stored, want %d", n, limit)
+	}
+	// Another mailbox has its own limit.
+	if _, err := s.CreateRequest(ctx, NewRequest{IP: "192.0.2.7", Email: "other@example.org", MaxPerEmail: limit, Per: 24 * time.Hour}); err != nil {
+		t.Errorf("another mailbox: %v", err)
 	}
 }
 

@@ -20,6 +20,7 @@ type snapshot struct {
 	all  map[netip.Prefix]*Listing // every live listing, to diff snapshots
 	next time.Time                 // earliest expiry in the future; zero: none
 	gen  int64                     // meta.listings_gen it was built from
+	now  func() time.Time          // the store's clock
 }
 
 type level4 struct {
@@ -38,7 +39,7 @@ type level6 struct {
 
 type entry struct {
 	l       Listing
-	expires int64 // Unix nanoseconds; 0: never
+	expires int64 // Unix milliseconds; 0: never
 }
 
 func mask4(bits int) uint32 {
@@ -71,8 +72,8 @@ func addr6(a netip.Addr) key6 {
 	return key6{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
 }
 
-func newSnapshot(ls []Listing, gen int64, now time.Time) *snapshot {
-	s := &snapshot{all: make(map[netip.Prefix]*Listing, len(ls)), gen: gen}
+func newSnapshot(ls []Listing, gen int64, now time.Time, clock func() time.Time) *snapshot {
+	s := &snapshot{all: make(map[netip.Prefix]*Listing, len(ls)), gen: gen, now: clock}
 	v4 := map[int]*level4{}
 	v6 := map[int]*level6{}
 	for i := range ls {
@@ -82,7 +83,7 @@ func newSnapshot(ls []Listing, gen int64, now time.Time) *snapshot {
 			if !l.ExpiresAt.After(now) {
 				continue
 			}
-			e.expires = nanos(*l.ExpiresAt)
+			e.expires = millis(*l.ExpiresAt)
 			if s.next.IsZero() || l.ExpiresAt.Before(s.next) {
 				s.next = *l.ExpiresAt
 			}
@@ -125,7 +126,7 @@ func (s *snapshot) lookup(ip netip.Addr) (*entry, bool) {
 			return true
 		}
 		if now == 0 {
-			now = time.Now().UnixNano()
+			now = s.now().UnixMilli()
 		}
 		return now < e.expires
 	}

@@ -32,11 +32,6 @@ const (
 	DefaultPollInterval   = 2 * time.Second
 	DefaultPruneInterval  = 10 * time.Minute
 	DefaultBusyTimeout    = 5 * time.Second
-
-	// StalePendingAge is how long after its link expired an unconfirmed
-	// request is kept (for the per-address mail limit and for operators
-	// to see) before the pruner deletes it.
-	StalePendingAge = 7 * 24 * time.Hour
 )
 
 // Errors callers tell apart with errors.Is.
@@ -72,6 +67,9 @@ type Options struct {
 	PollInterval time.Duration
 	// BusyTimeout is how long a write waits for another writer (5s).
 	BusyTimeout time.Duration
+	// Now is the clock (time.Now when nil): expiry, escalation and the
+	// pruning of old records follow it, so tests move days in an instant.
+	Now func() time.Time
 }
 
 func (o *Options) fill() {
@@ -92,6 +90,9 @@ func (o *Options) fill() {
 	}
 	if o.BusyTimeout <= 0 {
 		o.BusyTimeout = DefaultBusyTimeout
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 }
 
@@ -202,7 +203,7 @@ func Open(path string, opts Options) (*Store, error) {
 		done:      make(chan struct{}),
 	}
 	s.SetDecisionLimits(opts.DecisionMaxAge, opts.DecisionMaxRows)
-	s.snap.Store(&snapshot{gen: -1})
+	s.snap.Store(&snapshot{gen: -1, now: opts.Now})
 	if err := s.refresh(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
@@ -223,6 +224,9 @@ func (s *Store) SetDecisionLimits(maxAge time.Duration, maxRows int) {
 	s.decisionMaxRows.Store(int64(maxRows))
 }
 
+// now is the store's clock.
+func (s *Store) now() time.Time { return s.opts.Now() }
+
 // ReadOnly reports whether the store was opened read-only.
 func (s *Store) ReadOnly() bool { return s.opts.ReadOnly }
 
@@ -241,23 +245,42 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// nanos stores times as integer Unix nanoseconds: they compare in SQL and
-// round-trip exactly.
-func nanos(t time.Time) int64 { return t.UnixNano() }
+// Times are stored as integer Unix milliseconds: they compare in SQL, and
+// unlike Unix nanoseconds (which wrap outside 1678-2262) an int64 of
+// milliseconds holds every time a listing or request can carry. Times
+// that enter from outside are bounded by CheckTime first.
+func millis(t time.Time) int64 { return t.UnixMilli() }
 
-func fromNanos(n int64) time.Time { return time.Unix(0, n) }
+func fromMillis(n int64) time.Time { return time.UnixMilli(n) }
 
-func nullNanos(t *time.Time) sql.NullInt64 {
+func nullMillis(t *time.Time) sql.NullInt64 {
 	if t == nil {
 		return sql.NullInt64{}
 	}
-	return sql.NullInt64{Int64: nanos(*t), Valid: true}
+	return sql.NullInt64{Int64: millis(*t), Valid: true}
 }
 
-func fromNullNanos(n sql.NullInt64) *time.Time {
+func fromNullMillis(n sql.NullInt64) *time.Time {
 	if !n.Valid {
 		return nil
 	}
-	t := fromNanos(n.Int64)
+	t := fromMillis(n.Int64)
 	return &t
+}
+
+// The range of times the store takes from outside (CheckTime): wide enough
+// for any real listing, narrow enough that every form a time is written in
+// (RFC 3339, a page, a DNS serial) reads it back the same.
+var (
+	MinTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	MaxTime = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+)
+
+// CheckTime refuses a time outside MinTime..MaxTime with an ErrInvalid that
+// says so; what names the value ("expires_at").
+func CheckTime(what string, t time.Time) error {
+	if t.Before(MinTime) || t.After(MaxTime) {
+		return fmt.Errorf("%w: %s %s is outside the years 2000 to 9999", ErrInvalid, what, t.UTC().Format(time.RFC3339))
+	}
+	return nil
 }

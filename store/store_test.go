@@ -178,3 +178,77 @@ func TestCloseTwice(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// A database of schema version 1 (times in Unix nanoseconds) is upgraded
+// in place: every time keeps its value in milliseconds, a removal keeps
+// its request, and the request table takes the new statuses.
+func TestMigrateNanosecondsToMilliseconds(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v1.db")
+	db, err := sql.Open("sqlite", dsn(path, time.Second, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(ctx, db, migrations[:1]); err != nil {
+		t.Fatal(err)
+	}
+	listed := time.Date(2026, 3, 1, 10, 0, 0, 123456789, time.UTC)
+	expires := time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC)
+	far := time.Now().Add(24 * time.Hour)
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{`INSERT INTO listings (prefix, category, listed_at, expires_at) VALUES ('192.0.2.7/32', 'zombie', ?, ?)`, []any{listed.UnixNano(), expires.UnixNano()}},
+		{`INSERT INTO listings (prefix, category, listed_at, expires_at) VALUES ('192.0.2.8/32', 'zombie', ?, ?)`, []any{listed.UnixNano(), far.UnixNano()}},
+		{`INSERT INTO removal_requests (id, ip, email, status, token_expires, created, verified) VALUES (5, '192.0.2.7', 'Owner@Example.org', 'confirmed', ?, ?, ?)`, []any{expires.UnixNano(), listed.UnixNano(), listed.UnixNano()}},
+		{`INSERT INTO removals (ip, prefix, at, self_service, request_id) VALUES ('192.0.2.7', '192.0.2.7/32', ?, 1, 5)`, []any{listed.UnixNano()}},
+		{`INSERT INTO decisions (ref, at, ip, action, score, threshold, hits, errors, reply) VALUES ('r1', ?, '192.0.2.7', 'reject', 5, 3, '[]', '[]', '{}')`, []any{listed.UnixNano()}},
+	} {
+		if _, err := db.Exec(q.sql, q.args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, _ := schemaVersion(ctx, s.db); v != len(migrations) {
+		t.Fatalf("schema version %d, want %d", v, len(migrations))
+	}
+	ms := listed.Truncate(time.Millisecond)
+	r, err := s.Request(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Created.Equal(ms) || !r.TokenExpires.Equal(expires) || r.Verified == nil || !r.Verified.Equal(ms) || r.Email != "Owner@Example.org" {
+		t.Errorf("request after the upgrade: %+v", r)
+	}
+	if n, _ := s.RequestsByEmailSince(ctx, "owner@example.org", ms); n != 1 {
+		t.Errorf("the upgraded request does not count for its mailbox (%d)", n)
+	}
+	d, err := s.Decision(ctx, "r1")
+	if err != nil || !d.Time.Equal(ms) {
+		t.Errorf("decision after the upgrade: %v, %v", d.Time, err)
+	}
+	l, ok := s.ListingFor(mustAddr(t, "192.0.2.8"))
+	if !ok || !l.ListedAt.Equal(ms) || !l.ExpiresAt.Equal(far.Truncate(time.Millisecond)) {
+		t.Errorf("live listing after the upgrade: %+v, %v", l, ok)
+	}
+	if _, ok := s.ListingFor(mustAddr(t, "192.0.2.7")); ok != expires.After(time.Now()) {
+		t.Errorf("expired listing: listed %v", ok)
+	}
+	if n, err := s.SelfServiceRemovals(ctx, mustAddr(t, "192.0.2.7"), ms); err != nil || n != 1 {
+		t.Errorf("removal after the upgrade: %d, %v", n, err)
+	}
+	var fk int
+	if err := s.db.QueryRow(`PRAGMA foreign_keys`).Scan(&fk); err != nil || fk != 1 {
+		t.Errorf("foreign keys %d after the upgrade (%v), want on", fk, err)
+	}
+	if _, err := s.db.Exec(`INSERT INTO removals (ip, prefix, at, self_service, request_id) VALUES ('x', 'x', 0, 0, 999)`); err == nil {
+		t.Error("a removal of an unknown request was accepted: the foreign key is gone")
+	}
+}

@@ -5,11 +5,14 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -48,8 +51,17 @@ func (s *Server) adminStats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.stats())
 }
 
+// Admin-token failures per client (an IPv4 address or an IPv6 /64): a few
+// in a row are allowed (a mistyped token), then one a minute; beyond that
+// the client gets 429 without its token being looked at.
+const (
+	authFailBurst = 5
+	authFailEvery = time.Minute
+)
+
 // adminToken checks the bearer token; without a configured token the
-// admin API does not exist.
+// admin API does not exist. Failures are logged (at most a few lines per
+// client and minute) and limited per client.
 func (s *Server) adminToken(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		want := s.config().AdminToken
@@ -57,11 +69,20 @@ func (s *Server) adminToken(h http.HandlerFunc) http.HandlerFunc {
 			writeJSONError(w, http.StatusNotFound, "not_found", "no such endpoint")
 			return
 		}
+		client := remoteIP(r)
+		if s.authFails.exhausted(client) {
+			s.logAuthFailure(r, client, true)
+			w.Header().Set("Retry-After", strconv.Itoa(int(authFailEvery/time.Second)))
+			writeJSONError(w, http.StatusTooManyRequests, "rate_limited", "too many failed authentications from your address; wait a minute")
+			return
+		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		// Compare digests so neither the token's content nor its length
 		// shows in the time taken.
 		g, t := sha256.Sum256([]byte(strings.TrimSpace(got))), sha256.Sum256([]byte(want))
 		if !ok || subtle.ConstantTimeCompare(g[:], t[:]) != 1 {
+			s.authFails.allow(client)
+			s.logAuthFailure(r, client, false)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="blmilter admin"`)
 			writeJSONError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
 			return
@@ -69,6 +90,17 @@ func (s *Server) adminToken(h http.HandlerFunc) http.HandlerFunc {
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		h(w, r)
 	}
+}
+
+// logAuthFailure logs a failed admin authentication, unless this client
+// or all clients together have been logged often enough this minute: a
+// flood of guesses must not flood the log.
+func (s *Server) logAuthFailure(r *http.Request, client netip.Addr, limited bool) {
+	if !s.authLog.allow(client) || !s.authLogAll.Allow() {
+		return
+	}
+	s.log.Warn("web: admin API authentication failed", "client", client.String(), "method", r.Method,
+		"path", r.URL.Path, "rate_limited", limited)
 }
 
 // listingJSON is a listing as the admin API shows it.
@@ -126,6 +158,15 @@ func (s *Server) adminAddListing(w http.ResponseWriter, r *http.Request) {
 	if in.Category == "" {
 		in.Category = "local"
 	}
+	if !policy.IsCategory(in.Category) {
+		writeJSONError(w, http.StatusBadRequest, "bad_request",
+			fmt.Sprintf("category must be one word of a-z, 0-9 and '-' (at most %d characters), such as \"spam-source\"", policy.MaxCategoryLen))
+		return
+	}
+	if in.ExpiresAt != nil && in.ExpiresIn != "" {
+		writeJSONError(w, http.StatusBadRequest, "bad_request", "give expires_at or expires_in, not both")
+		return
+	}
 	l := store.Listing{Prefix: p, Category: in.Category, Reason: in.Reason, Source: "admin-api", ExpiresAt: in.ExpiresAt}
 	if in.ExpiresIn != "" {
 		d, err := time.ParseDuration(in.ExpiresIn)
@@ -135,6 +176,16 @@ func (s *Server) adminAddListing(w http.ResponseWriter, r *http.Request) {
 		}
 		t := s.now().Add(d)
 		l.ExpiresAt = &t
+	}
+	if l.ExpiresAt != nil {
+		if err := store.CheckTime("expires_at", *l.ExpiresAt); err != nil {
+			writeJSONError(w, http.StatusBadRequest, "bad_request", "expires_at must be in the years 2000 to 9999")
+			return
+		}
+		if !l.ExpiresAt.After(s.now()) {
+			writeJSONError(w, http.StatusBadRequest, "bad_request", "expires_at is in the past: the listing would never apply")
+			return
+		}
 	}
 	added, err := s.store.AddListing(r.Context(), l)
 	if err != nil {
@@ -184,9 +235,9 @@ type requestJSON struct {
 func (s *Server) adminRequests(w http.ResponseWriter, r *http.Request) {
 	status := r.URL.Query().Get("status")
 	switch status {
-	case "", store.StatusPending, store.StatusConfirmed, store.StatusWaiting, store.StatusApproved, store.StatusDenied, store.StatusRemoved:
+	case "", store.StatusPending, store.StatusConfirmed, store.StatusWaiting, store.StatusApproved, store.StatusDenied, store.StatusRemoved, store.StatusExpired:
 	default:
-		writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of pending, confirmed, waiting, approved, denied, removed")
+		writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of pending, confirmed, waiting, approved, denied, removed, expired")
 		return
 	}
 	rs, err := s.store.Requests(r.Context(), status)

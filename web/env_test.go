@@ -54,6 +54,7 @@ type envOpts struct {
 	lookupRate  float64
 	lookupBurst int
 	noStore     bool
+	noStoreList bool // a store, but no [[list]] with store = true
 	stats       func() any
 }
 
@@ -117,6 +118,9 @@ store = true
 weight = 5
 category = "local"
 `
+	if o.noStoreList {
+		conf = conf[:strings.Index(conf, "[[list]]\nname = \"Site list\"")]
+	}
 	e.logs = &testkit.Buffer{}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 

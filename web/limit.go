@@ -110,6 +110,16 @@ func median(ts []time.Time) time.Time {
 	return ts[len(ts)/2]
 }
 
+// exhausted reports whether the client has no token left now, without
+// taking one.
+func (l *limiter) exhausted(ip netip.Addr) bool {
+	k := clientKey(ip)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.clients[k]
+	return ok && b.lim.TokensAt(l.now()) < 1
+}
+
 func (l *limiter) len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

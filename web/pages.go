@@ -130,6 +130,7 @@ func (s *Server) badIP(w http.ResponseWriter, in string, err error) {
 
 type statusBody struct {
 	Report       *Report
+	SiteOnly     bool // listed by the site's own list alone, which refuses no mail
 	Unchecked    bool // some list could not be checked
 	VerdictWords string
 	PTRAdvice    string
@@ -155,6 +156,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	body := statusBody{
 		Report:       rep,
 		VerdictWords: verdictWords(rep),
+		SiteOnly:     !rep.Verdict.Refused && onlySiteListing(rep),
 		PTRAdvice:    ptrAdvice,
 		Quota:        cfg.RemovalQuota,
 		Window:       windowWords(cfg.RemovalWindow),

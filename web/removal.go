@@ -1,32 +1,24 @@
 package web
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"mime"
-	"net"
 	"net/http"
-	"net/mail"
-	"net/netip"
 	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
-
+	"github.com/blmilter/blmilter/internal/mailbox"
 	"github.com/blmilter/blmilter/store"
 )
 
-// handleRemoval takes a removal request from the form on the status page:
-// it is stored as pending and a mail with a one-time link goes to the
-// address given; nothing is removed until the link is followed.
+// handleRemoval takes a removal request from the form on the status page.
+// With a relay it is stored as pending and a mail with a one-time link goes
+// to the address given; nothing is removed until the link is followed.
+// Without a relay, or when the mail cannot be sent, the request waits for
+// an operator: a request a person made is never left to die unseen.
 func (s *Server) handleRemoval(w http.ResponseWriter, r *http.Request) {
 	in := r.PathValue("ip")
 	ip, err := parseIP(in)
@@ -54,13 +46,15 @@ func (s *Server) handleRemoval(w http.ResponseWriter, r *http.Request) {
 			"Your address has sent too many removal requests. Try again in an hour.")
 		return
 	}
+	// The address is kept as typed: only the owner's server may fold the
+	// case of its local part. The limit per mailbox ignores case.
 	email := strings.TrimSpace(r.PostFormValue("email"))
 	reason := strings.TrimSpace(r.PostFormValue("reason"))
-	if msg := checkRemovalForm(email, reason); msg != "" {
+	box, msg := checkRemovalForm(email, reason)
+	if msg != "" {
 		s.errorPage(w, r, http.StatusBadRequest, "Please correct the form", msg)
 		return
 	}
-	email = strings.ToLower(email) // one mailbox, one daily quota of mails
 	listing, ok := s.store.ListingFor(ip)
 	if !ok || listing.Expired(s.now()) {
 		s.message(w, http.StatusOK, "Not on our list", ip.String(),
@@ -69,41 +63,59 @@ func (s *Server) handleRemoval(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	sent, err := s.store.RequestsByEmailSince(ctx, email, s.now().Add(-24*time.Hour))
-	if err != nil {
-		s.log.Error("web: count requests by email", "err", err)
-		s.errorPage(w, r, http.StatusServiceUnavailable, "Temporarily unavailable", "Your request could not be stored. Try again later.")
-		return
+	cfg := s.config()
+
+	// With a relay, talk to it before storing anything: an address it
+	// cannot deliver to is refused while the requester is still here.
+	var relay *relayConn
+	if cfg.SMTP.Server != "" {
+		relay, err = s.dialRelay(ctx, cfg)
+		if err != nil {
+			s.log.Error("web: mail relay unavailable; the removal request goes to the operator", "err", err)
+			relay = nil
+		} else {
+			defer relay.close()
+			if box.NeedsSMTPUTF8() && !relay.utf8 {
+				s.errorPage(w, r, http.StatusBadRequest, "Address not supported",
+					"Your address has characters outside ASCII before the @, and this site's mail relay cannot send to such addresses (it does not offer SMTPUTF8). Give an address with only ASCII characters before the @.")
+				return
+			}
+		}
 	}
-	if sent >= mailsPerAddress {
+	req, err := s.store.CreateRequest(ctx, store.NewRequest{
+		IP: ip.String(), Email: email, Reason: reason,
+		ToOperator:  relay == nil,
+		MaxPerEmail: mailsPerAddress, Per: 24 * time.Hour,
+	})
+	switch {
+	case errors.Is(err, store.ErrQuota):
 		w.Header().Set("Retry-After", "86400")
 		s.errorPage(w, r, http.StatusTooManyRequests, "Too many requests for this address",
-			fmt.Sprintf("We send at most %d confirmation mails a day to one email address. Look for the mails already sent, or try again tomorrow.", mailsPerAddress))
+			fmt.Sprintf("We take at most %d removal requests a day from one email address. Look for the mails already sent, or try again tomorrow.", mailsPerAddress))
 		return
-	}
-	req, err := s.store.CreateRequest(ctx, ip.String(), email, reason)
-	if err != nil {
-		if errors.Is(err, store.ErrInvalid) {
-			s.errorPage(w, r, http.StatusBadRequest, "Please correct the form", "The email address or the text was not accepted. Use a plain address such as admin@example.org.")
-			return
-		}
+	case errors.Is(err, store.ErrInvalid):
+		s.errorPage(w, r, http.StatusBadRequest, "Please correct the form", "The email address or the text was not accepted. Use a plain address such as admin@example.org.")
+		return
+	case err != nil:
 		s.log.Error("web: create removal request", "ip", ip, "err", err)
 		s.errorPage(w, r, http.StatusServiceUnavailable, "Temporarily unavailable", "Your request could not be stored. Try again later.")
 		return
 	}
-	cfg := s.config()
-	s.log.Info("web: removal request", "id", req.ID, "ip", ip, "client", remoteIP(r))
-	if cfg.SMTP.Server == "" {
-		// No relay configured: the operator decides without a confirmation.
+	s.log.Info("web: removal request", "id", req.ID, "ip", ip, "client", remoteIP(r), "status", req.Status)
+	if relay == nil {
 		s.message(w, http.StatusOK, "Request received", ip.String(),
-			"Your removal request is stored. The operator of this mail service will look at it; you do not need to do anything else.")
+			"Your removal request is stored and waits for the operator of this mail service, who decides on it. You do not need to do anything else.")
 		return
 	}
 	link := strings.TrimRight(cfg.PublicURL, "/") + "/confirm/" + url.PathEscape(req.Token)
-	if err := s.sendConfirmation(ctx, cfg, email, ip, link); err != nil {
-		s.log.Error("web: send confirmation mail", "id", req.ID, "err", err)
-		s.errorPage(w, r, http.StatusBadGateway, "Mail could not be sent",
-			"Your request is stored, but the confirmation mail could not be sent. Try again later.")
+	msgText := confirmationMail(s.mailFrom(cfg), box, s.host(), ip, link, s.now())
+	if err := relay.send(s.mailFrom(cfg), box, msgText); err != nil {
+		s.log.Error("web: send confirmation mail; the removal request goes to the operator", "id", req.ID, "err", err)
+		if err := s.store.HandToOperator(context.WithoutCancel(ctx), req.ID); err != nil {
+			s.log.Error("web: hand removal request to the operator", "id", req.ID, "err", err)
+		}
+		s.message(w, http.StatusOK, "Request received", ip.String(),
+			"Your removal request is stored, but the confirmation mail could not be sent. The request waits for the operator of this mail service instead, who decides on it. You do not need to do anything else.")
 		return
 	}
 	s.message(w, http.StatusOK, "Check your mailbox", ip.String(),
@@ -111,22 +123,24 @@ func (s *Server) handleRemoval(w http.ResponseWriter, r *http.Request) {
 		"Nothing changes until you confirm.")
 }
 
-// checkRemovalForm returns what is wrong with the form, in words, or "".
-func checkRemovalForm(email, reason string) string {
+// checkRemovalForm returns the requester's mailbox, or what is wrong with
+// the form in words.
+func checkRemovalForm(email, reason string) (mailbox.Mailbox, string) {
 	if email == "" {
-		return "Enter your email address: we send the confirmation link there."
+		return mailbox.Mailbox{}, "Enter your email address: we send the confirmation link there."
 	}
-	a, err := mail.ParseAddress(email)
-	if len(email) > maxEmail || err != nil || a.Address != email || a.Name != "" || strings.ContainsAny(email, "\r\n<>\"") {
-		return "Enter a plain email address, such as admin@example.org."
+	box, err := mailbox.Parse(email)
+	if err != nil {
+		why := strings.TrimPrefix(err.Error(), mailbox.ErrInvalid.Error()+": ")
+		return mailbox.Mailbox{}, "Enter a plain email address with a domain name, such as admin@example.org (" + why + ")."
 	}
 	if reason == "" {
-		return "Say briefly what you fixed: that helps the operator if the request needs a decision."
+		return mailbox.Mailbox{}, "Say briefly what you fixed: that helps the operator if the request needs a decision."
 	}
 	if len(reason) > maxReason || !utf8.ValidString(reason) {
-		return fmt.Sprintf("The text is too long; keep it under %d characters.", maxReason)
+		return mailbox.Mailbox{}, fmt.Sprintf("The text is too long; keep it under %d characters.", maxReason)
 	}
-	return ""
+	return box, ""
 }
 
 // handleConfirmPage shows a button rather than confirming on GET: mail
@@ -199,87 +213,4 @@ func validToken(t string) bool {
 		}
 	}
 	return true
-}
-
-// sendConfirmation sends the mail with the confirmation link through the
-// [web.smtp] relay.
-func (s *Server) sendConfirmation(ctx context.Context, cfg *Settings, to string, ip netip.Addr, link string) error {
-	sc := cfg.SMTP
-	host := s.host()
-	from := sc.From
-	if from == "" {
-		from = "noreply@" + host
-	}
-	msg := confirmationMail(from, to, host, ip, link, s.now())
-
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", sc.Server)
-	if err != nil {
-		return fmt.Errorf("dial relay %s: %w", sc.Server, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	var c *smtp.Client
-	if sc.StartTLS {
-		// starttls = true requires it: a relay that does not offer it fails
-		// the mail rather than getting it, and any password, in the clear.
-		relayHost, _, _ := net.SplitHostPort(sc.Server)
-		c, err = smtp.NewClientStartTLS(conn, &tls.Config{ServerName: relayHost, MinVersion: tls.VersionTLS12})
-		if err != nil {
-			conn.Close()
-			return fmt.Errorf("relay %s: starttls: %w", sc.Server, err)
-		}
-	} else {
-		if sc.Username != "" {
-			conn.Close()
-			return fmt.Errorf("relay %s: refusing to authenticate without starttls", sc.Server)
-		}
-		c = smtp.NewClient(conn)
-	}
-	defer c.Close()
-	if err := c.Hello(host); err != nil {
-		return fmt.Errorf("relay %s: hello: %w", sc.Server, err)
-	}
-	if sc.Username != "" {
-		if err := c.Auth(sasl.NewPlainClient("", sc.Username, sc.Password)); err != nil {
-			return fmt.Errorf("relay %s: auth: %w", sc.Server, err)
-		}
-	}
-	if err := c.SendMail(from, []string{to}, bytes.NewReader(msg)); err != nil {
-		return fmt.Errorf("relay %s: send: %w", sc.Server, err)
-	}
-	if err := c.Quit(); err != nil {
-		return fmt.Errorf("relay %s: quit: %w", sc.Server, err)
-	}
-	return nil
-}
-
-// confirmationMail builds the message. Every header value is either ours
-// or checked (the address has no CR/LF), and the body is plain text.
-func confirmationMail(from, to, host string, ip netip.Addr, link string, now time.Time) []byte {
-	var id [12]byte
-	rand.Read(id[:])
-	var b bytes.Buffer
-	hdr := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, v) }
-	hdr("From", from)
-	hdr("To", to)
-	hdr("Subject", mime.QEncoding.Encode("utf-8", "Confirm the removal of "+ip.String()+" from "+host+"'s list"))
-	hdr("Date", now.Format(time.RFC1123Z))
-	hdr("Message-ID", "<"+hex.EncodeToString(id[:])+"@"+host+">")
-	hdr("Auto-Submitted", "auto-generated")
-	hdr("MIME-Version", "1.0")
-	hdr("Content-Type", "text/plain; charset=utf-8")
-	hdr("Content-Transfer-Encoding", "8bit")
-	b.WriteString("\r\n")
-	body := "Someone, probably you, asked " + host + " to remove the IP address\r\n" +
-		ip.String() + " from its list of addresses it refuses mail from.\r\n\r\n" +
-		"To confirm, open this link and press the button on the page:\r\n\r\n" +
-		link + "\r\n\r\n" +
-		"The link works once and expires. If you did not ask for this, ignore\r\n" +
-		"this mail: nothing happens without the confirmation.\r\n"
-	b.WriteString(body)
-	return b.Bytes()
 }

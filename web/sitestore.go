@@ -16,7 +16,8 @@ type siteStore interface {
 	AddListing(ctx context.Context, l store.Listing) (store.Listing, error)
 	RemoveListing(ctx context.Context, prefix netip.Prefix, by string) error
 
-	CreateRequest(ctx context.Context, ip, email, reason string) (store.RemovalRequest, error)
+	CreateRequest(ctx context.Context, n store.NewRequest) (store.RemovalRequest, error)
+	HandToOperator(ctx context.Context, id int64) error
 	ConfirmRequest(ctx context.Context, token string, now time.Time) (store.RemovalRequest, error)
 	DecideConfirmed(ctx context.Context, id int64, quota int, window time.Duration, selfServiceCategories []string) (removed bool, err error)
 	Requests(ctx context.Context, status string) ([]store.RemovalRequest, error)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -81,8 +82,12 @@ type SiteListing struct {
 	Reason       string     `json:"reason,omitempty"`
 	ListedSince  time.Time  `json:"listed_since"`
 	ExpiresAt    *time.Time `json:"expires_at"` // null: until removed
-	RemovalURL   string     `json:"removal_url"`
-	HelpURL      string     `json:"help_url"`
+	// RefusesMail is false when this mail server does not use its own
+	// list to refuse mail (no [[list]] with store = true, or only in dry
+	// run): the listing is shown, but mail is not refused because of it.
+	RefusesMail bool   `json:"refuses_mail"`
+	RemovalURL  string `json:"removal_url"`
+	HelpURL     string `json:"help_url"`
 }
 
 // DecisionInfo is a recorded decision, found by the ref of a bounce.
@@ -219,6 +224,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 	if s.store != nil {
 		if l, ok := s.store.ListingFor(ip); ok && !l.Expired(now) {
 			rep.SiteListing = siteListing(l, base, ip)
+			rep.SiteListing.RefusesMail = usesStore(eng)
 			listed = true
 		}
 	}
@@ -234,6 +240,17 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		rep.Decision = s.decision(ctx, ref, ip)
 	}
 	return rep, nil
+}
+
+// usesStore reports whether the engine refuses mail by the site's own
+// list: a store list that is not in dry run.
+func usesStore(eng *policy.Engine) bool {
+	for _, l := range eng.Lists() {
+		if l.Kind == policy.KindStore && !l.DryRun && l.Weight > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // skipNote says why a list was not asked: it does not take this kind of
@@ -348,6 +365,8 @@ func verdictWords(r *Report) string {
 		return "This address is in a network this mail server always accepts mail from. The lists are shown for information."
 	case v.Exempt != "":
 		return "This mail server does not check this address."
+	case !v.Refused && onlySiteListing(r):
+		return "This site lists this address on its own list, but does not use that list to refuse mail: mail from this address is not refused because of this listing."
 	case v.Action == "reject":
 		return "Mail from this address would be refused now."
 	case v.Action == "tempfail":
@@ -359,6 +378,20 @@ func verdictWords(r *Report) string {
 	default:
 		return "Mail from this address would be accepted."
 	}
+}
+
+// onlySiteListing reports whether the site's own list lists the IP
+// without refusing mail for it, and no other list lists it.
+func onlySiteListing(r *Report) bool {
+	if r.SiteListing == nil || r.SiteListing.RefusesMail {
+		return false
+	}
+	for _, l := range r.Lists {
+		if l.Result == ResultListed && l.Kind != policy.KindStore && l.Weight > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func resultWords(result string) string {

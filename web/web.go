@@ -98,10 +98,15 @@ type Server struct {
 	csrf    csrf
 	lookups *limiter
 	removal *limiter
-	handler http.Handler
-	metrics http.Handler
-	stats   func() any
-	http    *http.Server
+	// authFails counts admin-token failures per client; authLog and
+	// authLogAll bound how often they are logged.
+	authFails  *limiter
+	authLog    *limiter
+	authLogAll *rate.Limiter
+	handler    http.Handler
+	metrics    http.Handler
+	stats      func() any
+	http       *http.Server
 
 	rdns      atomic.Pointer[rdnsResolver]
 	rdnsCache *cache.Cache[netip.Addr, ReverseDNS]
@@ -145,6 +150,9 @@ func New(opts Options) (*Server, error) {
 	cfg := s.config()
 	s.lookups = newLimiter(rate.Limit(cfg.LookupRate), cfg.LookupBurst, limiterClients, s.now)
 	s.removal = newLimiter(rate.Every(time.Hour/removalsPerHour), removalsPerHour, limiterClients, s.now)
+	s.authFails = newLimiter(rate.Every(authFailEvery), authFailBurst, limiterClients, s.now)
+	s.authLog = newLimiter(rate.Every(time.Minute), 3, limiterClients, s.now)
+	s.authLogAll = rate.NewLimiter(rate.Every(6*time.Second), 20)
 
 	pages, err := parsePages()
 	if err != nil {

@@ -5,7 +5,7 @@ package main
 //	blmilter list add IP-or-CIDR... [-category C] [-reason R] [-expires 720h] [-create]
 //	blmilter list remove IP-or-CIDR...
 //	blmilter list show [IP-or-CIDR...]
-//	blmilter requests list [-status open|all|pending|confirmed|waiting|approved|denied|removed]
+//	blmilter requests list [-status open|all|pending|confirmed|waiting|approved|denied|removed|expired]
 //	blmilter requests approve|deny ID...
 //
 // They work on the daemon's store: -db PATH, else the [store] path of
@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 	"time"
 
 	"github.com/blmilter/blmilter/config"
+	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -87,8 +89,8 @@ opened read-only.`,
 		name:     "requests list",
 		synopsis: "show removal requests",
 		help: `Shows removal requests. Statuses: pending (mail not confirmed), confirmed,
-waiting (for an operator), approved, denied, removed (self-service). The
-store is opened read-only.`,
+waiting (for an operator), approved, denied, removed (self-service), expired
+(the confirmation link was never followed). The store is opened read-only.`,
 		store: storeRead,
 		setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
 			status := fs.String("status", "open", "which requests to list: open (pending, confirmed, waiting), all, or one `STATUS`")
@@ -195,11 +197,16 @@ func listAdd(c *cmdCtx, args []string, category, reason, expires string) error {
 	if err != nil {
 		return err
 	}
-	var lifetime time.Duration
+	if !policy.IsCategory(category) {
+		return usageError(fmt.Sprintf("-category %q: a category is one word of a-z, 0-9 and '-' (at most %d characters), such as spam-source", category, policy.MaxCategoryLen))
+	}
+	var expiresAt *time.Time
 	if expires != "" {
-		if lifetime, err = storeParseLifetime(expires); err != nil {
+		t, err := storeParseExpiry(expires, time.Now())
+		if err != nil {
 			return usageError(fmt.Sprintf("-expires: %v", err))
 		}
+		expiresAt = &t
 	}
 	s, cfg, err := c.openStore()
 	if err != nil {
@@ -211,11 +218,7 @@ func listAdd(c *cmdCtx, args []string, category, reason, expires string) error {
 	}
 	failed := false
 	for _, p := range prefixes {
-		l := store.Listing{Prefix: p, Category: category, Reason: reason, Source: storeOperator()}
-		if lifetime > 0 {
-			t := time.Now().Add(lifetime)
-			l.ExpiresAt = &t
-		}
+		l := store.Listing{Prefix: p, Category: category, Reason: reason, Source: storeOperator(), ExpiresAt: expiresAt}
 		added, err := s.AddListing(context.Background(), l)
 		if err != nil {
 			fmt.Fprintf(c.stderr, "blmilter list add: %v\n", err)
@@ -413,23 +416,35 @@ func storeWriteRequests(w io.Writer, rs []store.RemovalRequest) {
 	tw.Flush()
 }
 
-// storeParseLifetime reads a Go duration or a number of days ("30d").
-func storeParseLifetime(s string) (time.Duration, error) {
+// storeParseExpiry reads -expires, a Go duration or a number of days
+// ("30d"), as the time the listing expires counted from now. A lifetime
+// that would end after the year 9999 is refused, never wrapped.
+func storeParseExpiry(s string, now time.Time) (time.Time, error) {
+	var t time.Time
 	if d, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.ParseFloat(d, 64)
-		if err != nil || n <= 0 {
-			return 0, fmt.Errorf("%q is not a number of days", s)
+		if err != nil || n <= 0 || math.IsInf(n, 0) || math.IsNaN(n) {
+			return time.Time{}, fmt.Errorf("%q is not a positive number of days", s)
 		}
-		return time.Duration(n * float64(24*time.Hour)), nil
+		if n > 8000*366 {
+			return time.Time{}, fmt.Errorf("%q is too long: a listing expires by the year 9999 at the latest", s)
+		}
+		whole := math.Floor(n)
+		t = now.AddDate(0, 0, int(whole)).Add(time.Duration((n - whole) * float64(24*time.Hour)))
+	} else {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%q is not a duration such as 720h or a number of days such as 30d", s)
+		}
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("%q is not a positive duration", s)
+		}
+		t = now.Add(d)
 	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, err
+	if err := store.CheckTime("the expiry", t); err != nil {
+		return time.Time{}, fmt.Errorf("%q is too long: a listing expires by the year 9999 at the latest", s)
 	}
-	if d <= 0 {
-		return 0, fmt.Errorf("%q is not a positive duration", s)
-	}
-	return d, nil
+	return t, nil
 }
 
 func storeUntil(t *time.Time) string {

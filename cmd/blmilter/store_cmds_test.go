@@ -50,6 +50,11 @@ func TestListCommand(t *testing.T) {
 		{"remove again", []string{"remove", "192.0.2.7", "-db", db}, 1, nil, "not listed"},
 		{"bad address", []string{"add", "192.0.2.300", "-db", db}, 2, nil, "not an IP address or CIDR"},
 		{"bad expiry", []string{"add", "192.0.2.1", "-expires", "soon", "-db", db}, 2, nil, "-expires"},
+		// Far lifetimes are refused in words, never wrapped into "never".
+		{"expiry past 9999", []string{"add", "192.0.2.1", "-expires", "3000000d", "-db", db}, 2, nil, "by the year 9999"},
+		{"expiry past 2262", []string{"add", "192.0.2.9", "-expires", "110000d", "-db", db}, 0, []string{"listed 192.0.2.9/32 (local) until 23"}, ""},
+		{"category with markup", []string{"add", "192.0.2.1", "-category", "<b>x</b>", "-db", db}, 2, nil, "one word"},
+		{"category of two words", []string{"add", "192.0.2.1", "-category", "spam source", "-db", db}, 2, nil, "one word"},
 		{"no address", []string{"add", "-db", db}, 2, nil, "no IP or CIDR"},
 		{"unknown verb", []string{"frobnicate", "-db", db}, 2, nil, "unknown command"},
 		{"no verb", nil, 2, nil, "usage:"},
@@ -118,11 +123,11 @@ func TestRequestsCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a, err := s.CreateRequest(ctx, "192.0.2.7", "a@example.org", "fixed\x1b[2J the relay")
+	a, err := s.CreateRequest(ctx, store.NewRequest{IP: "192.0.2.7", Email: "a@example.org", Reason: "fixed\x1b[2J the relay"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.CreateRequest(ctx, "192.0.2.8", "b@example.org", "")
+	b, err := s.CreateRequest(ctx, store.NewRequest{IP: "192.0.2.8", Email: "b@example.org", Reason: ""})
 	if err != nil {
 		t.Fatal(err)
 	}
