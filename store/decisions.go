@@ -255,8 +255,19 @@ func (s *Store) writeDecisions() {
 			}
 			linger.Stop()
 			write()
+		case n := <-s.deferNotes:
+			s.writeDeferrals(n)
 		case ch := <-s.flushReq:
 			drain()
+			for {
+				select {
+				case n := <-s.deferNotes:
+					s.writeDeferrals(n)
+					continue
+				default:
+				}
+				break
+			}
 			close(ch)
 		case <-prune.C:
 			s.pruneDecisions()
@@ -307,38 +318,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 }
 
 func (s *Store) pruneDecisions() {
-	if err := s.PruneDecisions(context.Background(), s.now()); err != nil {
-		s.log.Warn("pruning decisions", "err", err)
+	if err := s.Prune(context.Background(), s.now()); err != nil {
+		s.log.Warn("pruning old records", "err", err)
 	}
-}
-
-// PruneDecisions applies the decisions' age and row limits as of now, and
-// closes as expired the pending requests whose link expired unused. The
-// writer does this on its own; it is exported for tests and maintenance.
-func (s *Store) PruneDecisions(ctx context.Context, now time.Time) error {
-	maxAge, maxRows := time.Duration(s.decisionMaxAge.Load()), s.decisionMaxRows.Load()
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		if maxAge > 0 {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM decisions WHERE at < ?`, millis(now.Add(-maxAge))); err != nil {
-				return fmt.Errorf("prune decisions by age: %w", err)
-			}
-		}
-		if maxRows > 0 {
-			if _, err := tx.ExecContext(ctx, `
-DELETE FROM decisions WHERE ref IN (SELECT ref FROM decisions ORDER BY at DESC LIMIT -1 OFFSET ?)`,
-				maxRows); err != nil {
-				return fmt.Errorf("prune decisions by count: %w", err)
-			}
-		}
-		// A request nobody confirmed is decided by this rule, not
-		// deleted: its requester's status page still tells what became
-		// of it.
-		if _, err := tx.ExecContext(ctx, `
-UPDATE removal_requests SET status = ?, decided = token_expires, decided_by = 'unconfirmed', token_hash = NULL
-WHERE status = ? AND token_expires <= ?`,
-			StatusExpired, StatusPending, millis(now)); err != nil {
-			return fmt.Errorf("expire unconfirmed requests: %w", err)
-		}
-		return nil
-	})
 }

@@ -106,7 +106,7 @@ func TestPruneDecisions(t *testing.T) {
 		s.RecordDecision(sampleDecision("old", now.Add(-25*time.Hour)))
 		s.RecordDecision(sampleDecision("new", now.Add(-23*time.Hour)))
 		s.Flush()
-		if err := s.PruneDecisions(ctx, now); err != nil {
+		if err := s.Prune(ctx, now); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Decision(ctx, "old"); !errors.Is(err, ErrNotFound) {

@@ -23,6 +23,14 @@ type Listing struct {
 	ListedAt  time.Time
 	ExpiresAt *time.Time // nil: until removed
 	Removals  int        // how often this prefix has been removed before
+	// Level counts the listing periods of this prefix that ended (removed
+	// or expired) before the current one: a trap listing lasts twice as
+	// long for each.
+	Level int
+	// FirstRefused is when a refusal by this listing was first deferred
+	// (delist-and-deliver), and Deferred how many were, in this period.
+	FirstRefused *time.Time
+	Deferred     int
 }
 
 // Expired reports whether the listing no longer counts at now.
@@ -94,24 +102,68 @@ func (s *Store) AddListing(ctx context.Context, l Listing) (Listing, error) {
 		}
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `
-INSERT INTO listings (prefix, category, reason, source, listed_at, expires_at)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (prefix) DO UPDATE SET
-	category = excluded.category, reason = excluded.reason, source = excluded.source,
-	expires_at = excluded.expires_at,
-	-- an update of a live listing keeps its date; a re-listing starts anew
-	listed_at = CASE WHEN removed_at IS NULL THEN listed_at ELSE excluded.listed_at END,
-	removed_at = NULL, removed_by = ''
-RETURNING id, listed_at, removal_count`,
-			l.Prefix.String(), l.Category, l.Reason, l.Source, millis(l.ListedAt), nullMillis(l.ExpiresAt),
-		).Scan(&l.ID, (*msTime)(&l.ListedAt), &l.Removals)
+		var err error
+		l, _, err = upsertListingTx(ctx, tx, l, s.now())
+		return err
 	})
 	if err != nil {
 		return Listing{}, fmt.Errorf("add listing %s: %w", l.Prefix, err)
 	}
 	s.changed(ctx)
 	return l, nil
+}
+
+// upsertListingTx lists l.Prefix or updates its live listing, and records
+// the event. A listing period starts when the prefix was not listed or its
+// last period ended (removed, or expired at now); the level counts the
+// periods that ended before, for the escalation of trap listings. started
+// reports whether a period started.
+func upsertListingTx(ctx context.Context, tx *sql.Tx, l Listing, now time.Time) (_ Listing, started bool, err error) {
+	var (
+		removed, expires sql.NullInt64
+		level            int
+	)
+	err = tx.QueryRowContext(ctx, `SELECT removed_at, expires_at, level FROM listings WHERE prefix = ?`, l.Prefix.String()).
+		Scan(&removed, &expires, &level)
+	exists := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return l, false, err
+	}
+	lapsed := exists && !removed.Valid && expires.Valid && expires.Int64 <= millis(now)
+	started = !exists || removed.Valid || lapsed
+	if lapsed {
+		// Its expiry was never written down as an event; it is now.
+		if err := logEventTx(ctx, tx, event{at: fromMillis(expires.Int64), prefix: l.Prefix, kind: EventExpired}); err != nil {
+			return l, false, err
+		}
+	}
+	if exists && started {
+		level++
+	}
+	err = tx.QueryRowContext(ctx, `
+INSERT INTO listings (prefix, category, reason, source, listed_at, expires_at, level)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (prefix) DO UPDATE SET
+	category = excluded.category, reason = excluded.reason, source = excluded.source,
+	expires_at = excluded.expires_at, level = excluded.level,
+	-- a change of a live listing keeps its date; a new period starts anew
+	listed_at = CASE WHEN ? THEN excluded.listed_at ELSE listed_at END,
+	first_refused = CASE WHEN ? THEN NULL ELSE first_refused END,
+	deferred = CASE WHEN ? THEN 0 ELSE deferred END,
+	removed_at = NULL, removed_by = ''
+RETURNING id, listed_at, removal_count, level`,
+		l.Prefix.String(), l.Category, l.Reason, l.Source, millis(l.ListedAt), nullMillis(l.ExpiresAt), level,
+		started, started, started,
+	).Scan(&l.ID, (*msTime)(&l.ListedAt), &l.Removals, &l.Level)
+	if err != nil {
+		return l, false, err
+	}
+	kind := EventChanged
+	if started {
+		kind = EventListed
+	}
+	err = logEventTx(ctx, tx, event{at: now, prefix: l.Prefix, kind: kind, by: l.Source, category: l.Category, expires: l.ExpiresAt})
+	return l, started, err
 }
 
 // RemoveListing removes the listing of exactly prefix (not of a network
@@ -127,7 +179,7 @@ func (s *Store) RemoveListing(ctx context.Context, prefix netip.Prefix, by strin
 		if prefix.IsSingleIP() {
 			ip = prefix.Addr().String()
 		}
-		return removeListingTx(ctx, tx, prefix, ip, by, false, 0, s.now())
+		return removeListingTx(ctx, tx, prefix, ip, by, "", false, 0, s.now())
 	})
 	if err != nil {
 		return fmt.Errorf("remove listing %s: %w", prefix, err)
@@ -137,8 +189,8 @@ func (s *Store) RemoveListing(ctx context.Context, prefix netip.Prefix, by strin
 }
 
 // removeListingTx marks the live listing of prefix removed and records the
-// removal against ip.
-func removeListingTx(ctx context.Context, tx *sql.Tx, prefix netip.Prefix, ip, by string, selfService bool, requestID int64, now time.Time) error {
+// removal against ip, with detail (what proved control, say) in the event.
+func removeListingTx(ctx context.Context, tx *sql.Tx, prefix netip.Prefix, ip, by, detail string, selfService bool, requestID int64, now time.Time) error {
 	res, err := tx.ExecContext(ctx, `
 UPDATE listings SET removed_at = ?, removed_by = ?, removal_count = removal_count + 1
 WHERE prefix = ? AND removed_at IS NULL`, millis(now), by, prefix.String())
@@ -149,10 +201,12 @@ WHERE prefix = ? AND removed_at IS NULL`, millis(now), by, prefix.String())
 		return ErrNotFound
 	}
 	req := sql.NullInt64{Int64: requestID, Valid: requestID != 0}
-	_, err = tx.ExecContext(ctx, `
+	if _, err = tx.ExecContext(ctx, `
 INSERT INTO removals (ip, prefix, at, self_service, by, request_id) VALUES (?, ?, ?, ?, ?, ?)`,
-		ip, prefix.String(), millis(now), selfService, by, req)
-	return err
+		ip, prefix.String(), millis(now), selfService, by, req); err != nil {
+		return err
+	}
+	return logEventTx(ctx, tx, event{at: now, prefix: prefix, kind: EventRemoved, by: by, detail: detail})
 }
 
 // ListingFor returns the listing that applies to ip now: the longest live
@@ -189,7 +243,7 @@ func (s *Store) Listings(ctx context.Context) ([]Listing, error) {
 
 func (s *Store) liveListings(ctx context.Context, q querier, now time.Time) ([]Listing, error) {
 	rows, err := q.QueryContext(ctx, `
-SELECT id, prefix, category, reason, source, listed_at, expires_at, removal_count
+SELECT id, prefix, category, reason, source, listed_at, expires_at, removal_count, level, first_refused, deferred
 FROM listings WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)
 ORDER BY prefix`, millis(now))
 	if err != nil {
@@ -199,11 +253,12 @@ ORDER BY prefix`, millis(now))
 	var out []Listing
 	for rows.Next() {
 		var (
-			l       Listing
-			prefix  string
-			expires sql.NullInt64
+			l                 Listing
+			prefix            string
+			expires, firstRef sql.NullInt64
 		)
-		if err := rows.Scan(&l.ID, &prefix, &l.Category, &l.Reason, &l.Source, (*msTime)(&l.ListedAt), &expires, &l.Removals); err != nil {
+		if err := rows.Scan(&l.ID, &prefix, &l.Category, &l.Reason, &l.Source, (*msTime)(&l.ListedAt), &expires, &l.Removals,
+			&l.Level, &firstRef, &l.Deferred); err != nil {
 			return nil, err
 		}
 		p, err := netip.ParsePrefix(prefix)
@@ -214,6 +269,7 @@ ORDER BY prefix`, millis(now))
 		}
 		l.Prefix = canonPrefix(p)
 		l.ExpiresAt = fromNullMillis(expires)
+		l.FirstRefused = fromNullMillis(firstRef)
 		out = append(out, l)
 	}
 	return out, rows.Err()
@@ -254,7 +310,11 @@ func (s *Store) changed(ctx context.Context) {
 
 // refresh rebuilds the snapshot if the listings changed (by generation) or
 // a listing expired, then tells the OnChange callbacks what differs.
-func (s *Store) refresh(ctx context.Context) error {
+func (s *Store) refresh(ctx context.Context) error { return s.rebuild(ctx, false) }
+
+// rebuild is refresh; force rebuilds even when nothing changed (the
+// self-service rule did).
+func (s *Store) rebuild(ctx context.Context, force bool) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
 	now := s.now()
@@ -263,7 +323,7 @@ func (s *Store) refresh(ctx context.Context) error {
 	if err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'listings_gen'`).Scan(&gen); err != nil {
 		return fmt.Errorf("read listings generation: %w", err)
 	}
-	if gen == old.gen && (old.next.IsZero() || now.Before(old.next)) {
+	if !force && gen == old.gen && (old.next.IsZero() || now.Before(old.next)) {
 		return nil
 	}
 	ls, err := s.liveListings(ctx, s.db, now)
@@ -271,6 +331,16 @@ func (s *Store) refresh(ctx context.Context) error {
 		return fmt.Errorf("load listings: %w", err)
 	}
 	snap := newSnapshot(ls, gen, now, s.opts.Now)
+	rule := s.selfService.Load()
+	used := map[string]int{}
+	if rule != nil && len(rule.Categories) > 0 {
+		if used, err = s.selfServiceUse(ctx, now.Add(-rule.Window)); err != nil {
+			return fmt.Errorf("load self-service removals: %w", err)
+		}
+	} else {
+		rule = &SelfService{}
+	}
+	snap.markSelfRemovable(*rule, used, old)
 	s.snap.Store(snap)
 	select {
 	case s.kick <- struct{}{}:
@@ -289,6 +359,27 @@ func (s *Store) refresh(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// selfServiceUse counts the self-service removals since since per prefix.
+func (s *Store) selfServiceUse(ctx context.Context, since time.Time) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT prefix, count(*) FROM removals WHERE self_service AND at >= ? GROUP BY prefix`, millis(since))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	used := map[string]int{}
+	for rows.Next() {
+		var (
+			p string
+			n int
+		)
+		if err := rows.Scan(&p, &n); err != nil {
+			return nil, err
+		}
+		used[p] = n
+	}
+	return used, rows.Err()
 }
 
 // watchListings reloads the snapshot when another process changed the

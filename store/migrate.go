@@ -115,6 +115,73 @@ ALTER TABLE removal_requests_v2 RENAME TO removal_requests;
 CREATE INDEX removal_requests_email ON removal_requests (email_key, created);
 CREATE INDEX removal_requests_status ON removal_requests (status, id);
 `,
+	// 3: evidence and history. Trap hits with what the filter saw; per IP
+	// and day, what older evidence and decisions summarise to; the events
+	// of every listing and who made them; the escalation level and the
+	// delist-and-deliver state of a listing; the notices of the removal
+	// loop; one-time proof-of-control tokens; the secret that signs
+	// requesters' status links.
+	`
+CREATE TABLE trap_hits (
+	id        INTEGER PRIMARY KEY,
+	at        INTEGER NOT NULL,
+	ip        TEXT    NOT NULL,
+	prefix    TEXT    NOT NULL,           -- what a listing of the client covers: the address, or its IPv6 /64
+	helo      TEXT    NOT NULL DEFAULT '',
+	mail_from TEXT    NOT NULL DEFAULT '',
+	trap      TEXT    NOT NULL,           -- never leaves the store but for the operator's command line
+	queue_id  TEXT    NOT NULL DEFAULT '',
+	rdns      TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX trap_hits_prefix ON trap_hits (prefix, at);
+CREATE INDEX trap_hits_ip ON trap_hits (ip, at);
+CREATE INDEX trap_hits_at ON trap_hits (at);
+
+CREATE TABLE ip_days (
+	ip        TEXT    NOT NULL,
+	day       INTEGER NOT NULL,           -- days since 1970-01-01, UTC
+	trap_hits INTEGER NOT NULL DEFAULT 0,
+	helos     TEXT    NOT NULL DEFAULT '', -- a few HELO names of those hits, one per line
+	refused   INTEGER NOT NULL DEFAULT 0,
+	deferred  INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (ip, day)
+) WITHOUT ROWID;
+CREATE INDEX ip_days_day ON ip_days (day);
+
+CREATE TABLE listing_events (
+	id       INTEGER PRIMARY KEY,
+	at       INTEGER NOT NULL,
+	prefix   TEXT    NOT NULL,
+	event    TEXT    NOT NULL CHECK (event IN ('listed','changed','removed','expired')),
+	by       TEXT    NOT NULL DEFAULT '',
+	category TEXT    NOT NULL DEFAULT '',
+	expires  INTEGER,
+	detail   TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX listing_events_prefix ON listing_events (prefix, at);
+CREATE INDEX listing_events_at ON listing_events (at);
+
+ALTER TABLE listings ADD COLUMN level INTEGER NOT NULL DEFAULT 0;   -- listing periods of this prefix that ended before
+ALTER TABLE listings ADD COLUMN first_refused INTEGER;              -- first deferred refusal of this period
+ALTER TABLE listings ADD COLUMN deferred INTEGER NOT NULL DEFAULT 0; -- refusals deferred in this period
+
+ALTER TABLE removal_requests ADD COLUMN requester_notified INTEGER;
+ALTER TABLE removal_requests ADD COLUMN operator_notified INTEGER;
+
+CREATE TABLE delist_tokens (
+	ip      TEXT    PRIMARY KEY,
+	token   TEXT    NOT NULL UNIQUE,
+	expires INTEGER NOT NULL
+);
+
+CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+
+-- The generation follows what the list serves, not the bookkeeping of
+-- delist-and-deliver.
+DROP TRIGGER listings_gen_update;
+CREATE TRIGGER listings_gen_update AFTER UPDATE OF prefix, category, reason, source, listed_at, expires_at, removed_at ON listings
+	BEGIN UPDATE meta SET value = value + 1 WHERE key = 'listings_gen'; END;
+`,
 }
 
 // schemaVersion reads PRAGMA user_version.

@@ -119,15 +119,15 @@ func TestSetDecisionLimits(t *testing.T) {
 		}
 		return n
 	}
-	if err := s.PruneDecisions(ctx, now); err != nil || count() != 4 {
+	if err := s.Prune(ctx, now); err != nil || count() != 4 {
 		t.Fatalf("without limits: %d decisions, %v", count(), err)
 	}
 	s.SetDecisionLimits(150*time.Minute, 0) // drops A and B (4h and 3h old)
-	if err := s.PruneDecisions(ctx, now); err != nil || count() != 2 {
+	if err := s.Prune(ctx, now); err != nil || count() != 2 {
 		t.Fatalf("max age 2h30m: %d decisions, %v", count(), err)
 	}
 	s.SetDecisionLimits(0, 1)
-	if err := s.PruneDecisions(ctx, now); err != nil || count() != 1 {
+	if err := s.Prune(ctx, now); err != nil || count() != 1 {
 		t.Fatalf("max rows 1: %d decisions, %v", count(), err)
 	}
 	if _, err := s.Decision(ctx, "D"); err != nil {

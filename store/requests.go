@@ -238,18 +238,18 @@ func (s *Store) DecideConfirmed(ctx context.Context, id int64, quota int, window
 			return setStatus(ctx, tx, id, StatusRemoved, "not listed", false, now)
 		}
 		l := ls[0]
-		if len(ls) == 1 && l.Prefix.IsSingleIP() && slices.Contains(selfServiceCategories, l.Category) {
-			var used int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM removals WHERE ip = ? AND self_service AND at >= ?`,
-				r.IP.String(), millis(now.Add(-window))).Scan(&used); err != nil {
+		rule := SelfService{Categories: selfServiceCategories, Quota: quota, Window: window}
+		if len(ls) == 1 && rule.Covers(l) {
+			used, err := selfServiceUsedTx(ctx, tx, r.IP, l.Prefix, now.Add(-window))
+			if err != nil {
 				return err
 			}
 			if used < quota {
-				if err := removeListingTx(ctx, tx, l.Prefix, r.IP.String(), "self-service", true, id, now); err != nil {
+				if err := removeListingTx(ctx, tx, l.Prefix, r.IP.String(), BySelfService, "", true, id, now); err != nil {
 					return err
 				}
 				removed = true
-				return setStatus(ctx, tx, id, StatusRemoved, "self-service", true, now)
+				return setStatus(ctx, tx, id, StatusRemoved, BySelfService, true, now)
 			}
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE removal_requests SET status = ? WHERE id = ?`, StatusWaiting, id)
@@ -262,6 +262,33 @@ func (s *Store) DecideConfirmed(ctx context.Context, id int64, quota int, window
 		s.changed(ctx)
 	}
 	return removed, nil
+}
+
+// SelfService is the rule under which a listing goes without an operator:
+// a confirmed removal request, proof of control of the IP, and the
+// delist-and-deliver deferral all follow it.
+type SelfService struct {
+	Categories []string      // categories that may be removed so
+	Quota      int           // removals per address within Window
+	Window     time.Duration //
+}
+
+// Covers reports whether l is a listing of one host in a self-service
+// category: a single address, or an IPv6 /64 or longer (a host's share of
+// IPv6, as spam traps list it). A wider network is never removed by one of
+// its hosts.
+func (r SelfService) Covers(l Listing) bool {
+	host := l.Prefix.IsSingleIP() || (l.Prefix.Addr().Is6() && l.Prefix.Bits() >= 64)
+	return host && slices.Contains(r.Categories, l.Category)
+}
+
+// selfServiceUsedTx counts the self-service removals since since of ip or
+// of prefix, so the hosts of one IPv6 /64 share one quota.
+func selfServiceUsedTx(ctx context.Context, q querier, ip netip.Addr, prefix netip.Prefix, since time.Time) (int, error) {
+	var used int
+	err := q.QueryRowContext(ctx, `SELECT count(*) FROM removals WHERE (ip = ? OR prefix = ?) AND self_service AND at >= ?`,
+		ip.String(), prefix.String(), millis(since)).Scan(&used)
+	return used, err
 }
 
 // ApproveRequest is an operator's yes: every live listing containing the
@@ -283,7 +310,7 @@ func (s *Store) ApproveRequest(ctx context.Context, id int64, by string) error {
 			return err
 		}
 		for _, l := range ls {
-			if err := removeListingTx(ctx, tx, l.Prefix, r.IP.String(), by, false, id, now); err != nil {
+			if err := removeListingTx(ctx, tx, l.Prefix, r.IP.String(), by, "", false, id, now); err != nil {
 				return err
 			}
 		}

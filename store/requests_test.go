@@ -341,7 +341,7 @@ func TestUnconfirmedRequestsExpireAndStay(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Before its link expires the pending request stays pending.
-	if err := s.PruneDecisions(ctx, stale.TokenExpires.Add(-time.Second)); err != nil {
+	if err := s.Prune(ctx, stale.TokenExpires.Add(-time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.Request(ctx, stale.ID); got.Status != StatusPending {
@@ -349,7 +349,7 @@ func TestUnconfirmedRequestsExpireAndStay(t *testing.T) {
 	}
 	// Long after: expired, kept, decided by the rule; the others untouched.
 	now := stale.TokenExpires.Add(400 * 24 * time.Hour)
-	if err := s.PruneDecisions(ctx, now); err != nil {
+	if err := s.Prune(ctx, now); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.Request(ctx, stale.ID)
@@ -381,7 +381,7 @@ func TestRequestToOperator(t *testing.T) {
 	if r.Status != StatusWaiting || r.Token != "" {
 		t.Errorf("created %+v, want waiting without a token", r)
 	}
-	if err := s.PruneDecisions(ctx, time.Now().Add(1000*24*time.Hour)); err != nil {
+	if err := s.Prune(ctx, time.Now().Add(1000*24*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.Request(ctx, r.ID); err != nil || got.Status != StatusWaiting {

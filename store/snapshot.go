@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,6 +41,14 @@ type level6 struct {
 type entry struct {
 	l       Listing
 	expires int64 // Unix milliseconds; 0: never
+	// selfRemovable: the only listing of its addresses, one its owner may
+	// remove under the store's SelfService rule with quota left (as of
+	// the snapshot's build).
+	selfRemovable bool
+	// firstRefused is when a refusal by this listing was first deferred
+	// (Unix milliseconds; 0: never): set here at once, written to the
+	// database by the writer.
+	firstRefused atomic.Int64
 }
 
 func mask4(bits int) uint32 {
@@ -79,6 +88,9 @@ func newSnapshot(ls []Listing, gen int64, now time.Time, clock func() time.Time)
 	for i := range ls {
 		l := &ls[i]
 		e := &entry{l: *l}
+		if l.FirstRefused != nil {
+			e.firstRefused.Store(millis(*l.FirstRefused))
+		}
 		if l.ExpiresAt != nil {
 			if !l.ExpiresAt.After(now) {
 				continue
@@ -115,6 +127,87 @@ func newSnapshot(ls []Listing, gen int64, now time.Time, clock func() time.Time)
 	slices.SortFunc(s.v4, func(a, b level4) int { return b.bits - a.bits })
 	slices.SortFunc(s.v6, func(a, b level6) int { return b.bits - a.bits })
 	return s
+}
+
+// markSelfRemovable sets each entry's selfRemovable: rule covers it, its
+// prefix had fewer than rule.Quota self-service removals (used), and no
+// shorter listing contains it. It carries over the first deferral of a
+// listing period that old knew and the database does not yet.
+func (s *snapshot) markSelfRemovable(rule SelfService, used map[string]int, old *snapshot) {
+	for _, lv := range s.v4 {
+		for _, e := range lv.m {
+			s.mark(e, rule, used, old)
+		}
+	}
+	for _, lv := range s.v6 {
+		for _, e := range lv.m {
+			s.mark(e, rule, used, old)
+		}
+	}
+}
+
+func (s *snapshot) mark(e *entry, rule SelfService, used map[string]int, old *snapshot) {
+	if e.firstRefused.Load() == 0 && old != nil {
+		if o, ok := old.exact(e.l.Prefix); ok && o.l.ID == e.l.ID && o.l.ListedAt.Equal(e.l.ListedAt) {
+			e.firstRefused.Store(o.firstRefused.Load())
+		}
+	}
+	if !rule.Covers(e.l) || used[e.l.Prefix.String()] >= rule.Quota {
+		return
+	}
+	p := e.l.Prefix
+	if p.Bits() > 0 {
+		if _, ok := s.lookupShorter(p); ok {
+			return
+		}
+	}
+	e.selfRemovable = true
+}
+
+// exact finds the entry of exactly p.
+func (s *snapshot) exact(p netip.Prefix) (*entry, bool) {
+	if p.Addr().Is4() {
+		for i := range s.v4 {
+			if s.v4[i].bits == p.Bits() {
+				e, ok := s.v4[i].m[addr4(p.Addr())]
+				return e, ok
+			}
+		}
+		return nil, false
+	}
+	for i := range s.v6 {
+		if s.v6[i].bits == p.Bits() {
+			e, ok := s.v6[i].m[addr6(p.Addr())]
+			return e, ok
+		}
+	}
+	return nil, false
+}
+
+// lookupShorter finds a listing shorter than p that contains it, expired
+// or not.
+func (s *snapshot) lookupShorter(p netip.Prefix) (*entry, bool) {
+	a := p.Addr()
+	if a.Is4() {
+		k := addr4(a)
+		for i := range s.v4 {
+			if lv := &s.v4[i]; lv.bits < p.Bits() {
+				if e, ok := lv.m[k&lv.mask]; ok {
+					return e, true
+				}
+			}
+		}
+		return nil, false
+	}
+	k := addr6(a)
+	for i := range s.v6 {
+		if lv := &s.v6[i]; lv.bits < p.Bits() {
+			if e, ok := lv.m[key6{k.hi & lv.mask.hi, k.lo & lv.mask.lo}]; ok {
+				return e, true
+			}
+		}
+	}
+	return nil, false
 }
 
 // lookup finds the longest live listing that contains ip.

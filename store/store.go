@@ -59,7 +59,10 @@ type Options struct {
 	// DecisionBuffer is how many decisions may wait for the writer before
 	// RecordDecision starts dropping them (4096).
 	DecisionBuffer int
-	// PruneInterval is how often old decisions are deleted (10m); the writer
+	// Retention bounds the evidence and history kept; SetRetention
+	// changes it while the store is open.
+	Retention Retention
+	// PruneInterval is how often old records are pruned (10m); the writer
 	// also prunes after every DecisionMaxRows/10 inserts.
 	PruneInterval time.Duration
 	// PollInterval is how often the listings are checked for changes made by
@@ -107,6 +110,9 @@ type Store struct {
 	// decision bounds (SetDecisionLimits); 0: none
 	decisionMaxAge  atomic.Int64 // time.Duration
 	decisionMaxRows atomic.Int64
+	// retention (SetRetention); 0: keep
+	evidenceMaxAge atomic.Int64 // time.Duration
+	historyMaxAge  atomic.Int64 // time.Duration
 
 	// listings snapshot, replaced whole; readers never lock.
 	snap      atomic.Pointer[snapshot]
@@ -115,8 +121,15 @@ type Store struct {
 	callbacks []func(netip.Prefix)
 	kick      chan struct{} // wakes the watcher when the next expiry may have moved
 
-	// decision writer
-	decisions chan policy.Decision
+	statusKey []byte // signs requesters' status links (StatusToken)
+
+	// selfService is the rule of SetSelfService; nil: nothing is
+	// self-removable for delist-and-deliver.
+	selfService atomic.Pointer[SelfService]
+
+	// decision writer, which also writes the deferral notes
+	decisions  chan policy.Decision
+	deferNotes chan deferNote
 	flushReq  chan chan struct{}
 	dropped   atomic.Uint64
 	closed    atomic.Bool
@@ -198,11 +211,17 @@ func Open(path string, opts Options) (*Store, error) {
 		opts:      opts,
 		log:       opts.Logger.With("component", "store"),
 		kick:      make(chan struct{}, 1),
-		decisions: make(chan policy.Decision, opts.DecisionBuffer),
+		decisions:  make(chan policy.Decision, opts.DecisionBuffer),
+		deferNotes: make(chan deferNote, 1024),
 		flushReq:  make(chan chan struct{}),
 		done:      make(chan struct{}),
 	}
+	if s.statusKey, err = loadSecret(ctx, db, statusSecret, !opts.ReadOnly); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
 	s.SetDecisionLimits(opts.DecisionMaxAge, opts.DecisionMaxRows)
+	s.SetRetention(opts.Retention)
 	s.snap.Store(&snapshot{gen: -1, now: opts.Now})
 	if err := s.refresh(ctx); err != nil {
 		db.Close()

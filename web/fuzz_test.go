@@ -49,7 +49,10 @@ func FuzzAdminAPI(f *testing.F) {
 				t.Fatalf("%s %q with %q: %d %s", method, path, body, rec.Code, rec.Body)
 			}
 			var v any
-			if ct := rec.Header().Get("Content-Type"); rec.Code != http.StatusMovedPermanently && (!strings.HasPrefix(ct, "application/json") || json.Unmarshal(rec.Body.Bytes(), &v) != nil) {
+			if rec.Code >= 300 && rec.Code < 400 {
+				return rec // the router cleaning a path such as "/a/./b"
+			}
+			if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") || json.Unmarshal(rec.Body.Bytes(), &v) != nil {
 				t.Fatalf("%s %q: %d answered %q: %q", method, path, rec.Code, ct, rec.Body)
 			}
 			return rec

@@ -107,7 +107,7 @@ func TestRemovalWithoutRelayWaits(t *testing.T) {
 		t.Fatalf("status %d:\n%s", resp.StatusCode, body)
 	}
 	ctx := context.Background()
-	if err := e.st.PruneDecisions(ctx, time.Now().Add(400*24*time.Hour)); err != nil {
+	if err := e.st.Prune(ctx, time.Now().Add(400*24*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	rs, err := e.st.Requests(ctx, store.StatusWaiting)
