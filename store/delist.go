@@ -89,7 +89,7 @@ func dash(s string) string {
 
 // Why ProveControl removed nothing.
 const (
-	ProofInvalidToken  = "invalid token"        // unknown, used or expired
+	ProofInvalidToken  = "invalid token" // unknown, used or expired
 	ProofOtherAddress  = "token of another address"
 	ProofNotListed     = "not listed"
 	ProofNeedsOperator = "needs an operator" // a network, a category or a quota beyond self-service

@@ -130,9 +130,9 @@ type Store struct {
 	// decision writer, which also writes the deferral notes
 	decisions  chan policy.Decision
 	deferNotes chan deferNote
-	flushReq  chan chan struct{}
-	dropped   atomic.Uint64
-	closed    atomic.Bool
+	flushReq   chan chan struct{}
+	dropped    atomic.Uint64
+	closed     atomic.Bool
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -206,15 +206,15 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
 	s := &Store{
-		db:        db,
-		path:      path,
-		opts:      opts,
-		log:       opts.Logger.With("component", "store"),
-		kick:      make(chan struct{}, 1),
+		db:         db,
+		path:       path,
+		opts:       opts,
+		log:        opts.Logger.With("component", "store"),
+		kick:       make(chan struct{}, 1),
 		decisions:  make(chan policy.Decision, opts.DecisionBuffer),
 		deferNotes: make(chan deferNote, 1024),
-		flushReq:  make(chan chan struct{}),
-		done:      make(chan struct{}),
+		flushReq:   make(chan chan struct{}),
+		done:       make(chan struct{}),
 	}
 	if s.statusKey, err = loadSecret(ctx, db, statusSecret, !opts.ReadOnly); err != nil {
 		db.Close()
