@@ -42,6 +42,23 @@ func TestBounds(t *testing.T) {
 		{"weight", zen + "weight = 1e300\n", "list[0].weight", "between"},
 		{"code weight", zen + "codes = { \"127.0.0.2\" = { weight = -1e300 } }\n", `list[0].codes."127.0.0.2".weight`, "between"},
 		{"list timeout", zen + "timeout = \"10m\"\n", "list[0].timeout", "at most 1m"},
+		{"defer first", "[policy]\ndefer_first = \"6d\"\n", "policy.defer_first", "at most 5d"},
+		{"trap hits", "[traps]\nhits = 100000\n", "traps.hits", "at most 1000"},
+		{"trap hits zero", "[traps]\nhits = 0\n", "traps.hits", "at least 1"},
+		{"trap window", "[traps]\nwindow = \"400d\"\n", "traps.window", "at most 365d"},
+		{"trap expires", "[traps]\nexpires = \"5000d\"\n", "traps.expires", "at most"},
+		{"trap max below expires", "[traps]\nexpires = \"30d\"\nmax_expires = \"7d\"\n", "traps.max_expires", "at least traps.expires"},
+		{"trap prefix", "[traps]\nipv6_prefix = 8\n", "traps.ipv6_prefix", "at least 32"},
+		{"trap category", "[traps]\ncategory = \"spam source\"\n", "traps.category", "non-empty word"},
+		{"trap address", "[traps]\naddresses = [\"trap\"]\n", "traps.addresses[0]", "such as"},
+		{"trap literal", "[traps]\naddresses = [\"a@[127.0.0.1]\"]\n", "traps.addresses[0]", "DNS zone"},
+		{"trap on delist domain", "[web]\ndelist_domain = \"example.org\"\n[traps]\naddresses = [\"@example.org\"]\n", "traps.addresses[0]", "collides"},
+		{"evidence age", "[store]\nevidence_max_age = \"3700d\"\n", "store.evidence_max_age", "at most"},
+		{"history below evidence", "[store]\nevidence_max_age = \"90d\"\nhistory_max_age = \"30d\"\n", "store.history_max_age", "at least"},
+		{"history below removal window", "[web]\nremoval_window = \"365d\"\n[store]\nhistory_max_age = \"100d\"\n", "store.history_max_age", "web.removal_window"},
+		{"operator without relay", "[web]\noperator_email = \"ops@example.org\"\n", "web.operator_email", "needs web.smtp.server"},
+		{"operator literal", "[web]\noperator_email = \"ops@[10.0.0.1]\"\n", "web.operator_email", "address literal"},
+		{"delist domain", "[web]\ndelist_domain = \"localhost\"\n", "web.delist_domain", "two labels"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -83,6 +83,7 @@ type Config struct {
 	Cache   CacheConfig   `toml:"cache"`
 	Health  HealthConfig  `toml:"health"`
 	Policy  PolicyConfig  `toml:"policy"`
+	Traps   TrapsConfig   `toml:"traps"`
 	Lists   []ListConfig  `toml:"list"`
 
 	// File is the name the config was parsed from, for messages.
@@ -161,6 +162,18 @@ type WebConfig struct {
 	// Categories of the site's own list that a requester may remove
 	// without an operator, after confirming by mail.
 	SelfServiceCategories []string `toml:"self_service_categories" reload:"live"`
+	// Address that gets a mail when a removal request waits for an
+	// operator; needs web.smtp.server. "" sends none (the metric
+	// blmilter_removal_requests_waiting still counts them).
+	OperatorEmail string `toml:"operator_email" reload:"live"`
+	// A domain this site receives mail for, through the MTA blmilter
+	// filters: the status page of a listing its owner may remove offers
+	// delist+TOKEN@ this domain, and mail from the listed address to it
+	// removes the listing (proof of control). The MTA must accept
+	// delist+anything@ this domain as a recipient (recipient_delimiter =
+	// + and a delist mailbox or alias, which may discard). "" turns proof
+	// of control off.
+	DelistDomain string `toml:"delist_domain" reload:"live"`
 }
 
 // WebSMTPConfig is the [web.smtp] section: the relay for the confirmation
@@ -195,6 +208,16 @@ type StoreConfig struct {
 	DecisionMaxAge Duration `toml:"decision_max_age" reload:"live"`
 	// At most this many recorded decisions are kept; the oldest go first.
 	DecisionMaxRows int `toml:"decision_max_rows" reload:"live"`
+	// How long each spam trap hit is kept in detail (time, HELO, sender,
+	// trap, queue id, reverse DNS); older hits are summarised into
+	// per-day counts of the address.
+	EvidenceMaxAge Duration `toml:"evidence_max_age" reload:"live"`
+	// How long an address's history is kept: the per-day summaries of
+	// trap hits and refusals, the listing events, decided removal
+	// requests, and ended listings (a listing forgotten so starts again at
+	// the first level of escalation). At least evidence_max_age and
+	// web.removal_window.
+	HistoryMaxAge Duration `toml:"history_max_age" reload:"live"`
 }
 
 // LogConfig is the [log] section: what blmilter logs, and where. Every
@@ -276,8 +299,45 @@ type PolicyConfig struct {
 	TempfailText string `toml:"tempfail_text" reload:"live"`
 	// Reply when a list with on_error = "tempfail" failed to answer.
 	ErrorText string `toml:"error_text" reload:"live"`
+	// Delist-and-deliver: a client refused only by a listing of the
+	// site's own list that its owner may remove (see
+	// web.self_service_categories) gets tempfail_text (451 4.7.1) instead
+	// of a 550 for this long after its first refusal, so the sending
+	// server keeps the mail queued and delivers it on its own once the
+	// listing is removed. "0s" turns it off.
+	DeferFirst Duration `toml:"defer_first" reload:"live"`
 
 	allow []netip.Prefix // parsed from Allow by validation
+}
+
+// TrapsConfig is the [traps] section: spam trap addresses. A client that
+// sends to them is listed on the site's own list, which the lookup service
+// explains with the evidence (never the trap addresses). Allowed networks,
+// authenticated and loopback clients, and clients an allow list scores
+// below the threshold are never listed.
+type TrapsConfig struct {
+	// Trap addresses: "spamtrap@example.org", or "@trap.example.org" for
+	// every address of a domain. A trap recipient is refused with 550
+	// 5.1.1, as a dead address is; the session's other recipients are
+	// judged as before. The MTA must accept these recipients itself, so
+	// that blmilter sees them (valid mailboxes, or a catch-all for a trap
+	// domain). Empty: no traps.
+	Addresses []string `toml:"addresses" reload:"live"`
+	// Trap hits within window that list the client.
+	Hits int `toml:"hits" reload:"live"`
+	// The window the hits are counted in.
+	Window Duration `toml:"window" reload:"live"`
+	// How long a trap listing lasts, counted from the last hit: every new
+	// hit extends it.
+	Expires Duration `toml:"expires" reload:"live"`
+	// Each relisting after a listing period ended (removed or expired)
+	// doubles expires, up to this.
+	MaxExpires Duration `toml:"max_expires" reload:"live"`
+	// Category of trap listings.
+	Category string `toml:"category" reload:"live"`
+	// An IPv6 client is listed as its network of this length (a host
+	// usually holds a whole /64).
+	IPv6Prefix int `toml:"ipv6_prefix" reload:"live"`
 }
 
 // ListConfig is one [[list]] section: a DNS list (zone), a local list file

@@ -46,6 +46,8 @@ func Defaults() Config {
 			Path:            "blmilter.db",
 			DecisionMaxAge:  D(30 * 24 * time.Hour),
 			DecisionMaxRows: 100000,
+			EvidenceMaxAge:  D(90 * 24 * time.Hour),
+			HistoryMaxAge:   D(730 * 24 * time.Hour),
 		},
 		Log: LogConfig{Level: "info", Format: "text"},
 		DNS: DNSConfig{Servers: []string{}, Timeout: D(1500 * time.Millisecond)},
@@ -73,6 +75,15 @@ func Defaults() Config {
 			RejectText:   DefaultRejectText,
 			TempfailText: DefaultTempfailText,
 			ErrorText:    DefaultErrorText,
+		},
+		Traps: TrapsConfig{
+			Addresses:  []string{},
+			Hits:       1,
+			Window:     D(24 * time.Hour),
+			Expires:    D(7 * 24 * time.Hour),
+			MaxExpires: D(90 * 24 * time.Hour),
+			Category:   "spam-source",
+			IPv6Prefix: 64,
 		},
 	}
 }

@@ -26,6 +26,7 @@ func (c *Config) EngineOptions() policy.Options {
 		RejectText:   p.RejectText,
 		TempfailText: p.TempfailText,
 		ErrorText:    p.ErrorText,
+		DeferFirst:   p.DeferFirst.Duration,
 		PublicURL:    c.Web.PublicURL,
 		Cache: policy.CacheOptions{
 			Size:        c.Cache.Size,

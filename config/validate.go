@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/blmilter/blmilter/internal/mailbox"
 	"github.com/blmilter/blmilter/internal/sockets"
 	"github.com/blmilter/blmilter/policy"
 )
@@ -109,11 +110,33 @@ func (p *parser) validate(c *Config) {
 		p.category(fmt.Sprintf("web.self_service_categories[%d]", i), cat)
 	}
 
+	if w.OperatorEmail != "" {
+		if _, err := mailbox.Parse(w.OperatorEmail); err != nil {
+			p.addf("web.operator_email", "%v", err)
+		} else if w.SMTP.Server == "" {
+			p.addf("web.operator_email", "needs web.smtp.server: the mail goes through that relay")
+		}
+	}
+	if w.DelistDomain != "" {
+		w.DelistDomain = strings.TrimSuffix(strings.ToLower(w.DelistDomain), ".")
+		if err := checkZone(w.DelistDomain); err != nil {
+			p.addf("web.delist_domain", "must be a domain this site receives mail for: %v", err)
+		}
+	}
+
 	if c.Store.Path == "" {
 		p.addf("store.path", "must not be empty")
 	}
 	p.duration("store.decision_max_age", c.Store.DecisionMaxAge, 10*365*day)
 	p.intRange("store.decision_max_rows", c.Store.DecisionMaxRows, 1, maxDecisionRows)
+	p.duration("store.evidence_max_age", c.Store.EvidenceMaxAge, 10*365*day)
+	p.duration("store.history_max_age", c.Store.HistoryMaxAge, 20*365*day)
+	if h := c.Store.HistoryMaxAge.Duration; h > 0 && (h < c.Store.EvidenceMaxAge.Duration || h < w.RemovalWindow.Duration) {
+		p.addf("store.history_max_age", "(%s) must be at least store.evidence_max_age (%s) and web.removal_window (%s): the removals it forgets count toward the quota",
+			c.Store.HistoryMaxAge, c.Store.EvidenceMaxAge, w.RemovalWindow)
+	}
+
+	p.validateTraps(c)
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		p.addf("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
@@ -168,6 +191,9 @@ func (p *parser) validate(c *Config) {
 	p.template("policy.reject_text", pol.RejectText)
 	p.template("policy.tempfail_text", pol.TempfailText)
 	p.template("policy.error_text", pol.ErrorText)
+	// Beyond Postfix's maximal_queue_lifetime (5 days) no retry is left
+	// to deliver.
+	p.durationFrom("policy.defer_first", pol.DeferFirst, 5*day)
 
 	if len(c.Lists) == 0 {
 		p.addf("", "no [[list]]: name at least one DNS list, file or store list")
@@ -176,6 +202,49 @@ func (p *parser) validate(c *Config) {
 	for i := range c.Lists {
 		p.validateList(c, i, names)
 	}
+}
+
+// Bounds of [traps].
+const (
+	maxTraps    = 10_000
+	maxTrapHits = 1000
+)
+
+func (p *parser) validateTraps(c *Config) {
+	t := &c.Traps
+	if len(t.Addresses) > maxTraps {
+		p.addf("traps.addresses", "has %d addresses; at most %d", len(t.Addresses), maxTraps)
+	}
+	for i, a := range t.Addresses {
+		key := fmt.Sprintf("traps.addresses[%d]", i)
+		a = strings.ToLower(strings.TrimSpace(a))
+		t.Addresses[i] = a
+		local, domain, ok := strings.Cut(a, "@")
+		if !ok || strings.Contains(domain, "@") {
+			p.addf(key, "must be an address such as \"spamtrap@example.org\" or a whole domain such as \"@trap.example.org\", got %q", a)
+			continue
+		}
+		if err := checkZone(domain); err != nil {
+			p.addf(key, "domain %v", err)
+		}
+		if local != "" {
+			if _, err := mailbox.Parse(a); err != nil {
+				p.addf(key, "%v", err)
+			}
+		}
+		if dd := c.Web.DelistDomain; dd != "" && domain == dd && (local == "" || strings.HasPrefix(local, "delist+") || local == "delist") {
+			p.addf(key, "collides with the delist addresses of web.delist_domain %q", dd)
+		}
+	}
+	p.intRange("traps.hits", t.Hits, 1, maxTrapHits)
+	p.duration("traps.window", t.Window, 365*day)
+	p.duration("traps.expires", t.Expires, 10*365*day)
+	p.duration("traps.max_expires", t.MaxExpires, 10*365*day)
+	if t.MaxExpires.Duration < t.Expires.Duration {
+		p.addf("traps.max_expires", "(%s) must be at least traps.expires (%s)", t.MaxExpires, t.Expires)
+	}
+	p.category("traps.category", t.Category)
+	p.intRange("traps.ipv6_prefix", t.IPv6Prefix, 32, 128)
 }
 
 // isSet reports whether the file gave key; a config built in code gave

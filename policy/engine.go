@@ -28,6 +28,17 @@ type StoreList interface {
 	Lookup(ip netip.Addr) (category, reason string, listed bool)
 }
 
+// Deferrer is a StoreList that supports delist-and-deliver
+// (Options.DeferFirst). Both methods run on the mail path: memory only,
+// never blocking.
+type Deferrer interface {
+	// DeferState reports whether ip's listing is one its owner may remove
+	// now, and when a refusal by it was first deferred (zero: never).
+	DeferState(ip netip.Addr) (selfRemovable bool, first time.Time)
+	// NoteDeferral records a deferred refusal of ip at at.
+	NoteDeferral(ip netip.Addr, at time.Time)
+}
+
 // Decision is what Reply records: the verdict and the reply it produced.
 type Decision struct {
 	Ref     string
@@ -575,6 +586,31 @@ func (e *Engine) finish(v *Verdict, r *dnsResult) {
 		v.Score += h.Weight
 	}
 	v.Action = e.decide(v.Score, r.tempfail)
+	if v.Action == ActionReject && e.opts.DeferFirst > 0 && e.deferrable(v) {
+		v.Action, v.Deferred = ActionTempfail, true
+	}
+}
+
+// deferrable reports whether a reject may be deferred (delist-and-deliver):
+// without the site's own list the score is below the threshold, the
+// listing is one its owner may remove, and its first deferred refusal is
+// less than DeferFirst ago.
+func (e *Engine) deferrable(v *Verdict) bool {
+	d, ok := e.opts.StoreList.(Deferrer)
+	if !ok {
+		return false
+	}
+	others := v.Score
+	for _, h := range v.Hits {
+		if l := e.byName[h.List]; l != nil && l.kind == KindStore {
+			others -= h.Weight
+		}
+	}
+	if others >= e.opts.Threshold {
+		return false
+	}
+	selfRemovable, first := d.DeferState(v.IP)
+	return selfRemovable && (first.IsZero() || time.Since(first) < e.opts.DeferFirst)
 }
 
 // decide turns a score into an action. The score decides first; a list

@@ -27,6 +27,11 @@ type Options struct {
 	RejectText   string
 	TempfailText string
 	ErrorText    string // when a list with OnError "tempfail" failed
+	// DeferFirst: a client refused only by a listing of the site's own
+	// list that its owner may remove (StoreList implementing Deferrer
+	// says which) gets TempfailText instead of a reject for this long
+	// after its first refusal (delist-and-deliver). 0: off.
+	DeferFirst time.Duration
 	// PublicURL is the lookup service's base URL: {url} is PublicURL/ip/IP.
 	// Empty leaves {url} empty.
 	PublicURL string

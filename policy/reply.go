@@ -17,6 +17,12 @@ const maxReplyText = 440
 // and records the decision through Options.Recorder.
 func (e *Engine) Reply(v *Verdict) Reply {
 	r := e.reply(v, NewRef())
+	if v.Deferred {
+		// A deferral counts when the client gets it.
+		if d, ok := e.opts.StoreList.(Deferrer); ok {
+			d.NoteDeferral(v.IP, time.Now())
+		}
+	}
 	if e.opts.Recorder != nil {
 		e.opts.Recorder.RecordDecision(Decision{Ref: r.Ref, Time: time.Now(), Verdict: *v, Reply: r})
 	}
@@ -205,6 +211,9 @@ func LogAttrs(v Verdict) []slog.Attr {
 	}
 	if v.Skipped != SkipNone {
 		attrs = append(attrs, slog.String("skipped", string(v.Skipped)))
+	}
+	if v.Deferred {
+		attrs = append(attrs, slog.Bool("deferred", true))
 	}
 	attrs = append(attrs, slog.Bool("cached", v.Cached), slog.Duration("duration", v.Duration))
 	return attrs

@@ -66,8 +66,11 @@ type Verdict struct {
 	Hits      []Hit
 	Errors    []ListError
 	Skipped   Skip
-	Cached    bool
-	Duration  time.Duration
+	// Deferred: a reject turned into a tempfail by delist-and-deliver
+	// (Options.DeferFirst).
+	Deferred bool
+	Cached   bool
+	Duration time.Duration
 }
 
 // Reply is the SMTP reply for a verdict that applies (or the header for tag).
