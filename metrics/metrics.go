@@ -33,6 +33,7 @@ type Metrics struct {
 	milterSessions prometheus.Gauge
 	policydReqs    *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
+	evidence       *evidence
 
 	mu        sync.RWMutex
 	cacheStat func() cache.Stats
@@ -99,6 +100,7 @@ func New(version string) *Metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
+	m.evidence = newEvidence(f)
 	f(newCacheCollector(m))
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

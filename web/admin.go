@@ -280,6 +280,7 @@ func (s *Server) adminDecide(approve bool) http.HandlerFunc {
 			s.adminFailed(w, verb, err)
 		default:
 			s.log.Info("web: admin decided request", "id", id, "decision", verb)
+			s.notifyNow()
 			writeJSON(w, http.StatusOK, map[string]any{"id": id, "status": verb})
 		}
 	}

@@ -56,6 +56,9 @@ type envOpts struct {
 	noStore     bool
 	noStoreList bool // a store, but no [[list]] with store = true
 	stats       func() any
+	delist      string // [web] delist_domain
+	operator    string // [web] operator_email
+	deferFirst  time.Duration
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -84,6 +87,10 @@ func newEnv(t testing.TB, o envOpts) *env {
 		SelfServiceCategories: def.SelfServiceCategories,
 		DNSServers:            []string{e.ptr.addr},
 		DNSTimeout:            time.Second,
+		DelistDomain:          o.delist,
+		DelistTTL:             24 * time.Hour,
+		OperatorEmail:         o.operator,
+		DeferFirst:            o.deferFirst,
 	}
 	if o.smtp != "" {
 		e.cfg.SMTP = SMTP{Server: o.smtp, From: "lookup@lookup.test"}

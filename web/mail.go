@@ -142,13 +142,16 @@ func newMail(from string, to mailbox.Mailbox, host, subject, body string, now ti
 	return b.Bytes()
 }
 
-// confirmationMail is the mail with the link that confirms a removal request.
-func confirmationMail(from string, to mailbox.Mailbox, host string, ip netip.Addr, link string, now time.Time) []byte {
+// confirmationMail is the mail with the link that confirms a removal
+// request, and the link of its status page.
+func confirmationMail(from string, to mailbox.Mailbox, host string, ip netip.Addr, link, status string, now time.Time) []byte {
 	body := "Someone, probably you, asked " + host + " to remove the IP address\r\n" +
 		ip.String() + " from its list of addresses it refuses mail from.\r\n\r\n" +
 		"To confirm, open this link and press the button on the page:\r\n\r\n" +
 		link + "\r\n\r\n" +
 		"The link works once and expires. If you did not ask for this, ignore\r\n" +
-		"this mail: nothing happens without the confirmation.\r\n"
+		"this mail: nothing happens without the confirmation.\r\n\r\n" +
+		"The request's status, now and once it is decided:\r\n\r\n" +
+		status + "\r\n"
 	return newMail(from, to, host, "Confirm the removal of "+ip.String()+" from "+host+"'s list", body, now)
 }

@@ -34,6 +34,8 @@ var funcs = template.FuncMap{
 	},
 	"score":  scoreText,
 	"result": resultWords,
+	"day":    daySentence,
+	"event":  eventSentence,
 }
 
 // parsePages parses each page together with the layout, so every page
@@ -44,7 +46,7 @@ func parsePages() (map[string]*template.Template, error) {
 		return nil, fmt.Errorf("web: parse layout: %w", err)
 	}
 	pages := map[string]*template.Template{"index": layout}
-	for _, name := range []string{"error", "status", "help", "category", "message", "confirm"} {
+	for _, name := range []string{"error", "status", "help", "category", "message", "confirm", "request"} {
 		t, err := template.Must(layout.Clone()).ParseFS(templateFS, "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("web: parse %s page: %w", name, err)
@@ -96,10 +98,16 @@ func (s *Server) errorPage(w http.ResponseWriter, r *http.Request, status int, t
 type messageBody struct {
 	Paragraphs []string
 	IP         string
+	Link       string // a removal request's status page
 }
 
 func (s *Server) message(w http.ResponseWriter, status int, title, ip string, paragraphs ...string) {
 	s.render(w, status, "message", page{Title: title, Body: messageBody{Paragraphs: paragraphs, IP: ip}})
+}
+
+// messageLink is message with a link to a removal request's status page.
+func (s *Server) messageLink(w http.ResponseWriter, status int, title, ip, link string, paragraphs ...string) {
+	s.render(w, status, "message", page{Title: title, Body: messageBody{Paragraphs: paragraphs, IP: ip, Link: link}})
 }
 
 func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {

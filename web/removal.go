@@ -102,25 +102,32 @@ func (s *Server) handleRemoval(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("web: removal request", "id", req.ID, "ip", ip, "client", remoteIP(r), "status", req.Status)
+	base := strings.TrimRight(cfg.PublicURL, "/")
+	status := base + "/request/" + s.store.StatusToken(req.ID)
+	follow := "Follow your request at " + status + " (keep this address)."
 	if relay == nil {
-		s.message(w, http.StatusOK, "Request received", ip.String(),
-			"Your removal request is stored and waits for the operator of this mail service, who decides on it. You do not need to do anything else.")
+		s.notifyNow()
+		s.messageLink(w, http.StatusOK, "Request received", ip.String(), status,
+			"Your removal request is stored and waits for the operator of this mail service, who decides on it. You do not need to do anything else.",
+			follow)
 		return
 	}
-	link := strings.TrimRight(cfg.PublicURL, "/") + "/confirm/" + url.PathEscape(req.Token)
-	msgText := confirmationMail(s.mailFrom(cfg), box, s.host(), ip, link, s.now())
+	link := base + "/confirm/" + url.PathEscape(req.Token)
+	msgText := confirmationMail(s.mailFrom(cfg), box, s.host(), ip, link, status, s.now())
 	if err := relay.send(s.mailFrom(cfg), box, msgText); err != nil {
 		s.log.Error("web: send confirmation mail; the removal request goes to the operator", "id", req.ID, "err", err)
 		if err := s.store.HandToOperator(context.WithoutCancel(ctx), req.ID); err != nil {
 			s.log.Error("web: hand removal request to the operator", "id", req.ID, "err", err)
 		}
-		s.message(w, http.StatusOK, "Request received", ip.String(),
-			"Your removal request is stored, but the confirmation mail could not be sent. The request waits for the operator of this mail service instead, who decides on it. You do not need to do anything else.")
+		s.notifyNow()
+		s.messageLink(w, http.StatusOK, "Request received", ip.String(), status,
+			"Your removal request is stored, but the confirmation mail could not be sent. The request waits for the operator of this mail service instead, who decides on it. You do not need to do anything else.",
+			follow)
 		return
 	}
-	s.message(w, http.StatusOK, "Check your mailbox", ip.String(),
+	s.messageLink(w, http.StatusOK, "Check your mailbox", ip.String(), status,
 		"We sent a mail to "+email+" with a link. Open it and press the button on the page it leads to: that confirms the request. The link works once, for a limited time.",
-		"Nothing changes until you confirm.")
+		"Nothing changes until you confirm.", follow)
 }
 
 // checkRemovalForm returns the requester's mailbox, or what is wrong with
@@ -191,8 +198,9 @@ func (s *Server) handleConfirm(w http.ResponseWriter, r *http.Request) {
 			"Other lists decide for themselves; the address's page shows whether any still lists it.", note)
 		return
 	}
-	s.message(w, http.StatusOK, "Waiting for the operator", req.IP.String(),
-		"Your request is confirmed. It cannot be granted automatically (the address has used its removals by request, the listing covers a whole network, or its category needs a person to look at it), so it waits for the operator of this mail service.",
+	s.notifyNow()
+	s.messageLink(w, http.StatusOK, "Waiting for the operator", req.IP.String(), strings.TrimRight(cfg.PublicURL, "/")+"/request/"+s.store.StatusToken(req.ID),
+		"Your request is confirmed. It cannot be granted automatically (the address has used its removals by request, the listing covers a whole network, or its category needs a person to look at it), so it waits for the operator of this mail service. You get a mail when they decide.",
 		note)
 }
 

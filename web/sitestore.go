@@ -26,6 +26,14 @@ type siteStore interface {
 	RequestsByEmailSince(ctx context.Context, email string, since time.Time) (int, error)
 
 	Decision(ctx context.Context, ref string) (store.DecisionRecord, error)
+
+	History(ctx context.Context, ip netip.Addr, now time.Time) (store.History, error)
+	SelfServiceRemovals(ctx context.Context, ip netip.Addr, since time.Time) (int, error)
+	DelistToken(ctx context.Context, ip netip.Addr, ttl time.Duration) (string, time.Time, error)
+	StatusToken(id int64) string
+	RequestByStatusToken(ctx context.Context, token string) (store.RemovalRequest, error)
+	PendingNotices(ctx context.Context, since time.Time, operator bool) ([]store.Notice, error)
+	MarkNotified(ctx context.Context, id int64, kind string, at time.Time) error
 }
 
 var _ siteStore = (*store.Store)(nil)

@@ -26,6 +26,7 @@ type Report struct {
 	SiteListing *SiteListing  `json:"site_listing"` // null when not on the site's own list
 	ReverseDNS  ReverseDNS    `json:"reverse_dns"`
 	Decision    *DecisionInfo `json:"decision,omitempty"` // only with ?ref=
+	History     *HistoryInfo  `json:"history"`            // null without a store
 	PageURL     string        `json:"page_url"`
 }
 
@@ -38,6 +39,9 @@ type VerdictInfo struct {
 	// Exempt is set when the mail filter never looks the IP up: "loopback",
 	// "allow" (an allowed network). The lists are still asked for this page.
 	Exempt string `json:"exempt,omitempty"`
+	// Deferred: the refusal is deferred (451) because the address's own
+	// listing may be removed by its owner (delist-and-deliver).
+	Deferred bool `json:"deferred,omitempty"`
 }
 
 // ReplyInfo is the SMTP reply the client would get.
@@ -88,6 +92,12 @@ type SiteListing struct {
 	RefusesMail bool   `json:"refuses_mail"`
 	RemovalURL  string `json:"removal_url"`
 	HelpURL     string `json:"help_url"`
+	// DelistAddress is the one-time address that removes the listing when
+	// mail from the listed address itself reaches it (proof of control),
+	// until DelistExpires; offered only for a listing its owner may
+	// remove.
+	DelistAddress string     `json:"delist_address,omitempty"`
+	DelistExpires *time.Time `json:"delist_expires,omitempty"`
 }
 
 // DecisionInfo is a recorded decision, found by the ref of a bounce.
@@ -178,6 +188,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		Score:     v.Score,
 		Threshold: v.Threshold,
 		Exempt:    string(v.Skipped),
+		Deferred:  v.Deferred,
 	}
 	if ins.Reply != nil && v.Action.Applies() {
 		rep.Reply = &ReplyInfo{Code: ins.Reply.Code, Enhanced: ins.Reply.Enhanced, Text: ins.Reply.Text}
@@ -225,7 +236,13 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		if l, ok := s.store.ListingFor(ip); ok && !l.Expired(now) {
 			rep.SiteListing = siteListing(l, base, ip)
 			rep.SiteListing.RefusesMail = usesStore(eng)
+			s.offerDelist(ctx, cfg, rep.SiteListing, l, ip)
 			listed = true
+		}
+		if h, err := s.history(ctx, ip, cfg); err != nil {
+			s.log.Warn("web: history", "ip", ip, "err", err)
+		} else {
+			rep.History = h
 		}
 	}
 	switch {
@@ -240,6 +257,26 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 		rep.Decision = s.decision(ctx, ref, ip)
 	}
 	return rep, nil
+}
+
+// offerDelist adds the delist address to a listing its owner may remove
+// now: one address (or an IPv6 /64), a self-service category, quota left.
+func (s *Server) offerDelist(ctx context.Context, cfg *Settings, sl *SiteListing, l store.Listing, ip netip.Addr) {
+	rule := cfg.SelfService()
+	if cfg.DelistDomain == "" || !rule.Covers(l) {
+		return
+	}
+	if used, err := s.store.SelfServiceRemovals(ctx, ip, s.now().Add(-rule.Window)); err != nil || used >= rule.Quota {
+		return
+	}
+	tok, exp, err := s.store.DelistToken(ctx, ip, cfg.DelistTTL)
+	if err != nil {
+		s.log.Warn("web: delist token", "ip", ip, "err", err)
+		return
+	}
+	exp = exp.UTC()
+	sl.DelistAddress = "delist+" + tok + "@" + cfg.DelistDomain
+	sl.DelistExpires = &exp
 }
 
 // usesStore reports whether the engine refuses mail by the site's own
@@ -369,6 +406,8 @@ func verdictWords(r *Report) string {
 		return "This site lists this address on its own list, but does not use that list to refuse mail: mail from this address is not refused because of this listing."
 	case v.Action == "reject":
 		return "Mail from this address would be refused now."
+	case v.Deferred:
+		return "Mail from this address is deferred for now (a temporary refusal): the sending server keeps it and retries. Remove this site's listing below, and the next retry is delivered."
 	case v.Action == "tempfail":
 		return "Mail from this address would be deferred now (a temporary refusal; the sender's server retries later)."
 	case v.Action == "tag":

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,6 +77,21 @@ type Settings struct {
 	// "IP:port"; none: the system's), each query within DNSTimeout.
 	DNSServers []string
 	DNSTimeout time.Duration
+	// OperatorEmail gets a mail when a removal request waits; "": none.
+	OperatorEmail string
+	// DelistDomain is the domain of the one-time delist+TOKEN addresses
+	// the page offers for proof of control; "": none.
+	DelistDomain string
+	// DelistTTL is how long a delist address works.
+	DelistTTL time.Duration
+	// DeferFirst is [policy] defer_first, for the page to say until when
+	// refusals are deferred.
+	DeferFirst time.Duration
+}
+
+// SelfService is the rule a removal without an operator follows.
+func (c *Settings) SelfService() store.SelfService {
+	return store.SelfService{Categories: c.SelfServiceCategories, Quota: c.RemovalQuota, Window: c.RemovalWindow}
 }
 
 // SMTP is a relay for confirmation mails.
@@ -110,6 +126,14 @@ type Server struct {
 
 	rdns      atomic.Pointer[rdnsResolver]
 	rdnsCache *cache.Cache[netip.Addr, ReverseDNS]
+
+	// the notifier of the removal loop, started by Serve
+	notify         chan struct{}
+	notifierOnce   sync.Once
+	noticesRunning bool // set in notifierOnce
+	stopOnce       sync.Once
+	stopNotices    chan struct{}
+	noticesDone    chan struct{}
 }
 
 // Limits on what one client may ask.
@@ -145,6 +169,9 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("web: form secret: %w", err)
 	}
 	s.csrf = csrf{secret: secret, now: s.now}
+	s.notify = make(chan struct{}, 1)
+	s.stopNotices = make(chan struct{})
+	s.noticesDone = make(chan struct{})
 	s.rdnsCache = cache.New[netip.Addr, ReverseDNS](cache.Options{Size: 10000})
 
 	cfg := s.config()
@@ -167,9 +194,17 @@ func New(opts Options) (*Server, error) {
 // Handler returns the service's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Serve serves the service on ln until Shutdown. Like http.Server.Serve it
-// returns http.ErrServerClosed after Shutdown.
+// Serve serves the service on ln until Shutdown, and sends the mails of
+// the removal loop. Like http.Server.Serve it returns http.ErrServerClosed
+// after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.notifierOnce.Do(func() {
+		s.noticesRunning = true
+		go func() {
+			defer close(s.noticesDone)
+			s.runNotices(s.stopNotices)
+		}()
+	})
 	return s.http.Serve(ln)
 }
 
@@ -198,9 +233,19 @@ func (s *Server) ListenAndServe(addr string) error {
 	return s.Serve(ln)
 }
 
-// Shutdown stops accepting connections and waits for requests in progress.
+// Shutdown stops accepting connections and waits for requests in progress
+// and the notifier.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.http.Shutdown(ctx)
+	err := s.http.Shutdown(ctx)
+	s.notifierOnce.Do(func() {}) // none starts after this
+	s.stopOnce.Do(func() { close(s.stopNotices) })
+	if s.noticesRunning {
+		select {
+		case <-s.noticesDone:
+		case <-ctx.Done():
+		}
+	}
+	return err
 }
 
 func (s *Server) routes() http.Handler {
@@ -213,6 +258,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /ip/{ip}/removal", s.handleRemoval)
 	mux.HandleFunc("GET /confirm/{token}", s.handleConfirmPage)
 	mux.HandleFunc("POST /confirm/{token}", s.handleConfirm)
+	mux.HandleFunc("GET /request/{token}", s.handleRequest)
 	mux.HandleFunc("GET /api/v1/ip/{ip}", s.limited(s.handleAPI))
 	mux.HandleFunc("GET /help", s.handleHelp)
 	mux.HandleFunc("GET /help/{category}", s.handleHelpCategory)
