@@ -145,3 +145,18 @@ func (s *Store) MarkNotified(ctx context.Context, id int64, kind string, at time
 	}
 	return nil
 }
+
+// WaitingRequests counts the requests waiting for an operator and says
+// since when the oldest waits (its confirmation, else its creation).
+func (s *Store) WaitingRequests(ctx context.Context) (n int, oldest time.Time, err error) {
+	var first sql.NullInt64
+	err = s.db.QueryRowContext(ctx, `SELECT count(*), min(coalesce(verified, created)) FROM removal_requests WHERE status = ?`, StatusWaiting).
+		Scan(&n, &first)
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("waiting requests: %w", err)
+	}
+	if first.Valid {
+		oldest = fromMillis(first.Int64)
+	}
+	return n, oldest, nil
+}

@@ -43,8 +43,8 @@ type HistoryEvent struct {
 // DeferralInfo is delist-and-deliver of the address's listing: its
 // refusals were deferred (451) so the sending servers kept the mail.
 type DeferralInfo struct {
-	Since    time.Time  `json:"since"`    // the first deferred attempt
-	Attempts int        `json:"attempts"` // deferred attempts
+	Since    time.Time `json:"since"`    // the first deferred attempt
+	Attempts int       `json:"attempts"` // deferred attempts
 	// Until is when deferring ends and refusals become 550, while the
 	// listing stands.
 	Until *time.Time `json:"until,omitempty"`
