@@ -36,15 +36,31 @@ type built struct {
 
 // compile builds the tree of the listings in effect at now.
 func (z *Zone) compile(tpl template, listings []Listing, now time.Time) *built {
-	out := &built{}
-	var e4, e6 []*enode
+	es := z.entries(tpl, listings, now)
+	out := &built{next: es.next, listings: es.listings}
+	out.tree = buildTree(es.v4, es.v6, es.data)
+	out.digest = z.digest(out.tree)
+	return out
+}
+
+// entrySet is the listings in effect, with the test points, one entry per
+// prefix, each family sorted by address, data numbered.
+type entrySet struct {
+	v4, v6   []*enode
+	data     []rdata
+	next     time.Time
+	listings int
+}
+
+func (z *Zone) entries(tpl template, listings []Listing, now time.Time) entrySet {
+	var es entrySet
 	var buf []byte
 	add := func(p netip.Prefix, rd rdata, hole, test bool) {
-		e := &enode{a: fromAddr(p.Addr()), bits: p.Bits(), rd: rd, hole: hole, test: test}
+		e := &enode{a: fromAddr(p.Addr()), bits: p.Bits(), rd: rd, hole: hole, test: test, prefix: p}
 		if p.Addr().Is4() {
-			e4 = append(e4, e)
+			es.v4 = append(es.v4, e)
 		} else {
-			e6 = append(e6, e)
+			es.v6 = append(es.v6, e)
 		}
 	}
 	for _, l := range listings {
@@ -52,8 +68,8 @@ func (z *Zone) compile(tpl template, listings []Listing, now time.Time) *built {
 			if !l.Expires.After(now) {
 				continue
 			}
-			if out.next.IsZero() || l.Expires.Before(out.next) {
-				out.next = l.Expires
+			if es.next.IsZero() || l.Expires.Before(es.next) {
+				es.next = l.Expires
 			}
 		}
 		p, ok := canonPrefix(l.Prefix)
@@ -62,7 +78,7 @@ func (z *Zone) compile(tpl template, listings []Listing, now time.Time) *built {
 		}
 		buf = z.render(buf[:0], tpl, p, l.Category, l.Reason)
 		add(p, rdata{a: z.code(l.Category), txt: string(cleanTXT(buf))}, false, false)
-		out.listings++
+		es.listings++
 	}
 	testData := func(p netip.Prefix) rdata {
 		return rdata{a: [4]byte{127, 0, 0, 2}, txt: string(cleanTXT(z.render(nil, tpl, p, testCategory, testReason)))}
@@ -74,27 +90,24 @@ func (z *Zone) compile(tpl template, listings []Listing, now time.Time) *built {
 
 	// The data are numbered in address order, not in the order the
 	// listings came, so the same listings give the same tree and digest.
-	e4, e6 = sortEntries(e4), sortEntries(e6)
+	es.v4, es.v6 = sortEntries(es.v4), sortEntries(es.v6)
 	intern := map[rdata]int32{}
-	var data []rdata
-	for _, es := range [][]*enode{e4, e6} {
-		for _, e := range es {
+	for _, list := range [][]*enode{es.v4, es.v6} {
+		for _, e := range list {
 			if e.hole {
 				e.d = -1
 				continue
 			}
 			i, ok := intern[e.rd]
 			if !ok {
-				i = int32(len(data))
-				data = append(data, e.rd)
+				i = int32(len(es.data))
+				es.data = append(es.data, e.rd)
 				intern[e.rd] = i
 			}
 			e.d = i
 		}
 	}
-	out.tree = buildTree(e4, e6, data)
-	out.digest = z.digest(out.tree)
-	return out
+	return es
 }
 
 // canonPrefix masks p and makes IPv4-mapped prefixes of /96 and longer

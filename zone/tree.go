@@ -254,7 +254,8 @@ type enode struct {
 	d    int32
 	kids []*enode
 
-	// while compiling
+	// while compiling, and for the rbldnsd export
+	prefix     netip.Prefix
 	rd         rdata
 	hole, test bool
 }
