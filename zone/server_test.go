@@ -13,9 +13,9 @@ import (
 )
 
 var serverListings = []Listing{
-	{Prefix: netip.MustParsePrefix("192.0.2.7/32"), Category: "zombie", Reason: "trap hit"},
-	{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Category: "dynamic", Reason: "generic rDNS"},
-	{Prefix: netip.MustParsePrefix("198.51.100.77/32"), Category: "spam-source", Reason: "spam to users"},
+	{Prefix: netip.MustParsePrefix("198.18.2.7/32"), Category: "zombie", Reason: "trap hit"},
+	{Prefix: netip.MustParsePrefix("198.19.100.0/24"), Category: "dynamic", Reason: "generic rDNS"},
+	{Prefix: netip.MustParsePrefix("198.19.100.77/32"), Category: "spam-source", Reason: "spam to users"},
 	{Prefix: netip.MustParsePrefix("2001:db8:bad::/48"), Category: "zombie", Reason: "botnet"},
 	{Prefix: netip.MustParsePrefix("10.0.0.0/20"), Category: "local", Reason: "ours"},
 }
@@ -35,20 +35,20 @@ func TestAnswers(t *testing.T) {
 		qtype uint16
 		want  want
 	}{
-		{"listed address", "7.2.0.192." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.4", aa: true}},
-		{"its TXT", "7.2.0.192." + zone, dns.TypeTXT, want{rcode: dns.RcodeSuccess, txt: "zombie: trap hit; see https://lookup.example.org/ip/192.0.2.7", aa: true}},
-		{"ANY gives both", "7.2.0.192." + zone, dns.TypeANY, want{rcode: dns.RcodeSuccess, a: "127.0.0.4", txt: "zombie: trap hit; see https://lookup.example.org/ip/192.0.2.7", aa: true}},
-		{"other type: NODATA", "7.2.0.192." + zone, dns.TypeAAAA, want{rcode: dns.RcodeSuccess, soa: true, aa: true}},
-		{"in a /24", "1.100.51.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.10", aa: true}},
-		{"the /24's TXT names the network", "1.100.51.198." + zone, dns.TypeTXT, want{rcode: dns.RcodeSuccess, txt: "dynamic: generic rDNS; see https://lookup.example.org/ip/198.51.100.0", aa: true}},
-		{"a /32 in the /24 wins", "77.100.51.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.2", aa: true}},
+		{"listed address", "7.2.18.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.4", aa: true}},
+		{"its TXT", "7.2.18.198." + zone, dns.TypeTXT, want{rcode: dns.RcodeSuccess, txt: "zombie: trap hit; see https://lookup.example.org/ip/198.18.2.7", aa: true}},
+		{"ANY gives both", "7.2.18.198." + zone, dns.TypeANY, want{rcode: dns.RcodeSuccess, a: "127.0.0.4", txt: "zombie: trap hit; see https://lookup.example.org/ip/198.18.2.7", aa: true}},
+		{"other type: NODATA", "7.2.18.198." + zone, dns.TypeAAAA, want{rcode: dns.RcodeSuccess, soa: true, aa: true}},
+		{"in a /24", "1.100.19.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.10", aa: true}},
+		{"the /24's TXT names the network", "1.100.19.198." + zone, dns.TypeTXT, want{rcode: dns.RcodeSuccess, txt: "dynamic: generic rDNS; see https://lookup.example.org/ip/198.19.100.0", aa: true}},
+		{"a /32 in the /24 wins", "77.100.19.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.2", aa: true}},
 		{"a /20: last address", "255.15.0.10." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.2", aa: true}},
 		{"a /20: just outside", "0.16.0.10." + zone, dns.TypeA, want{rcode: dns.RcodeNameError, soa: true, aa: true}},
 		{"category without a code: 127.0.0.2", "1.0.0.10." + zone, dns.TypeTXT, want{rcode: dns.RcodeSuccess, txt: "local: ours; see https://lookup.example.org/ip/10.0.0.0", aa: true}},
-		{"not listed", "8.2.0.192." + zone, dns.TypeA, want{rcode: dns.RcodeNameError, soa: true, aa: true}},
-		{"empty non-terminal above a /32", "2.0.192." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, soa: true, aa: true}},
-		{"empty non-terminal above a /24", "100.51.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, soa: true, aa: true}},
-		{"below a /32: nothing", "x.7.2.0.192." + zone, dns.TypeA, want{rcode: dns.RcodeNameError, soa: true, aa: true}},
+		{"not listed", "8.2.18.198." + zone, dns.TypeA, want{rcode: dns.RcodeNameError, soa: true, aa: true}},
+		{"empty non-terminal above a /32", "2.18.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, soa: true, aa: true}},
+		{"empty non-terminal above a /24", "100.19.198." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, soa: true, aa: true}},
+		{"below a /32: nothing", "x.7.2.18.198." + zone, dns.TypeA, want{rcode: dns.RcodeNameError, soa: true, aa: true}},
 		{"IPv6 listed", addrName(netip.MustParseAddr("2001:db8:bad::25"), zone), dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.4", aa: true}},
 		{"IPv6 next door", addrName(netip.MustParseAddr("2001:db8:bae::25"), zone), dns.TypeA, want{rcode: dns.RcodeNameError, soa: true, aa: true}},
 		{"test point 127.0.0.2", "2.0.0.127." + zone, dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.2", aa: true}},
@@ -57,9 +57,9 @@ func TestAnswers(t *testing.T) {
 		{"IPv6 test point", addrName(netip.MustParseAddr("::ffff:7f00:2"), zone), dns.TypeA, want{rcode: dns.RcodeSuccess, a: "127.0.0.2", aa: true}},
 		{"IPv6 negative test point", addrName(netip.MustParseAddr("::ffff:7f00:1"), zone), dns.TypeA, want{rcode: dns.RcodeNameError, soa: true, aa: true}},
 		{"apex A: NODATA", zone, dns.TypeA, want{rcode: dns.RcodeSuccess, soa: true, aa: true}},
-		{"outside the zone", "7.2.0.192.example.com.", dns.TypeA, want{rcode: dns.RcodeRefused}},
+		{"outside the zone", "7.2.18.198.example.com.", dns.TypeA, want{rcode: dns.RcodeRefused}},
 		{"the parent zone", "example.org.", dns.TypeSOA, want{rcode: dns.RcodeRefused}},
-		{"a zone that only ends the same", "7.2.0.192.xbl.example.org.", dns.TypeA, want{rcode: dns.RcodeRefused}},
+		{"a zone that only ends the same", "7.2.18.198.xbl.example.org.", dns.TypeA, want{rcode: dns.RcodeRefused}},
 	}
 	for _, network := range []string{"udp", "tcp"} {
 		for _, tt := range tests {
@@ -137,16 +137,16 @@ func TestQueryFormsAndFlags(t *testing.T) {
 	long := strings.Repeat("long reason ", 30) // the TXT is cut to 255 bytes
 	ls := append([]Listing{{Prefix: netip.MustParsePrefix("203.0.113.5/32"), Category: "zombie", Reason: long}}, serverListings...)
 	ts := startServer(t, opts, ls)
-	const name = "7.2.0.192.bl.example.org."
+	const name = "7.2.18.198.bl.example.org."
 
 	t.Run("case is kept", func(t *testing.T) {
 		for _, network := range []string{"udp", "tcp"} {
-			q := "7.2.0.192.Bl.EXAMPLE.org."
+			q := "7.2.18.198.Bl.EXAMPLE.org."
 			r := ask(t, ts.addr, network, q, dns.TypeA)
 			if len(r.Answer) != 1 || r.Answer[0].Header().Name != q || r.Question[0].Name != q {
 				t.Errorf("%s: answer %v for %s", network, r.Answer, q)
 			}
-			r = ask(t, ts.addr, network, "8.2.0.192.bL.example.ORG.", dns.TypeA)
+			r = ask(t, ts.addr, network, "8.2.18.198.bL.example.ORG.", dns.TypeA)
 			if soa, ok := firstRR[*dns.SOA](r.Ns); !ok || soa.Hdr.Name != "bL.example.ORG." {
 				t.Errorf("%s: the negative SOA's owner should be the apex as asked: %v", network, r.Ns)
 			}
@@ -268,7 +268,7 @@ func TestOddQueries(t *testing.T) {
 	}
 	query := func(edit func(*dns.Msg)) []byte {
 		m := new(dns.Msg)
-		m.SetQuestion("7.2.0.192.bl.example.org.", dns.TypeA)
+		m.SetQuestion("7.2.18.198.bl.example.org.", dns.TypeA)
 		edit(m)
 		b, err := m.Pack()
 		if err != nil {
@@ -308,7 +308,7 @@ func TestOddQueries(t *testing.T) {
 		})
 	}
 	// The server still answers.
-	if r := ask(t, ts.addr, "udp", "7.2.0.192.bl.example.org.", dns.TypeA); answerA(r) != "127.0.0.4" {
+	if r := ask(t, ts.addr, "udp", "7.2.18.198.bl.example.org.", dns.TypeA); answerA(r) != "127.0.0.4" {
 		t.Errorf("after the odd queries: %v", r)
 	}
 }
@@ -357,9 +357,9 @@ func TestFastPathEqualsSlowPath(t *testing.T) {
 	sn := s.snap.Load()
 	label := strings.Repeat("z", 63)
 	names := []string{
-		"bl.example.org.", "7.2.0.192.bl.example.org.", "7.2.0.192.BL.example.org.", "8.2.0.192.bl.example.org.",
-		"2.0.192.bl.example.org.", "1.100.51.198.bl.example.org.", "x.1.100.51.198.bl.example.org.",
-		"*.100.51.198.bl.example.org.", "a.*.100.51.198.bl.example.org.", "1.0.18.198.bl.example.org.",
+		"bl.example.org.", "7.2.18.198.bl.example.org.", "7.2.18.198.BL.example.org.", "8.2.18.198.bl.example.org.",
+		"2.18.198.bl.example.org.", "1.100.19.198.bl.example.org.", "x.1.100.19.198.bl.example.org.",
+		"*.100.19.198.bl.example.org.", "a.*.100.19.198.bl.example.org.", "1.0.18.198.bl.example.org.",
 		label + "." + label + "." + label + ".5.0.18.198.bl.example.org.", "a.3.2.1.bl.example.org.",
 		"5.3.2.1.bl.example.org.", "100.3.2.1.bl.example.org.", "example.org.", "org.", ".", "com.",
 		addrName(netip.MustParseAddr("2001:db8:bad::1"), "bl.example.org."),
@@ -442,7 +442,7 @@ func TestTCPConnectionLimit(t *testing.T) {
 	// Each of the three answers.
 	for _, c := range conns {
 		m := new(dns.Msg)
-		m.SetQuestion("7.2.0.192.bl.example.org.", dns.TypeA)
+		m.SetQuestion("7.2.18.198.bl.example.org.", dns.TypeA)
 		c.SetDeadline(time.Now().Add(2 * time.Second))
 		if err := c.WriteMsg(m); err != nil {
 			t.Fatal(err)
@@ -458,7 +458,7 @@ func TestTCPConnectionLimit(t *testing.T) {
 	}
 	defer c.Close()
 	m := new(dns.Msg)
-	m.SetQuestion("7.2.0.192.bl.example.org.", dns.TypeA)
+	m.SetQuestion("7.2.18.198.bl.example.org.", dns.TypeA)
 	c.SetDeadline(time.Now().Add(2 * time.Second))
 	c.WriteMsg(m)
 	if r, err := c.ReadMsg(); err == nil {
