@@ -1,10 +1,10 @@
 package zone
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"hash"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -54,9 +54,11 @@ type entrySet struct {
 
 func (z *Zone) entries(tpl template, listings []Listing, now time.Time) entrySet {
 	var es entrySet
+	slab := make([]enode, 0, len(listings)+4)
 	var buf []byte
 	add := func(p netip.Prefix, rd rdata, hole, test bool) {
-		e := &enode{a: fromAddr(p.Addr()), bits: p.Bits(), rd: rd, hole: hole, test: test, prefix: p}
+		slab = append(slab, enode{a: fromAddr(p.Addr()), bits: p.Bits(), rd: rd, hole: hole, test: test, prefix: p, order: len(slab)})
+		e := &slab[len(slab)-1]
 		if p.Addr().Is4() {
 			es.v4 = append(es.v4, e)
 		} else {
@@ -91,20 +93,29 @@ func (z *Zone) entries(tpl template, listings []Listing, now time.Time) entrySet
 	// The data are numbered in address order, not in the order the
 	// listings came, so the same listings give the same tree and digest.
 	es.v4, es.v6 = sortEntries(es.v4), sortEntries(es.v6)
-	intern := map[rdata]int32{}
+	// Listings share data only when the template names neither the
+	// address nor its page; otherwise each has its own and interning
+	// would only cost.
+	var intern map[rdata]int32
+	if !tpl.perAddress() {
+		intern = map[rdata]int32{}
+	}
+	es.data = make([]rdata, 0, len(es.v4)+len(es.v6))
 	for _, list := range [][]*enode{es.v4, es.v6} {
 		for _, e := range list {
 			if e.hole {
 				e.d = -1
 				continue
 			}
-			i, ok := intern[e.rd]
-			if !ok {
-				i = int32(len(es.data))
-				es.data = append(es.data, e.rd)
-				intern[e.rd] = i
+			if intern != nil {
+				if i, ok := intern[e.rd]; ok {
+					e.d = i
+					continue
+				}
+				intern[e.rd] = int32(len(es.data))
 			}
-			e.d = i
+			e.d = int32(len(es.data))
+			es.data = append(es.data, e.rd)
 		}
 	}
 	return es
@@ -162,26 +173,36 @@ func (z *Zone) render(dst []byte, tpl template, p netip.Prefix, category, reason
 // cleanTXT makes a text one TXT string that every publisher can carry:
 // control characters become spaces (rbldnsd's files are lines), no blanks
 // at either end (rbldnsd drops leading ones), at most 255 bytes, cut
-// between characters.
+// between characters. It works in place.
 func cleanTXT(b []byte) []byte {
 	for i, c := range b {
 		if c < 0x20 || c == 0x7f {
 			b[i] = ' '
 		}
 	}
-	s := strings.TrimSpace(string(b))
-	if len(s) > 255 {
+	b = bytes.TrimSpace(b)
+	if len(b) > 255 {
 		cut := 255
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
+		for cut > 0 && !utf8.RuneStart(b[cut]) {
 			cut--
 		}
-		s = strings.TrimSpace(s[:cut])
+		b = bytes.TrimSpace(b[:cut])
 	}
-	return []byte(s)
+	return b
 }
 
 // template is a parsed TXT template.
 type template []templatePart
+
+// perAddress reports whether the text differs for each listed network.
+func (t template) perAddress() bool {
+	for _, p := range t {
+		if p.field == fieldIP || p.field == fieldURL {
+			return true
+		}
+	}
+	return false
+}
 
 type templatePart struct {
 	field int
@@ -227,44 +248,51 @@ func parseTemplate(s string) template {
 func (z *Zone) digest(t *tree) string {
 	const digestVersion = "blmilter-zone-1"
 	h := sha256.New()
-	str := func(s string) {
-		writeUint(h, uint64(len(s)))
-		h.Write([]byte(s))
+	var buf []byte
+	flush := func() {
+		h.Write(buf)
+		buf = buf[:0]
 	}
+	str := func(s string) {
+		buf = binary.BigEndian.AppendUint64(buf, uint64(len(s)))
+		buf = append(buf, s...)
+		if len(buf) > 32*1024 {
+			flush()
+		}
+	}
+	num := func(v uint64) { buf = binary.BigEndian.AppendUint64(buf, v) }
 	str(digestVersion)
 	str(z.Name)
-	writeUint(h, uint64(z.TTL/time.Second))
+	num(uint64(z.TTL / time.Second))
 	for _, ns := range z.NS {
 		str(ns)
 	}
 	str(z.SOA.MName)
 	str(z.SOA.RName)
 	for _, d := range []time.Duration{z.SOA.Refresh, z.SOA.Retry, z.SOA.Expire, z.SOA.Minimum} {
-		writeUint(h, uint64(d/time.Second))
+		num(uint64(d / time.Second))
 	}
-	writeUint(h, uint64(len(t.data)))
+	num(uint64(len(t.data)))
 	for _, rd := range t.data {
-		h.Write(rd.a[:])
+		buf = append(buf, rd.a[:]...)
 		str(rd.txt)
 	}
-	var b [16]byte
 	t.walk(func(path []sym, n *tnode) bool {
-		binary.BigEndian.PutUint32(b[0:], uint32(len(path)))
+		var last uint32
 		if len(path) > 0 {
-			binary.BigEndian.PutUint32(b[4:], uint32(path[len(path)-1]))
+			last = uint32(path[len(path)-1])
 		}
-		binary.BigEndian.PutUint32(b[8:], uint32(n.own))
-		binary.BigEndian.PutUint32(b[12:], uint32(n.wild))
-		h.Write(b[:])
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(path)))
+		buf = binary.BigEndian.AppendUint32(buf, last)
+		buf = binary.BigEndian.AppendUint32(buf, uint32(n.own))
+		buf = binary.BigEndian.AppendUint32(buf, uint32(n.wild))
+		if len(buf) > 32*1024 {
+			flush()
+		}
 		return true
 	})
+	flush()
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-func writeUint(h hash.Hash, v uint64) {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], v)
-	h.Write(b[:])
 }
 
 // appendName appends the presentation name of path (labels from the top

@@ -258,6 +258,7 @@ type enode struct {
 	prefix     netip.Prefix
 	rd         rdata
 	hole, test bool
+	order      int // position in the input: the last of duplicates wins
 }
 
 func (e *enode) contains(a u128, bits int) bool {
@@ -508,11 +509,14 @@ func buildTree(e4, e6 []*enode, data []rdata) *tree {
 // sortEntries orders one family's entries by address, then length. Of
 // entries with the same prefix a test point wins, else the last one given.
 func sortEntries(es []*enode) []*enode {
-	slices.SortStableFunc(es, func(x, y *enode) int {
+	slices.SortFunc(es, func(x, y *enode) int {
 		if c := x.a.compare(y.a); c != 0 {
 			return c
 		}
-		return cmp.Compare(x.bits, y.bits)
+		if c := cmp.Compare(x.bits, y.bits); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.order, y.order)
 	})
 	out := es[:0]
 	for _, e := range es {
