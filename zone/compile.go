@@ -82,12 +82,12 @@ func (z *Zone) entries(tpl template, listings []Listing, now time.Time) entrySet
 		add(p, rdata{a: z.code(l.Category), txt: string(cleanTXT(buf))}, false, false)
 		es.listings++
 	}
-	testData := func(p netip.Prefix) rdata {
-		return rdata{a: [4]byte{127, 0, 0, 2}, txt: string(cleanTXT(z.render(nil, tpl, p, testCategory, testReason)))}
-	}
-	add(testListed4, testData(testListed4), false, true)
+	// ::ffff:7f00:2 is 127.0.0.2 and says the same (rbldnsd answers it
+	// from its IPv4 data).
+	testData := rdata{a: [4]byte{127, 0, 0, 2}, txt: string(cleanTXT(z.render(nil, tpl, testListed4, testCategory, testReason)))}
+	add(testListed4, testData, false, true)
 	add(testUnlisted4, rdata{}, true, true)
-	add(testListed6, testData(testListed6), false, true)
+	add(testListed6, testData, false, true)
 	add(testUnlisted6, rdata{}, true, true)
 
 	// The data are numbered in address order, not in the order the

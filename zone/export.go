@@ -32,12 +32,20 @@ type State struct {
 // content is the same, else the next serial is used (as the server does).
 // It returns the state it wrote, for the caller to keep.
 //
-// The rbldnsd dataset answers every address as the zone does: ip4trie and
+// The rbldnsd dataset lists every address as the zone does: ip4trie and
 // ip6trie pick the longest prefix, as blmilter does (ip4set would return
-// every entry of a /24 it expanded a shorter prefix to). It does not hold
-// the names the zone adds to stop wildcards, which rbldnsd does not need,
-// so an unlisted name may get NXDOMAIN from rbldnsd where the zone says
-// NODATA; neither lists it.
+// every entry of a /24 it expanded a shorter prefix to). Three differences
+// remain, none on a name a mail filter asks:
+//   - rbldnsd has no names between the addresses, so where the zone says
+//     NODATA (a name with names below it) rbldnsd says NXDOMAIN; neither
+//     lists it.
+//   - rbldnsd answers only full addresses; the zone's wildcards also match
+//     other names below them (x.7.2.0.192.<zone> under a /24, say).
+//   - rbldnsd answers the IPv6 names of IPv4-mapped addresses (::ffff:a.b.c.d)
+//     from its IPv4 data, and 6to4 ones (2002:AABB:CCDD::/48) from both;
+//     the zone answers IPv6 names from IPv6 listings only. Filters ask
+//     about a mapped client by its IPv4 address (blmilter does); the test
+//     points ::ffff:7f00:2 and ::ffff:7f00:1 answer alike in both.
 func Export(w io.Writer, format string, z Zone, listings []Listing, prev State) (State, error) {
 	z.NS = append([]string(nil), z.NS...)
 	if err := z.normalize(); err != nil {
@@ -138,11 +146,7 @@ func writeRbldnsd(w *bufio.Writer, sn *snapshot, es entrySet) error {
 			if e.hole {
 				line = append(line, '!')
 			}
-			if e.prefix.IsSingleIP() {
-				line = e.prefix.Addr().AppendTo(line)
-			} else {
-				line = e.prefix.AppendTo(line)
-			}
+			line = appendRbldnsdPrefix(line, e.prefix)
 			if !e.hole {
 				line = append(line, " :"...)
 				line = netip.AddrFrom4(e.rd.a).AppendTo(line)
@@ -156,4 +160,26 @@ func writeRbldnsd(w *bufio.Writer, sn *snapshot, es entrySet) error {
 		}
 	}
 	return nil
+}
+
+// appendRbldnsdPrefix writes a prefix as rbldnsd reads it: IPv6 in hex
+// groups only (it does not read ::ffff:127.0.0.2), no /32 or /128.
+func appendRbldnsdPrefix(b []byte, p netip.Prefix) []byte {
+	a := p.Addr()
+	if a.Is4() {
+		b = a.AppendTo(b)
+	} else {
+		x := a.As16()
+		for i := 0; i < 16; i += 2 {
+			if i > 0 {
+				b = append(b, ':')
+			}
+			b = strconv.AppendUint(b, uint64(x[i])<<8|uint64(x[i+1]), 16)
+		}
+	}
+	if !p.IsSingleIP() {
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(p.Bits()), 10)
+	}
+	return b
 }

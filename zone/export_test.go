@@ -94,9 +94,9 @@ func TestExportRbldnsdLines(t *testing.T) {
 		"127.0.0.2 :127.0.0.2:test: RFC 5782 test point; see https://lookup.example.org/ip/127.0.0.2\n",
 		"!127.0.0.1\n",
 		"$DATASET ip6trie:blmilter-ipv6 @\n",
-		"2001:db8:bad::/48 :127.0.0.4:zombie: v6; see https://lookup.example.org/ip/2001:db8:bad::\n",
-		"::ffff:127.0.0.2 :127.0.0.2:test: RFC 5782 test point; see https://lookup.example.org/ip/::ffff:127.0.0.2\n",
-		"!::ffff:127.0.0.1\n",
+		"2001:db8:bad:0:0:0:0:0/48 :127.0.0.4:zombie: v6; see https://lookup.example.org/ip/2001:db8:bad::\n",
+		"0:0:0:0:0:ffff:7f00:2 :127.0.0.2:test: RFC 5782 test point; see https://lookup.example.org/ip/127.0.0.2\n",
+		"!0:0:0:0:0:ffff:7f00:1\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("export lacks %q:\n%s", want, out)

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -166,12 +165,6 @@ func answerTXT(r *dns.Msg) string {
 		}
 	}
 	return ""
-}
-
-// requiredE2E reports whether missing external programs fail the test
-// rather than skip it, as in the end-to-end suite.
-func requiredE2E() bool {
-	return os.Getenv("BLMILTER_E2E") == "require" || os.Getenv("CI") == "true"
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

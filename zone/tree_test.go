@@ -111,7 +111,7 @@ func target(z Zone, ls []Listing, a netip.Addr) *rdata {
 	}
 	for _, tp := range []netip.Prefix{testListed4, testListed6} {
 		if tp.Contains(a) {
-			rd := rdata{a: [4]byte{127, 0, 0, 2}, txt: string(cleanTXT(z.render(nil, tpl, tp, testCategory, testReason)))}
+			rd := rdata{a: [4]byte{127, 0, 0, 2}, txt: string(cleanTXT(z.render(nil, tpl, testListed4, testCategory, testReason)))}
 			return &rd
 		}
 	}
