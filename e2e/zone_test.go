@@ -495,11 +495,11 @@ zone:
 	return s
 }
 
-// serial waits for the server to answer its SOA and returns the serial.
-func serialOf(addr string) (uint32, error) {
+// soaSerial asks addr for the serial of zone.
+func soaSerial(addr, zone string) (uint32, error) {
 	c := &dns.Client{Timeout: time.Second}
 	m := new(dns.Msg)
-	m.SetQuestion(zoneName, dns.TypeSOA)
+	m.SetQuestion(zone, dns.TypeSOA)
 	r, _, err := c.Exchange(m, addr)
 	if err != nil {
 		return 0, err
@@ -519,7 +519,7 @@ func waitSerial(t *testing.T, s *secondary, serial uint32, timeout time.Duration
 		if !s.p.running() {
 			t.Fatalf("%s exited: %v\n%s", s.name, s.p.err, tail(s.p.out.String(), 40))
 		}
-		got, err := serialOf(s.addr)
+		got, err := soaSerial(s.addr, zoneName)
 		if err != nil {
 			return err
 		}
@@ -632,10 +632,10 @@ func TestZoneExports(t *testing.T) {
 			if !p.running() {
 				t.Fatalf("rbldnsd exited: %v\n%s", p.err, p.out.String())
 			}
-			_, err := serialOf(addr)
+			_, err := soaSerial(addr, zoneName)
 			return err
 		})
-		if got, _ := serialOf(addr); got != zs.Serial() {
+		if got, _ := soaSerial(addr, zoneName); got != zs.Serial() {
 			t.Errorf("rbldnsd serves serial %d, want %d", got, zs.Serial())
 		}
 		if out := p.out.String(); strings.Contains(out, "invalid") || strings.Contains(out, "truncated") {

@@ -213,7 +213,11 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- s.readUDP(pc)
+			if uc, ok := pc.(*net.UDPConn); ok {
+				errs <- s.readUDPBatched(uc)
+			} else {
+				errs <- s.readUDP(pc)
+			}
 		}()
 	}
 	wg.Wait()
