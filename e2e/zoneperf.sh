@@ -6,7 +6,7 @@
 # on loopback; dnsperf asks each in turn with the same queries, half of
 # them for listed addresses, and a table of the medians is printed.
 #
-#   e2e/zoneperf.sh                  # defaults: 100000 listings, 3 rounds of 10 s, dnsperf -c 8
+#   e2e/zoneperf.sh                  # defaults: 100000 listings, 3 rounds of 10 s, dnsperf -c 8 -q 100
 #   BLMILTER_ZONEPERF_SECONDS=30 BLMILTER_ZONEPERF_ROUNDS=5 e2e/zoneperf.sh
 #   BLMILTER_ZONEPERF_REPORT=/tmp/zoneperf.txt e2e/zoneperf.sh   # also write the table there
 #
