@@ -34,7 +34,9 @@
 // A name with A and TXT records is listed; the A record is the category's
 // code and the TXT record the operator's template. The RFC 5782 test points
 // are built in: 127.0.0.2 and ::ffff:7f00:2 are listed, 127.0.0.1 and
-// ::ffff:7f00:1 never are, whatever the list holds.
+// ::ffff:7f00:1 never are, whatever the list holds. IPv6 names answer from
+// IPv6 listings: the names of IPv4-mapped addresses hold the test points
+// only (filters ask about a mapped client by its IPv4 address).
 //
 // # Changes
 //

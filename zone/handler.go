@@ -1,6 +1,7 @@
 package zone
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -52,7 +54,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		}
 		if err != nil {
 			s.stats.tsigRefused.Add(1)
-			s.log.Warn("refused a query with a bad TSIG", "remote", w.RemoteAddr().String(), "key", tsig.Hdr.Name, "err", err)
+			level := slog.LevelWarn
+			if !tcp {
+				level = slog.LevelDebug // a forged source could flood the log
+			}
+			s.log.Log(context.Background(), level, "refused a query with a bad TSIG", "remote", w.RemoteAddr().String(), "key", tsig.Hdr.Name, "err", err)
 			s.writeTSIGError(w, resp, tsig, err)
 			return
 		}

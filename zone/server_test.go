@@ -628,3 +628,34 @@ func TestUDPBurst(t *testing.T) {
 		t.Errorf("%d answers to %d queries", got, expected)
 	}
 }
+
+// TestPanicEndsOneQuery serves a broken snapshot (a tree whose root is
+// out of range, which no build makes): the queries that touch it are
+// dropped and counted, over UDP and TCP, and the server goes on.
+func TestPanicEndsOneQuery(t *testing.T) {
+	ts := startServer(t, testOptions(), serverListings)
+	good := ts.snap.Load()
+	broken := *good
+	broken.b = &built{tree: &tree{root: 1 << 20}, digest: good.b.digest}
+	ts.snap.Store(&broken)
+	for _, network := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: network, Timeout: 300 * time.Millisecond}
+		m := new(dns.Msg)
+		m.SetQuestion("7.2.18.198.bl.example.org.", dns.TypeA)
+		if r, _, err := c.Exchange(m, ts.addr); err == nil {
+			t.Errorf("%s: answered %v from a broken tree", network, r)
+		}
+	}
+	if got := ts.Stats().Panics; got != 2 {
+		t.Errorf("Panics = %d, want 2", got)
+	}
+	if !strings.Contains(ts.log.String(), "panic answering a query") {
+		t.Error("the panic is not logged")
+	}
+	ts.snap.Store(good)
+	for _, network := range []string{"udp", "tcp"} {
+		if r := ask(t, ts.addr, network, "7.2.18.198.bl.example.org.", dns.TypeA); answerA(r) != "127.0.0.4" {
+			t.Errorf("%s after the panics: %v", network, r)
+		}
+	}
+}

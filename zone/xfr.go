@@ -1,6 +1,8 @@
 package zone
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"time"
@@ -35,7 +37,12 @@ func (s *Server) transfer(w dns.ResponseWriter, req, resp *dns.Msg, sn *snapshot
 	signed := req.IsTsig() != nil
 	if !s.mayTransfer(remote, signed) {
 		s.stats.xfrRefused.Add(1)
-		s.log.Warn("refused a zone transfer", "type", kind, "remote", remote.String(), "signed", signed)
+		// Over UDP the address can be forged: no warning for anyone to flood the log with.
+		level := slog.LevelWarn
+		if !tcp {
+			level = slog.LevelDebug
+		}
+		s.log.Log(context.Background(), level, "refused a zone transfer", "type", kind, "remote", remote.String(), "signed", signed)
 		resp.Rcode = dns.RcodeRefused
 		s.write(w, resp, tcp, opt)
 		return
