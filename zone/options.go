@@ -1,6 +1,7 @@
 package zone
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -316,4 +317,28 @@ type Listing struct {
 	Category string       // picks the A record (Zone.Codes)
 	Reason   string       // {reason} in the TXT template
 	Expires  time.Time    // zero: never; from then on it is not served
+}
+
+// ParseTSIGSecret reads a TSIG key file: the secret as base64 text (as
+// `head -c 32 /dev/urandom | base64` writes it), or a key clause of BIND,
+// tsig-keygen or Knot (`secret "…";` or `secret: …`).
+func ParseTSIGSecret(file []byte) ([]byte, error) {
+	text := strings.TrimSpace(string(file))
+	if i := strings.Index(text, "secret"); i >= 0 {
+		rest := strings.TrimLeft(text[i+len("secret"):], " \t:")
+		rest = strings.TrimPrefix(rest, `"`)
+		end := strings.IndexAny(rest, "\";\n")
+		if end < 0 {
+			end = len(rest)
+		}
+		text = strings.TrimSpace(rest[:end])
+	}
+	if text == "" {
+		return nil, errors.New("no secret in the key file")
+	}
+	secret, err := base64.StdEncoding.DecodeString(text)
+	if err != nil {
+		return nil, fmt.Errorf("the secret is not base64: %w", err)
+	}
+	return secret, nil
 }
