@@ -289,7 +289,7 @@ func TestTreeRandom(t *testing.T) {
 	}
 }
 
-// TestTreeShape pins the records the issue spells out: what a secondary
+// TestTreeShape pins the records of the usual listings: what a secondary
 // gets for the usual listings.
 func TestTreeShape(t *testing.T) {
 	z := testZone()
