@@ -289,8 +289,7 @@ func TestTreeRandom(t *testing.T) {
 	}
 }
 
-// TestTreeShape pins the records of the usual listings: what a secondary
-// gets for the usual listings.
+// TestTreeShape pins the names a secondary gets for the usual listings.
 func TestTreeShape(t *testing.T) {
 	z := testZone()
 	tests := []struct {
