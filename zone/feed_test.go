@@ -9,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -110,7 +111,9 @@ func TestStoreChangesAreServed(t *testing.T) {
 	if _, err := cli.AddListing(ctx, store.Listing{Prefix: netip.MustParsePrefix("198.18.5.5/32"), Category: "zombie", ExpiresAt: &expires}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the expiring listing", served("5.5.18.198.bl.example.org.", true))
+	testkit.WaitFor(t, "the expiring listing", 5*time.Second, func() error {
+		return testkit.Unless(served("5.5.18.198.bl.example.org.", true)(), "not served")
+	})
 	time.Sleep(time.Until(expires))
 	measure("expired", func() {}, served("5.5.18.198.bl.example.org.", false))
 }

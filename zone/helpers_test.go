@@ -8,36 +8,19 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // testServer is a zone server on 127.0.0.1, UDP and TCP on one port.
 type testServer struct {
 	*Server
 	addr string
-	log  *logBuffer
-}
-
-// logBuffer collects the server's log lines for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log  *testkit.Buffer // the server's log lines, for assertions
 }
 
 func testOptions() Options {
@@ -78,7 +61,7 @@ func listenPair(t testing.TB) (net.PacketConn, net.Listener) {
 // the test ends.
 func startServer(t testing.TB, opts Options, listings []Listing) *testServer {
 	t.Helper()
-	lb := &logBuffer{}
+	lb := &testkit.Buffer{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -117,17 +100,10 @@ func waitAnswering(t testing.TB, addr string) {
 		c := &dns.Client{Net: network, Timeout: 500 * time.Millisecond}
 		m := new(dns.Msg)
 		m.SetQuestion("bl.example.org.", dns.TypeSOA)
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		testkit.WaitFor(t, "the server on "+addr+"/"+network+" to answer", 5*time.Second, func() error {
 			_, _, err := c.Exchange(m, addr)
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("server on %s/%s does not answer: %v", addr, network, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return err
+		})
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 var serverListings = []Listing{
@@ -470,28 +472,20 @@ func TestTCPConnectionLimit(t *testing.T) {
 	// Closing one makes room again.
 	conns[0].Close()
 	conns = conns[1:]
-	waitFor(t, "a free connection slot", func() bool {
+	testkit.WaitFor(t, "a free connection slot", 5*time.Second, func() error {
 		c, err := dns.DialTimeout("tcp", ts.addr, time.Second)
 		if err != nil {
-			return false
+			return err
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(time.Second))
 		c.WriteMsg(m)
 		r, err := c.ReadMsg()
-		return err == nil && answerA(r) == "127.0.0.4"
-	})
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: timed out", what)
+		if err != nil {
+			return err
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return testkit.Unless(answerA(r) == "127.0.0.4", "answered %q", answerA(r))
+	})
 }
 
 func TestShutdownEndsServe(t *testing.T) {

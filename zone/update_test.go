@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 func TestNextSerial(t *testing.T) {
@@ -141,8 +143,9 @@ func TestExpiryWithoutUpdate(t *testing.T) {
 		t.Errorf("a listing given already expired is served: %v", r)
 	}
 	time.Sleep(time.Until(soon))
-	waitFor(t, "the expired listing to go", func() bool {
-		return ask(t, ts.addr, "udp", name, dns.TypeA).Rcode == dns.RcodeNameError
+	testkit.WaitFor(t, "the expired listing to go", 5*time.Second, func() error {
+		r := ask(t, ts.addr, "udp", name, dns.TypeA)
+		return testkit.Unless(r.Rcode == dns.RcodeNameError, "rcode %s", dns.RcodeToString[r.Rcode])
 	})
 	if late := time.Since(soon); late > time.Second {
 		t.Errorf("served %v after its expiry", late)
@@ -204,7 +207,9 @@ func TestNotifyRetriesUntilAcknowledged(t *testing.T) {
 	opts.NotifyTimeout = 100 * time.Millisecond
 	opts.TSIG = testKey
 	ts := startServer(t, opts, serverListings)
-	waitFor(t, "the NOTIFY to be acknowledged", func() bool { return ts.Stats().NotifyAcked == 1 })
+	testkit.WaitFor(t, "the NOTIFY to be acknowledged", 5*time.Second, func() error {
+		return testkit.Unless(ts.Stats().NotifyAcked == 1, "%d acknowledged", ts.Stats().NotifyAcked)
+	})
 	if got := nr.received.Load(); got != 3 {
 		t.Errorf("%d NOTIFYs received, want 3 (two unanswered)", got)
 	}
@@ -236,7 +241,9 @@ func TestNotifyGivesUp(t *testing.T) {
 	opts.NotifyTimeout = 20 * time.Millisecond
 	opts.NotifyRetries = 2
 	ts := startServer(t, opts, serverListings)
-	waitFor(t, "the NOTIFY to be given up", func() bool { return ts.Stats().NotifyGivenUp == 1 })
+	testkit.WaitFor(t, "the NOTIFY to be given up", 5*time.Second, func() error {
+		return testkit.Unless(ts.Stats().NotifyGivenUp == 1, "%d given up", ts.Stats().NotifyGivenUp)
+	})
 	if got := nr.received.Load(); got != 3 {
 		t.Errorf("%d NOTIFYs sent, want 3 (one and two retries)", got)
 	}
