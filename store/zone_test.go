@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -113,5 +116,49 @@ func TestLiveListingsFromSnapshot(t *testing.T) {
 	want = []string{"192.0.2.7/32", "2001:db8::/32"}
 	if got := prefixes(); !slices.Equal(got, want) {
 		t.Fatalf("after the expiry: live listings %v, want %v", got, want)
+	}
+}
+
+// A database written before the zone serials existed (schema version 1)
+// gains them on the first read-write open and keeps its listings; until
+// then a read-only open refuses it and says what upgrades it.
+func TestZoneSerialsMigrateFromVersion1(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v1.db")
+	db, err := sql.Open("sqlite", dsn(path, time.Second, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(ctx, db, migrations[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO listings (prefix, category, listed_at) VALUES ('192.0.2.7/32', 'zombie', ?)`, nanos(time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	if ro, err := Open(path, Options{ReadOnly: true, PollInterval: -1}); err == nil {
+		ro.Close()
+		t.Fatal("a read-only open accepted schema version 1")
+	} else if !strings.Contains(err.Error(), "older") {
+		t.Errorf("read-only open of version 1: %v, want it to say the schema is older", err)
+	}
+
+	s, err := Open(path, Options{PollInterval: -1})
+	if err != nil {
+		t.Fatalf("open version 1: %v", err)
+	}
+	defer s.Close()
+	if v, _ := schemaVersion(ctx, s.db); v != len(migrations) {
+		t.Errorf("schema version %d after open, want %d", v, len(migrations))
+	}
+	if _, ok := s.ListingFor(netip.MustParseAddr("192.0.2.7")); !ok {
+		t.Error("the listing written at version 1 is gone")
+	}
+	if err := s.SetZoneSerial(ctx, "bl.example.org", 7, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if serial, digest, err := s.ZoneSerial(ctx, "bl.example.org"); err != nil || serial != 7 || digest != "d" {
+		t.Errorf("serial %d digest %q err %v, want 7 \"d\" nil", serial, digest, err)
 	}
 }
