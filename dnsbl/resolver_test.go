@@ -620,31 +620,6 @@ func TestPrintable(t *testing.T) {
 	}
 }
 
-func BenchmarkLookup(b *testing.B) {
-	s := dnstest.Start(b)
-	listed := netip.MustParseAddr("192.0.2.2")
-	s.Set(QueryName(listed, zone), dnstest.Answer{A: []string{"127.0.0.2"}, TXT: []string{"listed"}})
-	r := newTestResolver(b, 2*time.Second, s.Addr)
-	for _, bb := range []struct {
-		name string
-		q    Query
-		want Status
-	}{
-		{"clean", Query{Zone: zone, IP: netip.MustParseAddr("192.0.2.1")}, NotListed},
-		{"listed", Query{Zone: zone, IP: listed, NoTXT: true}, Listed},
-		{"listed+txt", Query{Zone: zone, IP: listed}, Listed},
-	} {
-		b.Run(bb.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if res := r.Lookup(context.Background(), bb.q); res.Status != bb.want {
-					b.Fatalf("Lookup = %v, %v", res.Status, res.Err)
-				}
-			}
-		})
-	}
-}
-
 // One Resolver serves all sessions at once; every lookup gets its own answer.
 func TestLookupConcurrent(t *testing.T) {
 	s := dnstest.Start(t)
