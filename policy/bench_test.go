@@ -2,9 +2,13 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
+	"time"
 
+	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
 )
 
@@ -76,5 +80,46 @@ func BenchmarkReply(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		e.Reply(&v)
+	}
+}
+
+// BenchmarkBytesPerEntry fills the verdict cache with 1M client addresses
+// through the engine's own scoring, with a real mix: one third listed (by
+// one or two of three lists, with several codes), the rest clean, and for
+// every listing its TXT text fetched into the text cache as a refusal
+// would. It reports the heap the cache, the shared results and the texts
+// hold per client. Run it with -benchtime=1x; the figure, not the time, is
+// the result.
+func BenchmarkBytesPerEntry(b *testing.B) {
+	const n = 1_000_000
+	s := dnstest.Start(b)
+	e := newEngine(b, s, fmt.Sprintf("[cache]\nsize = %d\n", n+n/8)+threeListsConfig, Options{})
+	e.reasons.init()
+	codes := []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.10")}
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		outs := make([]outcome, len(e.dns4))
+		for i := range n {
+			ip := netip.AddrFrom4([4]byte{byte(10 + i>>24), byte(i >> 16), byte(i >> 8), byte(i)})
+			listed := i%3 == 0
+			for k, l := range e.dns4 {
+				outs[k] = outcome{l: l, res: dnsbl.Result{Status: dnsbl.NotListed, TTL: time.Hour}}
+				if listed && (k == 0 || (k == 1 && i%2 == 0)) {
+					outs[k].res = dnsbl.Result{Status: dnsbl.Listed, Codes: codes[i%len(codes) : i%len(codes)+1], TTL: time.Hour}
+					e.reasons.cache.Set(reasonKey{l.cfg.Zone, ip}, "Listed, see https://lists.example/query/ip/"+ip.String(), time.Hour)
+				}
+			}
+			r, ttl := e.build(outs)
+			e.cache.Set(ip, r, ttl)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if got := e.cache.Stats().Entries; got != n {
+			b.Fatalf("entries = %d, want %d", got, n)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/entry")
+		runtime.KeepAlive(e)
 	}
 }
