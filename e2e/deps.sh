@@ -4,6 +4,7 @@
 #   rbldnsd      serves the test block lists on loopback
 #   swaks dnsutils  for poking at the setup by hand (dig, swaks)
 #   chromium     headless browser for the lookup site's page tests (web/)
+#   rspamd       the load comparison's other milter, with only its RBL module on the test lists
 #   sendmail     the sendmail binary from sendmail-bin, unpacked into
 #                /opt/blmilter-e2e/sendmail: Debian's postfix and sendmail-bin
 #                packages conflict (both are "the" MTA), so sendmail is not
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
-PKGS=(postfix rbldnsd swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium
+PKGS=(postfix rbldnsd swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium rspamd
 	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
 
 strict=0
