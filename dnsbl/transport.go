@@ -312,14 +312,30 @@ func (s *udpSocket) read() {
 		if !known {
 			continue // late (its query gave up) or forged
 		}
-		resp := new(dns.Msg)
-		if err := resp.Unpack(buf[:n]); err != nil {
+		resp, ok := unpack(buf[:n])
+		if !ok {
 			continue
 		}
 		if w := s.take(id, resp); w != nil {
 			w.done <- reply{msg: resp}
 		}
 	}
+}
+
+// unpack parses a datagram from the network. Whatever it holds, a bad one
+// is dropped: a panic in the parser must not end the process, whose only
+// reader of this socket this goroutine is.
+func unpack(b []byte) (m *dns.Msg, ok bool) {
+	defer func() {
+		if recover() != nil {
+			m, ok = nil, false
+		}
+	}()
+	m = new(dns.Msg)
+	if err := m.Unpack(b); err != nil {
+		return nil, false
+	}
+	return m, true
 }
 
 // take removes and returns the waiter for an answer with this ID if the

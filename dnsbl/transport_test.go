@@ -250,3 +250,24 @@ func TestReason(t *testing.T) {
 		}
 	})
 }
+
+// Whatever arrives on a socket is parsed and matched without a panic.
+func FuzzDatagram(f *testing.F) {
+	req := new(dns.Msg)
+	req.SetQuestion("1.2.0.192."+zone+".", dns.TypeA)
+	resp := new(dns.Msg)
+	resp.SetReply(req)
+	resp.Answer = append(resp.Answer, a(req.Question[0].Name, "127.0.0.2", 300))
+	for _, m := range []*dns.Msg{req, resp} {
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if m, ok := unpack(b); ok {
+			answers(m, req.Question[0].Name, dns.TypeA)
+		}
+	})
+}
