@@ -185,21 +185,32 @@ func (r *Resolver) lookup(ctx context.Context, q Query) Result {
 	if err != nil {
 		return Result{Status: Error, Err: err}
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-
-	resp, err := r.query(ctx, name, dns.TypeA)
+	deadline := lookupDeadline(ctx, timeout)
+	resp, err := r.query(ctx, deadline, name, dns.TypeA)
 	if err != nil {
 		return Result{Status: Error, Err: err}
 	}
 	res := classify(resp)
 	if res.Status == Listed && !q.NoTXT {
 		// The reason is a courtesy: without it the listing stands.
-		if txt, err := r.query(ctx, name, dns.TypeTXT); err == nil {
+		if txt, err := r.query(ctx, deadline, name, dns.TypeTXT); err == nil {
 			res.Reason = reasonText(txt)
 		}
 	}
 	return res
+}
+
+// lookupDeadline is when a lookup with this timeout must end: timeout from
+// now, or ctx's deadline if that comes first. The lookup carries it along
+// with ctx (which only tells of cancellation then) instead of deriving a
+// context for it: a context with a timer per lookup costs more than the
+// rest of the lookup's bookkeeping.
+func lookupDeadline(ctx context.Context, timeout time.Duration) time.Time {
+	d := time.Now().Add(timeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		return cd
+	}
+	return d
 }
 
 // prepare checks q and returns the name to ask and the lookup's timeout.
@@ -236,9 +247,7 @@ func (r *Resolver) Reason(ctx context.Context, q Query) (reason string, ttl time
 	if err != nil {
 		return "", 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	resp, err := r.query(ctx, name, dns.TypeTXT)
+	resp, err := r.query(ctx, lookupDeadline(ctx, timeout), name, dns.TypeTXT)
 	if err != nil {
 		return "", 0, err
 	}
@@ -433,10 +442,11 @@ func isRuneStart(c byte) bool { return c&0xc0 != 0x80 }
 // servers): one packet, however many lookups want the answer. The answer
 // is shared, so callers must not modify it.
 //
-// The flight runs under the context of the lookup that started it. A
-// lookup that joined it and has time left when it ended without an answer
-// (its starter's time was shorter, or its starter went away) asks again.
-func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+// The flight runs under the context and deadline of the lookup that
+// started it. A lookup that joined it and has time left when it ended
+// without an answer (its starter's time was shorter, or its starter went
+// away) asks again.
+func (r *Resolver) query(ctx context.Context, deadline time.Time, name string, qtype uint16) (*dns.Msg, error) {
 	c := r.c
 	key := flightKey{name, qtype}
 	for {
@@ -446,7 +456,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 			f = &flight{done: make(chan struct{})}
 			c.flights[key] = f
 			c.mu.Unlock()
-			f.resp, f.err = r.ask(ctx, name, qtype)
+			f.resp, f.err = r.ask(ctx, deadline, name, qtype)
 			c.mu.Lock()
 			delete(c.flights, key)
 			c.mu.Unlock()
@@ -454,26 +464,37 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 			return f.resp, f.err
 		}
 		c.mu.Unlock()
-		select {
-		case <-f.done:
-			ended := errors.Is(f.err, ErrTimeout) || errors.Is(f.err, context.Canceled)
-			if dl, ok := ctx.Deadline(); f.err == nil || !ended || ctx.Err() != nil || (ok && time.Until(dl) < minRetry) {
-				return f.resp, f.err
-			}
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.Canceled) {
-				return nil, fmt.Errorf("dnsbl: lookup canceled: %w", ctx.Err())
-			}
-			return nil, fmt.Errorf("%w (waiting for the same %s query in flight)", ErrTimeout, dns.TypeToString[qtype])
+		if err := r.join(ctx, deadline, f, qtype); err != nil {
+			return nil, err
+		}
+		ended := errors.Is(f.err, ErrTimeout) || errors.Is(f.err, context.Canceled)
+		if f.err == nil || !ended || ctx.Err() != nil || time.Until(deadline) < minRetry {
+			return f.resp, f.err
 		}
 	}
+}
+
+// join waits for f, or until the lookup's own time is up.
+func (r *Resolver) join(ctx context.Context, deadline time.Time, f *flight, qtype uint16) error {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-f.done:
+		return nil
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fmt.Errorf("dnsbl: lookup canceled: %w", ctx.Err())
+		}
+	case <-t.C:
+	}
+	return fmt.Errorf("%w (waiting for the same %s query in flight)", ErrTimeout, dns.TypeToString[qtype])
 }
 
 // minRetry is the least time left for which a lookup asks again after
 // the query it joined ended without an answer.
 const minRetry = 50 * time.Millisecond
 
-// lookupEnded is the error of a lookup whose context ended.
+// lookupEnded is the error of a lookup whose context or time ended.
 func lookupEnded(ctx context.Context, tries int, took time.Duration, qtype uint16) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("dnsbl: lookup canceled: %w", ctx.Err())
@@ -489,7 +510,7 @@ func lookupEnded(ctx context.Context, tries int, took time.Duration, qtype uint1
 // TCP, or answer records for another name, are not retried: they are
 // returned as ErrMismatch. (Over UDP a datagram for another question is
 // dropped and the attempt keeps waiting; see transport.go.)
-func (r *Resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+func (r *Resolver) ask(ctx context.Context, deadline time.Time, name string, qtype uint16) (*dns.Msg, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
 	m.RecursionDesired = true
@@ -501,12 +522,12 @@ func (r *Resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	// failure, and a second server is not there to cover it.
 	attempts := max(n, 2)
 	first := int(c.preferred.Load()) % n
-	deadline, _ := ctx.Deadline()
 	start := time.Now()
+	over := func() bool { return ctx.Err() != nil || !time.Now().Before(deadline) }
 	var err error
 	tries := 0
 	for i := range attempts {
-		if ctx.Err() != nil {
+		if over() {
 			break
 		}
 		idx := (first + i) % n
@@ -536,7 +557,7 @@ func (r *Resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg
 			break
 		}
 	}
-	if ctx.Err() != nil && !errors.Is(err, ErrMismatch) {
+	if over() && !errors.Is(err, ErrMismatch) {
 		// The lookup's time ran out, whatever the last attempt said.
 		return nil, lookupEnded(ctx, tries, time.Since(start), qtype)
 	}

@@ -92,11 +92,13 @@ type udpSocket struct {
 	closed  bool
 }
 
-// waiter is one query waiting for its answer.
+// waiter is one query waiting for its answer. Waiters are reused, with
+// their channel and timer.
 type waiter struct {
 	name  string
 	qtype uint16
-	done  chan reply // buffered: the reader never blocks on a waiter
+	done  chan reply  // buffered: the reader never blocks on a waiter
+	timer *time.Timer // the attempt's deadline; stopped while in the pool
 }
 
 type reply struct {
@@ -130,16 +132,21 @@ func (p *udpPool) exchange(ctx context.Context, deadline time.Time, m *dns.Msg) 
 		}
 		return nil, err
 	}
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
+	if w.timer == nil {
+		w.timer = time.NewTimer(time.Until(deadline))
+	} else {
+		w.timer.Reset(time.Until(deadline))
+	}
 	var r reply
 	select {
 	case r = <-w.done:
-	case <-timer.C:
+	case <-w.timer.C:
 		r = giveUp(s, id, w)
 	case <-ctx.Done():
 		r = giveUp(s, id, w)
 	}
+	// Since Go 1.23 a stopped timer delivers nothing stale after Reset.
+	w.timer.Stop()
 	w.name = ""
 	waiterPool.Put(w)
 	return r.msg, r.err
