@@ -20,4 +20,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash e2e/deps.sh
 BLMILTER_LOAD=1 go test -count=1 -v -timeout 30m -run '^TestLoad$' ./e2e "$@" |
-	grep -E '^(=== RUN|--- |PASS|FAIL|ok )|load_test.go|^ +\(|c/b|h/i|one list at'
+	grep -E '^(=== RUN|--- |PASS|FAIL|ok )|load_test.go|^ +\(|c/b|h/i|one list at|CPU time per session'
