@@ -2,17 +2,34 @@ package e2e
 
 import (
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
+// slowList is a DNS server in front of rbldnsd that answers one zone late.
+type slowList struct {
+	Addr string
+	mu   sync.Mutex
+	took []time.Duration // from each late A query's arrival to its answer's sending
+}
+
+// answerTimes returns how long the late answers to A queries took, as the
+// server saw it.
+func (s *slowList) answerTimes() []time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.took)
+}
+
 // startSlowList serves DNS on 127.0.0.1 by asking upstream (rbldnsd),
 // except that the answers for names under zone wait delay first: a list
-// that answers late, which rbldnsd cannot play. It returns its address.
-func startSlowList(t testing.TB, upstream, zone string, delay time.Duration) string {
+// that answers late, which rbldnsd cannot play.
+func startSlowList(t testing.TB, upstream, zone string, delay time.Duration) *slowList {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -20,8 +37,11 @@ func startSlowList(t testing.TB, upstream, zone string, delay time.Duration) str
 	}
 	suffix := "." + strings.ToLower(dns.Fqdn(zone))
 	client := &dns.Client{Timeout: 2 * time.Second}
+	sl := &slowList{}
 	handler := func(w dns.ResponseWriter, req *dns.Msg) {
-		if len(req.Question) == 1 && strings.HasSuffix(strings.ToLower(req.Question[0].Name), suffix) {
+		start := time.Now()
+		late := len(req.Question) == 1 && strings.HasSuffix(strings.ToLower(req.Question[0].Name), suffix)
+		if late {
 			time.Sleep(delay)
 		}
 		resp, _, err := client.Exchange(req, upstream)
@@ -30,11 +50,17 @@ func startSlowList(t testing.TB, upstream, zone string, delay time.Duration) str
 			resp.SetRcode(req, dns.RcodeServerFailure)
 		}
 		w.WriteMsg(resp)
+		if late && req.Question[0].Qtype == dns.TypeA {
+			sl.mu.Lock()
+			sl.took = append(sl.took, time.Since(start))
+			sl.mu.Unlock()
+		}
 	}
 	started := make(chan struct{})
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(handler), NotifyStartedFunc: func() { close(started) }}
 	go srv.ActivateAndServe()
 	<-started
 	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	sl.Addr = pc.LocalAddr().String()
+	return sl
 }
