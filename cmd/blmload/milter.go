@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
@@ -20,16 +21,25 @@ import (
 // what the figures show, and with -clients and -first every session can
 // come from an address the milter has not seen (a cold cache).
 
-// milterActions and milterProtocol are what blmload offers the milter: the
-// modifications it may make and the steps it may skip. Postfix offers more
-// (protocol version 6), but go-milter's client can step down to a milter
-// that speaks version 2, as go-milter's own servers do, only with an offer
-// that version 2 knows. The milter then asks for what it wants of it.
+// What blmload offers the milter, as Postfix does: the modifications it
+// may make and the steps it may skip or not wait for a reply to (protocol
+// version 6). go-milter's client cannot step down to a milter that speaks
+// an older version with that offer, and go-milter's own servers speak
+// version 2; for them blmload offers what version 2 knows, once it has
+// been told so. Either way the milter then asks for what it wants of it.
 const (
 	milterActions = gomilter.OptAddHeader | gomilter.OptChangeBody | gomilter.OptAddRcpt |
-		gomilter.OptRemoveRcpt | gomilter.OptChangeHeader | gomilter.OptQuarantine
+		gomilter.OptRemoveRcpt | gomilter.OptChangeHeader | gomilter.OptQuarantine |
+		gomilter.OptChangeFrom | gomilter.OptAddRcptWithArgs | gomilter.OptSetSymList
 	milterProtocol = gomilter.OptNoConnect | gomilter.OptNoHelo | gomilter.OptNoMailFrom |
-		gomilter.OptNoRcptTo | gomilter.OptNoBody | gomilter.OptNoHeaders | gomilter.OptNoEOH
+		gomilter.OptNoRcptTo | gomilter.OptNoBody | gomilter.OptNoHeaders | gomilter.OptNoEOH |
+		gomilter.OptNoUnknown | gomilter.OptNoData | gomilter.OptRcptRej | gomilter.OptNoHeaderReply |
+		gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoMailReply | gomilter.OptNoRcptReply |
+		gomilter.OptNoDataReply | gomilter.OptNoUnknownReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply |
+		gomilter.OptHeaderLeadingSpace
+	// The version 2 offer: the first six actions, the first seven steps.
+	milterActionsV2  = milterActions & 0x3f
+	milterProtocolV2 = milterProtocol & 0x7f
 )
 
 // milterTarget splits -addr for -milter: "unix:/path", "inet:host:port" or
@@ -41,15 +51,37 @@ func milterTarget(addr string) (network, address string) {
 	return "tcp", strings.TrimPrefix(addr, "inet:")
 }
 
-func newMilterClient(cfg config) *gomilter.Client {
+// milterClient opens milter sessions with the full offer until the milter
+// turns out to speak version 2, and with the version 2 offer from then on.
+type milterClient struct {
+	full, v2 *gomilter.Client
+	useV2    atomic.Bool
+}
+
+func newMilterClient(cfg config) *milterClient {
 	network, address := milterTarget(cfg.Addr)
-	return gomilter.NewClientWithOptions(network, address, gomilter.ClientOptions{
+	opts := gomilter.ClientOptions{
 		Dialer:       &net.Dialer{Timeout: cfg.Timeout},
 		ReadTimeout:  cfg.Timeout,
 		WriteTimeout: cfg.Timeout,
 		ActionMask:   milterActions,
 		ProtocolMask: milterProtocol,
-	})
+	}
+	c := &milterClient{full: gomilter.NewClientWithOptions(network, address, opts)}
+	opts.ActionMask, opts.ProtocolMask = milterActionsV2, milterProtocolV2
+	c.v2 = gomilter.NewClientWithOptions(network, address, opts)
+	return c
+}
+
+func (c *milterClient) Session() (*gomilter.ClientSession, error) {
+	if !c.useV2.Load() {
+		s, err := c.full.Session()
+		if !errors.Is(err, gomilter.ErrUnsupportedMilterVersion) {
+			return s, err
+		}
+		c.useV2.Store(true)
+	}
+	return c.v2.Session()
 }
 
 // actionCode is the SMTP reply an MTA would give for a milter's action.
@@ -78,7 +110,7 @@ type milterStep struct {
 // milterSession runs session i against the milter and returns the SMTP
 // reply the MTA would give to RCPT (or to the end of data, with -data), or
 // of the first step the milter refused.
-func milterSession(ctx context.Context, cfg config, client *gomilter.Client, i int) (string, error) {
+func milterSession(ctx context.Context, cfg config, client *milterClient, i int) (string, error) {
 	if ctx.Err() != nil {
 		return "error", ctx.Err()
 	}
