@@ -165,43 +165,43 @@ func giveUp(s *udpSocket, id uint16, w *waiter) reply {
 // other query on that socket holds.
 func (p *udpPool) register(w *waiter) (*udpSocket, uint16, error) {
 	i := int(p.next.Add(1)) % socketsPerServer
-	p.mu.Lock()
-	if p.slots == nil {
-		p.slots = make([]*udpSocket, socketsPerServer)
-	}
-	s := p.slots[i]
-	p.mu.Unlock()
-	if s != nil {
-		if id, ok := s.add(w); ok {
-			return s, id, nil
+	// A socket can retire between being picked and taking w (its last
+	// query went to another waiter); then the slot is refilled.
+	for range 3 {
+		p.mu.Lock()
+		if p.slots == nil {
+			p.slots = make([]*udpSocket, socketsPerServer)
 		}
-	}
-	// The slot is empty or its socket retired: open a new one outside
-	// the lock (a server given by name is resolved here).
-	ns, err := p.dial()
-	if err != nil {
-		return nil, 0, err
-	}
-	p.mu.Lock()
-	if cur := p.slots[i]; cur != s && cur != nil {
-		// Another query refilled the slot first; use its socket.
+		s := p.slots[i]
 		p.mu.Unlock()
-		ns.retire()
-		if id, ok := cur.add(w); ok {
-			return cur, id, nil
+		if s != nil {
+			if id, ok := s.add(w); ok {
+				return s, id, nil
+			}
 		}
-		return nil, 0, errors.New("dnsbl: no usable socket")
+		// The slot is empty or its socket retired: open a new one
+		// outside the lock (a server given by name is resolved here).
+		ns, err := p.dial()
+		if err != nil {
+			return nil, 0, err
+		}
+		p.mu.Lock()
+		if cur := p.slots[i]; cur != s && cur != nil {
+			// Another query refilled the slot first; use its socket.
+			p.mu.Unlock()
+			ns.retire()
+			continue
+		}
+		p.slots[i] = ns
+		p.mu.Unlock()
+		if s != nil {
+			s.retire()
+		}
+		if id, ok := ns.add(w); ok {
+			return ns, id, nil
+		}
 	}
-	p.slots[i] = ns
-	p.mu.Unlock()
-	if s != nil {
-		s.retire()
-	}
-	id, ok := ns.add(w)
-	if !ok {
-		return nil, 0, errors.New("dnsbl: no usable socket")
-	}
-	return ns, id, nil
+	return nil, 0, errors.New("dnsbl: no usable socket")
 }
 
 func (p *udpPool) dial() (*udpSocket, error) {

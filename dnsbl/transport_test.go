@@ -271,3 +271,34 @@ func FuzzDatagram(f *testing.F) {
 		}
 	})
 }
+
+// Sockets retire under many concurrent queries without losing one, and
+// every retired socket is closed.
+func TestSocketsRotateUnderLoad(t *testing.T) {
+	setSocketLimits(t, 5, time.Minute)
+	s := dnstest.Start(t)
+	s.SetZone("0.10."+zone, dnstest.Answer{A: []string{"127.0.0.2"}})
+	r := newTestResolver(t, 5*time.Second, s.Addr)
+	r.Lookup(context.Background(), Query{Zone: zone, IP: netip.MustParseAddr("10.0.0.1"), NoTXT: true})
+	before := openFiles(t)
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				// 10.0.x.y is listed (under 0.10.bl.test), 10.1.x.y is not.
+				ip := netip.AddrFrom4([4]byte{10, byte(i % 2), byte(g), byte(i)})
+				want := NotListed
+				if i%2 == 0 {
+					want = Listed
+				}
+				if res := r.Lookup(context.Background(), Query{Zone: zone, IP: ip, NoTXT: true}); res.Status != want {
+					t.Errorf("%s: %v (%v), want %v", ip, res.Status, res.Err, want)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if after := openFiles(t); after > before+socketsPerServer {
+		t.Errorf("open files went from %d to %d", before, after)
+	}
+}
