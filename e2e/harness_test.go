@@ -27,6 +27,7 @@ var tools = map[string][]string{
 	"postfix":  {"/usr/sbin/postfix"},
 	"postconf": {"/usr/sbin/postconf"},
 	"rbldnsd":  {"/usr/sbin/rbldnsd"},
+	"rspamd":   {"/usr/bin/rspamd"},
 	"m4":       {"/usr/bin/m4"},
 	"unshare":  {"/usr/bin/unshare"},
 	"ip":       {"/usr/sbin/ip", "/sbin/ip", "/bin/ip"},
