@@ -10,7 +10,7 @@ build:
 	$(GO) build -o blmilter ./cmd/blmilter
 
 # Everything, as CI runs it: installs what the end-to-end tests need
-# (Postfix, Sendmail, rbldnsd, swaks, Chromium), then runs every test with
+# (Postfix, Sendmail, rbldnsd, swaks, Chromium, rspamd), then runs every test with
 # the race detector, the end-to-end ones (-tags e2e) included. A missing
 # package is a failure, never a skip; the load comparison runs one short
 # round, so its whole path is exercised (e2e/load.sh runs it at full size
