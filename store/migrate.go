@@ -19,7 +19,7 @@ CREATE TABLE listings (
 	category      TEXT    NOT NULL,
 	reason        TEXT    NOT NULL DEFAULT '',
 	source        TEXT    NOT NULL DEFAULT '',
-	listed_at     INTEGER NOT NULL,        -- Unix nanoseconds here; milliseconds from version 2 on
+	listed_at     INTEGER NOT NULL,        -- Unix nanoseconds here; milliseconds from version 3 on
 	expires_at    INTEGER,
 	removal_count INTEGER NOT NULL DEFAULT 0,
 	-- A removed listing keeps its row, so its removal count survives a re-listing.
@@ -81,8 +81,18 @@ CREATE TRIGGER listings_gen_update AFTER UPDATE ON listings
 CREATE TRIGGER listings_gen_delete AFTER DELETE ON listings
 	BEGIN UPDATE meta SET value = value + 1 WHERE key = 'listings_gen'; END;
 `,
-
-	// 2: every time in Unix milliseconds instead of nanoseconds, which wrap
+	// 2: the serial each published DNS zone last had, so it never goes back
+	// across restarts, and a digest of what that serial published, so a
+	// restart with the same listings keeps it.
+	`
+CREATE TABLE zone_serials (
+	zone    TEXT    PRIMARY KEY, -- the zone's name, lower case with a trailing dot
+	serial  INTEGER NOT NULL,    -- 0 .. 2^32-1, compared as RFC 1982 serial numbers
+	digest  TEXT    NOT NULL DEFAULT '',
+	updated INTEGER NOT NULL
+);
+`,
+	// 3: every time in Unix milliseconds instead of nanoseconds, which wrap
 	// outside the years 1678-2262; a removal request whose link was never
 	// followed ends as "expired" instead of being deleted; the email is
 	// kept as typed, with a case-folded key for the limit per mailbox.
@@ -90,6 +100,7 @@ CREATE TRIGGER listings_gen_delete AFTER DELETE ON listings
 UPDATE listings SET listed_at = listed_at / 1000000, expires_at = expires_at / 1000000, removed_at = removed_at / 1000000;
 UPDATE removals SET at = at / 1000000;
 UPDATE decisions SET at = at / 1000000;
+UPDATE zone_serials SET updated = updated / 1000000;
 
 CREATE TABLE removal_requests_v2 (
 	id            INTEGER PRIMARY KEY,
@@ -115,7 +126,7 @@ ALTER TABLE removal_requests_v2 RENAME TO removal_requests;
 CREATE INDEX removal_requests_email ON removal_requests (email_key, created);
 CREATE INDEX removal_requests_status ON removal_requests (status, id);
 `,
-	// 3: evidence and history. Trap hits with what the filter saw; per IP
+	// 4: evidence and history. Trap hits with what the filter saw; per IP
 	// and day, what older evidence and decisions summarise to; the events
 	// of every listing and who made them; the escalation level and the
 	// delist-and-deliver state of a listing; the notices of the removal
