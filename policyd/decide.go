@@ -2,6 +2,7 @@ package policyd
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"runtime/debug"
@@ -9,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/traps"
 )
 
 // actionDunno lets Postfix go on with the next restriction.
@@ -103,6 +105,11 @@ func (c *conn) decideRequest() string {
 	default:
 		return actionDunno
 	}
+	if st == stageRcpt {
+		if action, ok := c.recipientAction(e); ok {
+			return action
+		}
+	}
 	if req.SASLUsername != "" {
 		c.exempt(st, "authenticated")
 		return actionDunno
@@ -127,23 +134,89 @@ func (c *conn) decideRequest() string {
 	}
 
 	m := &c.memo
-	repeat := req.Instance != "" && m.engine == e && m.instance == req.Instance && m.ip == ip
-	if !repeat {
-		v := e.Check(s.ctx, ip)
-		m.engine, m.instance, m.ip, m.verdict, m.reply = e, req.Instance, ip, v, policy.Reply{}
-		m.action = actionDunno
-		switch v.Action {
-		case policy.ActionReject, policy.ActionTempfail, policy.ActionTag:
-			m.reply = e.Reply(&v)
-			m.action = formatAction(v.Action, &m.reply)
-		}
-	}
+	repeat := c.judge(e, ip)
 	action := m.action
 	if repeat && strings.HasPrefix(action, "PREPEND ") {
 		action = actionDunno // one header per message
 	}
 	c.pending = pendingLog{set: true, stage: st, action: action, repeat: repeat}
 	return action
+}
+
+// recipientAction answers a spam trap or delist recipient; ok is false
+// for any other, which is judged as before. A trap gets the reply of a dead
+// address, whoever sends; its hit lists the client unless the client is
+// one never listed. A delist address from the listed client itself
+// removes its listing and the message is discarded (DISCARD applies to the
+// whole message, which is why the page asks for a mail to that address
+// alone).
+func (c *conn) recipientAction(e *policy.Engine) (string, bool) {
+	if c.s.traps == nil {
+		return "", false
+	}
+	t := c.s.traps()
+	kind, token := t.Classify(c.req.Recipient)
+	if kind == traps.Ordinary {
+		return "", false
+	}
+	req := &c.req
+	ip, _ := parseClientAddress(req.ClientAddress)
+	sess := traps.Session{
+		IP: ip, HELO: req.HeloName, MailFrom: req.Sender, QueueID: req.QueueID,
+		ClientName: clientName(req), TLS: strings.TrimSpace(req.EncryptionProtocol + " " + req.EncryptionCipher),
+		Authenticated: req.SASLUsername != "",
+		Verdict:       policy.Verdict{IP: ip, Threshold: e.Threshold(), Skipped: e.Exempt(ip)},
+	}
+	if ip.IsValid() && sess.Verdict.Skipped == policy.SkipNone {
+		// The message's verdict from before the hit: its other
+		// recipients are judged by it, the listing applies to the next.
+		c.judge(e, ip)
+		sess.Verdict = c.memo.verdict
+	}
+	switch kind {
+	case traps.Trap:
+		t.Hit(c.s.ctx, sess, req.Recipient)
+		return fmt.Sprintf("%d %s %s", traps.TrapCode, traps.TrapEnhanced, traps.TrapText), true
+	default:
+		res := t.Delist(c.s.ctx, sess, token)
+		if traps.Accepts(res) {
+			return "DISCARD delisting mail", true
+		}
+		if sess.Verdict.Action.Applies() {
+			return "", false // the listing's own reply, with its link
+		}
+		return fmt.Sprintf("%d %s %s", traps.DelistCode, traps.TrapEnhanced, traps.DelistText), true
+	}
+}
+
+// clientName is the client's name as Postfix has it: verified, else the
+// unverified PTR; "" when it has none.
+func clientName(req *Request) string {
+	for _, n := range []string{req.ClientName, req.ReverseClientName} {
+		if n != "" && n != "unknown" {
+			return n
+		}
+	}
+	return ""
+}
+
+// judge makes sure the memo holds the verdict on ip for the request's
+// message, checking (and replying) only for the message's first request;
+// it reports whether the memo already held it.
+func (c *conn) judge(e *policy.Engine, ip netip.Addr) (repeat bool) {
+	m, req := &c.memo, &c.req
+	if req.Instance != "" && m.engine == e && m.instance == req.Instance && m.ip == ip {
+		return true
+	}
+	v := e.Check(c.s.ctx, ip)
+	m.engine, m.instance, m.ip, m.verdict, m.reply = e, req.Instance, ip, v, policy.Reply{}
+	m.action = actionDunno
+	switch v.Action {
+	case policy.ActionReject, policy.ActionTempfail, policy.ActionTag:
+		m.reply = e.Reply(&v)
+		m.action = formatAction(v.Action, &m.reply)
+	}
+	return false
 }
 
 // pendingLog is a decision to log once its reply is on its way: Postfix

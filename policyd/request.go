@@ -37,6 +37,11 @@ type Request struct {
 	SASLUsername  string
 	QueueID       string
 	Instance      string
+	// ReverseClientName is the client's PTR name, not verified;
+	// EncryptionProtocol and EncryptionCipher describe TLS ("" without).
+	ReverseClientName  string
+	EncryptionProtocol string
+	EncryptionCipher   string
 
 	Attributes int    // attribute lines in the request
 	Malformed  string // first structural problem ("" if none), for the log
@@ -54,6 +59,9 @@ const (
 	fSASLUsername
 	fQueueID
 	fInstance
+	fReverseClientName
+	fEncryptionProtocol
+	fEncryptionCipher
 )
 
 // ParseRequest reads one request from r into req: name=value lines up to an
@@ -138,6 +146,12 @@ func ParseRequest(r *bufio.Reader, req *Request) error {
 			dst, bit = &req.QueueID, fQueueID
 		case "instance":
 			dst, bit = &req.Instance, fInstance
+		case "reverse_client_name":
+			dst, bit = &req.ReverseClientName, fReverseClientName
+		case "encryption_protocol":
+			dst, bit = &req.EncryptionProtocol, fEncryptionProtocol
+		case "encryption_cipher":
+			dst, bit = &req.EncryptionCipher, fEncryptionCipher
 		default:
 			continue
 		}
@@ -161,5 +175,8 @@ func ParseRequest(r *bufio.Reader, req *Request) error {
 	reset(fSASLUsername, &req.SASLUsername)
 	reset(fQueueID, &req.QueueID)
 	reset(fInstance, &req.Instance)
+	reset(fReverseClientName, &req.ReverseClientName)
+	reset(fEncryptionProtocol, &req.EncryptionProtocol)
+	reset(fEncryptionCipher, &req.EncryptionCipher)
 	return nil
 }

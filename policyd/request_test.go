@@ -52,7 +52,8 @@ func TestParseRequest(t *testing.T) {
 			in:   postfixRequest,
 			want: Request{Request: "smtpd_access_policy", ProtocolState: "RCPT", ClientAddress: "192.0.2.10",
 				ClientName: "mail.example.net", HeloName: "mail.example.net", Sender: "foo@example.net",
-				Recipient: "bar@example.org", QueueID: "8045F2AB23", Instance: "123.456.7", Attributes: 27},
+				Recipient: "bar@example.org", QueueID: "8045F2AB23", Instance: "123.456.7", Attributes: 27,
+				ReverseClientName: "mail.example.net", EncryptionProtocol: "TLSv1.3", EncryptionCipher: "TLS_AES_256_GCM_SHA384"},
 		},
 		{
 			name: "crlf line ends",
@@ -167,7 +168,8 @@ func writeRequest(w *bytes.Buffer, req *Request) {
 		{"request", req.Request}, {"protocol_state", req.ProtocolState}, {"client_address", req.ClientAddress},
 		{"client_name", req.ClientName}, {"helo_name", req.HeloName}, {"sender", req.Sender},
 		{"recipient", req.Recipient}, {"sasl_username", req.SASLUsername}, {"queue_id", req.QueueID},
-		{"instance", req.Instance},
+		{"instance", req.Instance}, {"reverse_client_name", req.ReverseClientName},
+		{"encryption_protocol", req.EncryptionProtocol}, {"encryption_cipher", req.EncryptionCipher},
 	} {
 		if a.value != "" {
 			w.WriteString(a.name + "=" + a.value + "\r\n") // CRLF keeps a value that ends in CR

@@ -16,6 +16,7 @@ import (
 
 	"github.com/blmilter/blmilter/internal/sockets"
 	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/traps"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -36,6 +37,9 @@ type Options struct {
 	// OnAnswer, when set, is told the kind of each answer (see
 	// AnswerKind), for metrics.
 	OnAnswer func(kind string)
+	// Traps, when set, returns the current spam traps and delist
+	// addresses (nil: none), asked at each recipient.
+	Traps func() *traps.Traps
 }
 
 // Server is a policy delegation server. Create it with NewServer; it may
@@ -46,6 +50,7 @@ type Server struct {
 	OnAnswer func(kind string)
 
 	engine       func() *policy.Engine
+	traps        func() *traps.Traps
 	log          *slog.Logger
 	writeTimeout time.Duration
 	// The limits a reload may change (SetLimits); read per connection.
@@ -77,6 +82,7 @@ func NewServer(engine func() *policy.Engine, opts Options) *Server {
 	s := &Server{
 		OnAnswer:     opts.OnAnswer,
 		engine:       engine,
+		traps:        opts.Traps,
 		log:          logger,
 		writeTimeout: WriteTimeout,
 		listeners:    map[net.Listener]struct{}{},

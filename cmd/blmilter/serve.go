@@ -26,6 +26,7 @@ import (
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/policyd"
 	"github.com/blmilter/blmilter/store"
+	"github.com/blmilter/blmilter/traps"
 	"github.com/blmilter/blmilter/web"
 )
 
@@ -134,6 +135,7 @@ type daemon struct {
 
 	engine  atomic.Pointer[policy.Engine]
 	web     atomic.Pointer[web.Settings]
+	traps   atomic.Pointer[traps.Traps] // nil: no traps and no delist addresses
 	started *config.Config // what restart-only settings run with
 	live    []func(*config.Config)
 
@@ -174,6 +176,7 @@ func (d *daemon) run(cfg *config.Config, sigs <-chan os.Signal) error {
 	}
 	d.engine.Store(e)
 	d.web.Store(webSettings(cfg))
+	d.setTraps(cfg)
 	d.exportHealth(e)
 	defer d.closeEngines()
 
@@ -341,8 +344,11 @@ func (d *daemon) reload() (*policy.Engine, error) {
 			// at its next round; until then they start healthy.
 			d.engine.Store(e)
 			d.web.Store(webSettings(cfg))
+			d.setTraps(cfg)
 			if d.store != nil {
 				d.store.SetDecisionLimits(cfg.Store.DecisionMaxAge.Duration, cfg.Store.DecisionMaxRows)
+				d.store.SetRetention(retention(cfg))
+				d.store.SetSelfService(selfService(cfg))
 			}
 			if d.logOut != nil {
 				d.logOut.SetLevel(logLevel(cfg))
@@ -464,6 +470,12 @@ func (d *daemon) openStore(cfg *config.Config) (closeStore func()) {
 	d.store = st
 	d.deps.StoreList = st
 	d.deps.Recorder = st
+	st.SetSelfService(selfService(cfg))
+	d.metrics.SetWaitingRequests(func() (int, time.Time, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return st.WaitingRequests(ctx)
+	})
 	if !cfg.StoreListed() && st.Len() > 0 {
 		d.logger.Warn(storeUnusedWarning, slog.String("path", cfg.Store.Path))
 	}
@@ -473,6 +485,22 @@ func (d *daemon) openStore(cfg *config.Config) (closeStore func()) {
 		}
 	}
 }
+
+// setTraps builds the spam traps and delist addresses of cfg for the
+// front ends; they need the store.
+func (d *daemon) setTraps(cfg *config.Config) {
+	if d.store == nil {
+		if len(cfg.Traps.Addresses) > 0 || cfg.Web.DelistDomain != "" {
+			d.logger.Warn("spam traps and delist addresses are off: they need the store")
+		}
+		d.traps.Store(nil)
+		return
+	}
+	d.traps.Store(traps.New(trapsOptions(cfg, d.store, d.logger, d.metrics)))
+}
+
+// currentTraps returns the traps the front ends ask at each recipient.
+func (d *daemon) currentTraps() *traps.Traps { return d.traps.Load() }
 
 // storeUnusedWarning is said wherever the site's own list is filled but no
 // [[list]] uses it to refuse mail.
@@ -535,6 +563,7 @@ func listenPolicyd(cfg *config.Config) (net.Listener, error) {
 func buildPolicyd(d *daemon, cfg *config.Config) (server, func(*config.Config), error) {
 	opts := policydOptions(cfg, d.logger)
 	opts.OnAnswer = d.metrics.PolicydRequest
+	opts.Traps = d.currentTraps
 	s := policyd.NewServer(d.current, opts)
 	live := func(cfg *config.Config) {
 		s.SetLimits(cfg.Policyd.ReadTimeout.Duration, cfg.Policyd.MaxConnections)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/blmilter/blmilter/config"
 	"github.com/blmilter/blmilter/health"
@@ -21,6 +22,7 @@ import (
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/policyd"
 	"github.com/blmilter/blmilter/store"
+	"github.com/blmilter/blmilter/traps"
 	"github.com/blmilter/blmilter/web"
 )
 
@@ -99,7 +101,45 @@ func webSettings(cfg *config.Config) *web.Settings {
 		SelfServiceCategories: w.SelfServiceCategories,
 		DNSServers:            cfg.DNS.Servers,
 		DNSTimeout:            cfg.DNS.Timeout.Duration,
+		OperatorEmail:         w.OperatorEmail,
+		DelistDomain:          w.DelistDomain,
+		DelistTTL:             delistTTL,
+		DeferFirst:            cfg.Policy.DeferFirst.Duration,
 	}
+}
+
+// delistTTL is how long a delist address offered on a status page works.
+const delistTTL = 24 * time.Hour
+
+// selfService is the rule of removals without an operator: confirmed
+// requests, proofs of control and delist-and-deliver follow it.
+func selfService(cfg *config.Config) store.SelfService {
+	w := &cfg.Web
+	return store.SelfService{Categories: w.SelfServiceCategories, Quota: w.RemovalQuota, Window: w.RemovalWindow.Duration}
+}
+
+func retention(cfg *config.Config) store.Retention {
+	return store.Retention{EvidenceMaxAge: cfg.Store.EvidenceMaxAge.Duration, HistoryMaxAge: cfg.Store.HistoryMaxAge.Duration}
+}
+
+// trapsOptions are the spam traps and delist addresses of [traps] and [web].
+func trapsOptions(cfg *config.Config, st *store.Store, logger *slog.Logger, obs traps.Observer) traps.Options {
+	t := &cfg.Traps
+	o := traps.Options{
+		Addresses: t.Addresses,
+		Rules: store.TrapRules{
+			Hits: t.Hits, Window: t.Window.Duration, Expires: t.Expires.Duration, MaxExpires: t.MaxExpires.Duration,
+			Category: t.Category, IPv6Prefix: t.IPv6Prefix,
+		},
+		DelistDomain: cfg.Web.DelistDomain,
+		SelfService:  selfService(cfg),
+		Logger:       logger,
+		Observer:     obs,
+	}
+	if st != nil {
+		o.Store = st
+	}
+	return o
 }
 
 func storeOptions(cfg *config.Config, logger *slog.Logger) store.Options {
@@ -107,6 +147,7 @@ func storeOptions(cfg *config.Config, logger *slog.Logger) store.Options {
 		Logger:          logger,
 		DecisionMaxAge:  cfg.Store.DecisionMaxAge.Duration,
 		DecisionMaxRows: cfg.Store.DecisionMaxRows,
+		Retention:       retention(cfg),
 	}
 }
 

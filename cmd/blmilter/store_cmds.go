@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -80,8 +81,11 @@ command warns when the config has none.`,
 		args:     "[IP-or-CIDR...]",
 		synopsis: "show the site's own list",
 		help: `Without arguments, shows every live listing. With an IP it shows the
-listing that applies to it (which may be a network around it). The store is
-opened read-only.`,
+listing that applies to it (which may be a network around it) and the
+address's history: first and last seen, every listing and removal of it and
+who made it, trap hits and refusals per day, and the trap hits still kept in
+detail (time, HELO, sender, trap, queue id, reverse DNS). The store is opened
+read-only.`,
 		store: storeRead,
 		setup: func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return listShow },
 	},
@@ -283,6 +287,13 @@ func listShow(c *cmdCtx, args []string) error {
 		ls, code = storeSelect(s, ls, prefixes, c.stderr)
 	}
 	storeWriteListings(c.stdout, ls)
+	for _, p := range prefixes {
+		if p.IsSingleIP() {
+			if err := storeWriteHistory(c.stdout, s, p.Addr()); err != nil {
+				return err
+			}
+		}
+	}
 	if code != 0 {
 		return exitCode(code)
 	}
@@ -351,8 +362,75 @@ func requestsList(c *cmdCtx, args []string, status string) error {
 		}
 		return err
 	}
+	// What waits for the operator first, then the rest, oldest first.
+	slices.SortStableFunc(rs, func(a, b store.RemovalRequest) int {
+		aw, bw := a.Status == store.StatusWaiting, b.Status == store.StatusWaiting
+		switch {
+		case aw && !bw:
+			return -1
+		case bw && !aw:
+			return 1
+		}
+		return 0
+	})
 	storeWriteRequests(c.stdout, rs)
 	return nil
+}
+
+// storeWriteHistory prints ip's history, for the operator: unlike the
+// lookup page it names who changed a listing, how control was proved and
+// the traps that were hit.
+func storeWriteHistory(w io.Writer, s *store.Store, ip netip.Addr) error {
+	ctx := context.Background()
+	h, err := s.History(ctx, ip, time.Now())
+	if err != nil {
+		return err
+	}
+	hits, err := s.TrapHits(ctx, ip, 50)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nHISTORY OF %s\n", ip)
+	if h.FirstSeen == nil {
+		fmt.Fprintln(w, "no record: no trap hit, listing or refusal kept")
+		return nil
+	}
+	fmt.Fprintf(w, "first seen %s, last seen %s\n", storeTime(*h.FirstSeen), storeTime(*h.LastSeen))
+	if d := h.Deferral; d != nil {
+		removed := "listing stands"
+		if d.Removed != nil {
+			removed = "listing removed " + storeTime(*d.Removed)
+		}
+		fmt.Fprintf(w, "delist-and-deliver: %d attempts deferred since %s (%s)\n", d.Count, storeTime(d.Since), removed)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if len(h.Events) > 0 {
+		fmt.Fprintln(tw, "\nTIME\tEVENT\tPREFIX\tBY\tCATEGORY\tEXPIRES\tDETAIL")
+		for _, e := range h.Events {
+			exp := "-"
+			if e.Expires != nil {
+				exp = storeTime(*e.Expires)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", storeTime(e.At), e.Kind, e.Prefix, storeDash(e.By),
+				storeDash(e.Category), exp, storeDash(storeOneLine(e.Detail, 80)))
+		}
+	}
+	if len(h.Days) > 0 {
+		fmt.Fprintln(tw, "\nDAY\tTRAP HITS\tREFUSED\tDEFERRED\tHELO")
+		for _, d := range h.Days {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", d.Day.Format(time.DateOnly), d.TrapHits, d.Refused, d.Deferred,
+				storeDash(storeOneLine(strings.Join(d.HELOs, ", "), 80)))
+		}
+	}
+	if len(hits) > 0 {
+		fmt.Fprintln(tw, "\nTRAP HIT\tFROM\tHELO\tMAIL FROM\tTRAP\tQUEUE ID\tREVERSE DNS")
+		for _, x := range hits {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", storeTime(x.Time), x.IP, storeDash(storeOneLine(x.HELO, 60)),
+				storeDash(storeOneLine(x.MailFrom, 60)), storeOneLine(x.Trap, 60), storeDash(storeOneLine(x.QueueID, 20)),
+				storeDash(storeOneLine(x.RDNS, 60)))
+		}
+	}
+	return tw.Flush()
 }
 
 func requestsDecide(approve bool) func(c *cmdCtx, args []string) error {
