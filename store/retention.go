@@ -27,7 +27,6 @@ func (s *Store) SetRetention(r Retention) {
 	s.historyMaxAge.Store(int64(r.HistoryMaxAge))
 }
 
-const dayMillis = 86400000
 
 // Prune applies the limits as of now, each step summarising before it
 // deletes:

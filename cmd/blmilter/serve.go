@@ -136,7 +136,7 @@ type daemon struct {
 	engine  atomic.Pointer[policy.Engine]
 	web     atomic.Pointer[web.Settings]
 	traps   atomic.Pointer[traps.Traps] // nil: no traps and no delist addresses
-	started *config.Config // what restart-only settings run with
+	started *config.Config              // what restart-only settings run with
 	live    []func(*config.Config)
 
 	reloadMu sync.Mutex
