@@ -3,7 +3,6 @@ package milter
 import (
 	"context"
 	"fmt"
-	"github.com/blmilter/blmilter/internal/syncbuf"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/syncbuf"
 	"github.com/blmilter/blmilter/policy"
 )
 
@@ -55,13 +55,20 @@ func qname(ip, zone string) string { return dnsbl.QueryName(netip.MustParseAddr(
 // lists plus policyTOML (the body of a [policy] section).
 func newEnv(t testing.TB, network, policyTOML string) *env {
 	t.Helper()
+	return newEnvOpts(t, network, policyTOML, Options{}, policy.Options{})
+}
+
+// newEnvOpts is newEnv with server options (the logger defaults to one that
+// keeps the lines in env.logs) and engine options.
+func newEnvOpts(t testing.TB, network, policyTOML string, opts Options, engOpts policy.Options) *env {
+	t.Helper()
 	s := dnstest.Start(t)
 	config := fmt.Sprintf("[dns]\nservers = [%q]\ntimeout = \"1s\"\n[policy]\nallow = [\"198.51.100.0/24\"]\n%s\n%s", s.Addr, policyTOML, testLists)
 	cfg, err := policy.Parse([]byte(config), "test.toml")
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	eng, err := policy.NewEngine(cfg, policy.Options{})
+	eng, err := policy.NewEngine(cfg, engOpts)
 	if err != nil {
 		t.Fatalf("engine: %v", err)
 	}
@@ -72,8 +79,10 @@ func newEnv(t testing.TB, network, policyTOML string) *env {
 		// Format every line as in production, but do not keep them.
 		w = io.Discard
 	}
-	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv := NewServer(func() *policy.Engine { return eng }, logger, policy.MilterConfig{})
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	srv := NewServer(func() *policy.Engine { return eng }, opts)
 	net, addr := startServer(t, srv, network)
 	// Listed: zombie in Test ZEN. 192.0.2.9 fails in the strict list.
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"exploited host"}})
@@ -338,8 +347,7 @@ func TestDecisionLog(t *testing.T) {
 	act, err := cs.Mail("sender@example.org", nil)
 	expect(t, "mail", act, err, "continue")
 	for _, rcpt := range []string{"a@example.net", "b@example.net", "postmaster@example.net"} {
-		act, err = cs.Rcpt(rcpt, nil)
-		if err != nil {
+		if _, err := cs.Rcpt(rcpt, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -429,9 +437,8 @@ func TestReplyResponse(t *testing.T) {
 		{policy.Reply{Code: 550, Enhanced: "5.7.1"}, "550 5.7.1 Service unavailable"},
 	}
 	for _, tt := range tests {
-		msg := replyResponse(tt.reply).Response()
-		if msg.Code != byte(gomilter.ActReplyCode) || string(msg.Data) != tt.want+"\x00" {
-			t.Errorf("replyResponse(%+v) = %q %q, want %q", tt.reply, msg.Code, msg.Data, tt.want)
+		if got := replyText(tt.reply); got != tt.want {
+			t.Errorf("replyText(%+v) = %q, want %q", tt.reply, got, tt.want)
 		}
 	}
 }

@@ -57,10 +57,12 @@ type Config struct {
 
 // MilterConfig is the [milter] section.
 type MilterConfig struct {
-	Listen       string   `toml:"listen"`        // default "inet:127.0.0.1:8895"; or "unix:/run/blmilter/milter.sock"; "" disables
-	SocketMode   string   `toml:"socket_mode"`   // octal mode for a unix socket, default "0660"
-	ReadTimeout  Duration `toml:"read_timeout"`  // default 2m: idle time allowed between MTA commands
-	WriteTimeout Duration `toml:"write_timeout"` // default 10s
+	Listen         string   `toml:"listen"`          // default "inet:127.0.0.1:8895"; or "unix:/run/blmilter/milter.sock"; "" disables
+	SocketMode     string   `toml:"socket_mode"`     // octal mode for a unix socket, default "0660"
+	ReadTimeout    Duration `toml:"read_timeout"`    // default 2m: time allowed for each MTA command, idle time included
+	WriteTimeout   Duration `toml:"write_timeout"`   // default 10s
+	MaxConnections int      `toml:"max_connections"` // default 500: above Postfix's default_process_limit (100), one connection per smtpd
+	SessionTimeout Duration `toml:"session_timeout"` // default 30m: a whole MTA connection, however busy
 }
 
 // PolicydConfig is the [policyd] section: the Postfix policy delegation server.
@@ -216,10 +218,12 @@ const (
 func defaults() Config {
 	return Config{
 		Milter: MilterConfig{
-			Listen:       "inet:127.0.0.1:8895",
-			SocketMode:   "0660",
-			ReadTimeout:  Duration{2 * time.Minute},
-			WriteTimeout: Duration{10 * time.Second},
+			Listen:         "inet:127.0.0.1:8895",
+			SocketMode:     "0660",
+			ReadTimeout:    Duration{2 * time.Minute},
+			WriteTimeout:   Duration{10 * time.Second},
+			MaxConnections: 500,
+			SessionTimeout: Duration{30 * time.Minute},
 		},
 		Policyd: PolicydConfig{
 			SocketMode:     "0660",

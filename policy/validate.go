@@ -14,6 +14,10 @@ import (
 	"strings"
 )
 
+// maxMilterConnections bounds milter.max_connections: each connection is a
+// file descriptor and a goroutine.
+const maxMilterConnections = 100_000
+
 // validate checks every value, fills the per-list defaults and parses the
 // networks and codes, reporting each problem with its key.
 func (p *parser) validate(c *Config) {
@@ -21,6 +25,10 @@ func (p *parser) validate(c *Config) {
 	p.socketMode("milter.socket_mode", c.Milter.SocketMode)
 	p.positive("milter.read_timeout", c.Milter.ReadTimeout)
 	p.positive("milter.write_timeout", c.Milter.WriteTimeout)
+	p.positive("milter.session_timeout", c.Milter.SessionTimeout)
+	if c.Milter.MaxConnections < 1 || c.Milter.MaxConnections > maxMilterConnections {
+		p.addf("milter.max_connections", "must be between 1 and %d", maxMilterConnections)
+	}
 
 	p.validateListen("policyd.listen", c.Policyd.Listen, false)
 	p.socketMode("policyd.socket_mode", c.Policyd.SocketMode)

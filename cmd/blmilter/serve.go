@@ -65,8 +65,8 @@ func runServe(c *cmdCtx, args []string) error {
 		return err
 	}
 	defer logOut.Close()
-	// go-milter reports session errors through the standard log package;
-	// this sends them to the same place as everything else.
+	// Anything a library reports through the standard log package goes to
+	// the same place as everything else.
 	slog.SetDefault(logger)
 
 	sigs := make(chan os.Signal, 4)
@@ -430,7 +430,14 @@ func startMilter(d *daemon, cfg *policy.Config) ([]runner, error) {
 	}
 	d.listening("milter", ln.Addr())
 	ln = d.metrics.CountSessions(ln)
-	s := milter.NewServer(d.current, d.logger, cfg.Milter)
+	s := milter.NewServer(d.current, milter.Options{
+		Logger:         d.logger,
+		ReadTimeout:    cfg.Milter.ReadTimeout.Duration,
+		WriteTimeout:   cfg.Milter.WriteTimeout.Duration,
+		MaxConnections: cfg.Milter.MaxConnections,
+		SessionTimeout: cfg.Milter.SessionTimeout.Duration,
+		OnPanic:        func() { d.metrics.Panic("milter") },
+	})
 	return []runner{{
 		name: "milter",
 		ln:   ln,
