@@ -2,7 +2,9 @@ package milter
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -136,6 +138,13 @@ func (l *decisionLog) log(d decisionLine) {
 }
 
 func (l *decisionLog) write(d decisionLine) {
+	defer func() {
+		// A log handler that fails loses this line, not the process
+		// (this goroutine serves every session's lines).
+		if p := recover(); p != nil {
+			fmt.Fprintf(os.Stderr, "blmilter: milter decision line for %s lost: log handler panicked: %v\n", d.verdict.IP, p)
+		}
+	}()
 	attrs := policy.LogAttrs(d.verdict)
 	attrs = append(attrs, slog.String("stage", d.stage))
 	if d.queueID != "" {

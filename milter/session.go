@@ -190,13 +190,18 @@ func (c *conn) connect(ci connectInfo) {
 		c.out = append(c.out, acceptPacket...)
 		return
 	}
+	debug := c.srv.logger.Enabled(context.Background(), slog.LevelDebug)
 	if !ok {
-		c.srv.logger.Debug("milter: client not looked up", slog.String("family", string(ci.family)), slog.String("host", string(ci.host)), slog.String("skip", string(policy.SkipInvalid)))
+		if debug {
+			c.srv.logger.Debug("milter: client not looked up", slog.String("family", string(ci.family)), slog.String("host", string(ci.host)), slog.String("skip", string(policy.SkipInvalid)))
+		}
 		c.out = append(c.out, acceptPacket...)
 		return
 	}
 	if skip := eng.Exempt(ip); skip != policy.SkipNone {
-		c.srv.logger.Debug("milter: client not looked up", slog.String("ip", ip.String()), slog.String("skip", string(skip)))
+		if debug {
+			c.srv.logger.Debug("milter: client not looked up", slog.String("ip", ip.String()), slog.String("skip", string(skip)))
+		}
 		// Accept at connect: the MTA stops calling this milter for the session.
 		c.out = append(c.out, acceptPacket...)
 		return
