@@ -423,3 +423,28 @@ func TestServeStartFailureClosesListeners(t *testing.T) {
 		t.Fatalf("milter socket left behind after a failed start: %v", err)
 	}
 }
+
+func TestReloadWarnsAboutMilterLimits(t *testing.T) {
+	s := dnstest.Start(t)
+	dir := t.TempDir()
+	parse := func(milterTOML string) *policy.Config {
+		t.Helper()
+		c := strings.Replace(testConfig(s, dir, ""), "[milter]\n", "[milter]\n"+milterTOML+"\n", 1)
+		cfg, err := policy.Parse([]byte(c), "test.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	var logs bytes.Buffer
+	d := newDaemon("test.toml", slog.New(slog.NewTextHandler(&logs, nil)))
+	d.warnRestartNeeded(parse(""), parse("max_connections = 50\nsession_timeout = \"5m\"\nread_timeout = \"1m\""))
+	for _, key := range []string{"milter.max_connections", "milter.session_timeout", "milter.read_timeout"} {
+		if !strings.Contains(logs.String(), "key="+key) {
+			t.Errorf("no warning for %s:\n%s", key, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "milter.write_timeout") {
+		t.Errorf("warning for an unchanged key:\n%s", logs.String())
+	}
+}

@@ -365,6 +365,11 @@ func (d *daemon) warnRestartNeeded(old, cfg *policy.Config) {
 	}
 	for _, c := range []struct{ key, old, new string }{
 		{"milter.listen", old.Milter.Listen, cfg.Milter.Listen},
+		{"milter.socket_mode", old.Milter.SocketMode, cfg.Milter.SocketMode},
+		{"milter.read_timeout", old.Milter.ReadTimeout.String(), cfg.Milter.ReadTimeout.String()},
+		{"milter.write_timeout", old.Milter.WriteTimeout.String(), cfg.Milter.WriteTimeout.String()},
+		{"milter.max_connections", strconv.Itoa(old.Milter.MaxConnections), strconv.Itoa(cfg.Milter.MaxConnections)},
+		{"milter.session_timeout", old.Milter.SessionTimeout.String(), cfg.Milter.SessionTimeout.String()},
 		{"policyd.listen", old.Policyd.Listen, cfg.Policyd.Listen},
 		{"web.listen", old.Web.Listen, cfg.Web.Listen},
 		{"metrics.listen", old.Metrics.Listen, cfg.Metrics.Listen},
