@@ -42,9 +42,10 @@ const (
 	respOptNeg    = byte(gomilter.CodeOptNeg)   // option negotiation
 )
 
-// Packet sizes. Postfix sends body chunks of at most 64 KiB and nothing
-// else near that; blmilter reads only the envelope commands, so a larger
-// one is not a milter speaking.
+// Packet sizes. An envelope command is a few hundred bytes and Postfix
+// sends body chunks of at most 64 KiB, so a larger packet is not an MTA
+// speaking the protocol. Content is dropped through the read buffer
+// whatever its size; the bound on it only ends nonsense sooner.
 const (
 	headerLen     = 5        // length and command byte
 	optNegDataLen = 12       // version, actions, protocol flags
