@@ -33,6 +33,7 @@ type Metrics struct {
 	milterSessions prometheus.Gauge
 	policydReqs    *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
+	panics         *prometheus.CounterVec
 	evidence       *evidence
 
 	mu        sync.RWMutex
@@ -90,8 +91,11 @@ func New(version string) *Metrics {
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "blmilter_config_reloads_total", Help: "Config reloads by result: ok or error.",
 	}, []string{"result"})
+	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "blmilter_panics_total", Help: "Panics recovered while serving a client: that client was let go, the process lived on.",
+	}, []string{"server"})
 	for _, c := range []prometheus.Collector{m.checks, m.checkDuration, m.listResults, m.listDuration,
-		m.listHealthy, m.wouldReject, m.wouldRejectOne, m.allowOverrides, m.milterSessions, m.policydReqs, m.reloads} {
+		m.listHealthy, m.wouldReject, m.wouldRejectOne, m.allowOverrides, m.milterSessions, m.policydReqs, m.reloads, m.panics} {
 		f(c)
 	}
 	for _, a := range []policy.Action{policy.ActionAccept, policy.ActionReject, policy.ActionTempfail, policy.ActionTag, policy.ActionLog} {
@@ -100,6 +104,7 @@ func New(version string) *Metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
+	m.panics.WithLabelValues("milter")
 	m.evidence = newEvidence(f)
 	f(newCacheCollector(m))
 	f(collectors.NewGoCollector())
@@ -226,6 +231,10 @@ func (m *Metrics) ConfigReload(ok bool) {
 		m.reloads.WithLabelValues("error").Inc()
 	}
 }
+
+// Panic counts one panic recovered in a goroutine serving a client of
+// server ("milter", "policyd", "web").
+func (m *Metrics) Panic(server string) { m.panics.WithLabelValues(server).Inc() }
 
 // CountSessions wraps a milter listener so blmilter_milter_sessions_in_flight
 // follows the connections it accepts.
