@@ -3,6 +3,8 @@ package milter
 import (
 	"log/slog"
 	"time"
+
+	"github.com/blmilter/blmilter/traps"
 )
 
 // Options are the milter server's settings; cmd/blmilter fills them from
@@ -24,4 +26,7 @@ type Options struct {
 	// OnPanic, when set, is called once for every panic recovered while
 	// serving a client (for blmilter_panics_total).
 	OnPanic func()
+	// Traps, when set, returns the current spam traps and delist
+	// addresses (nil: none), asked at each recipient.
+	Traps func() *traps.Traps
 }

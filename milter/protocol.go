@@ -39,6 +39,8 @@ const (
 	respContinue  = byte(gomilter.ActContinue)  // SMFIR_CONTINUE
 	respReplyCode = byte(gomilter.ActReplyCode) // SMFIR_REPLYCODE: "550 5.7.1 text\0"
 	respAddHeader = byte(gomilter.ActAddHeader) // SMFIR_ADDHEADER: name\0value\0
+	respDelRcpt   = byte(gomilter.ActDelRcpt)   // SMFIR_DELRCPT: "<rcpt>"\0
+	respDiscard   = byte(gomilter.ActDiscard)   // SMFIR_DISCARD: accept the message and drop it
 	respOptNeg    = byte(gomilter.CodeOptNeg)   // option negotiation
 )
 
@@ -80,18 +82,21 @@ var packetKinds = func() (k [256]packetKind) {
 	return k
 }()
 
-// Negotiated with the MTA. Only AddHeader is needed (for action = "tag");
-// SetSymList asks for the few macros blmilter reads.
+// Negotiated with the MTA. AddHeader is needed for action = "tag",
+// RemoveRcpt to drop a delist address from a message that has other
+// recipients; SetSymList asks for the few macros blmilter reads.
 //
-// The protocol flags skip the stages blmilter has no use for. No "no reply"
+// The protocol flags skip the stages blmilter has no use for. HELO is
+// wanted: a spam trap hit and a proof of control keep the name the client
+// gave. No "no reply"
 // flag (SMFIP_NR_*) is ever set: Postfix leaves Nagle's algorithm on for its
 // milter sockets, and an MTA that sends a command without waiting for a
 // reply and then another small one stalls on the peer's delayed ACK (about
 // 40 ms per session on Linux). Replying to every command costs a round trip
 // on loopback and avoids that.
 const (
-	milterActions  = gomilter.OptAddHeader | gomilter.OptSetSymList
-	milterProtocol = gomilter.OptNoHelo | gomilter.OptNoHeaders | gomilter.OptNoEOH |
+	milterActions  = gomilter.OptAddHeader | gomilter.OptRemoveRcpt | gomilter.OptSetSymList
+	milterProtocol = gomilter.OptNoHeaders | gomilter.OptNoEOH |
 		gomilter.OptNoBody | gomilter.OptNoUnknown | gomilter.OptNoData
 )
 
@@ -110,6 +115,7 @@ const noReplyFlags = gomilter.OptNoHeaderReply | gomilter.OptNoConnReply | gomil
 // (Postfix, Sendmail 8.14+) sends only these; the MTA defaults carry them too.
 var symList = map[gomilter.Stage][]string{
 	gomilter.StageConnect:  {"{client_addr}", "_"},
+	gomilter.StageHelo:     {"{tls_version}", "{cipher}"},
 	gomilter.StageMailFrom: {"i", "{auth_authen}"},
 	gomilter.StageRcptTo:   {"i"},
 	gomilter.StageEOM:      {"i"},
@@ -137,6 +143,7 @@ var optNegReply = func() []byte {
 var (
 	continuePacket = appendPacket(nil, respContinue, nil)
 	acceptPacket   = appendPacket(nil, respAccept, nil)
+	discardPacket  = appendPacket(nil, respDiscard, nil)
 )
 
 func appendPacket(b []byte, code byte, data []byte) []byte {
@@ -201,6 +208,7 @@ func parseConnect(data []byte) (connectInfo, bool) {
 // that command comes.
 const (
 	stageConnect = iota
+	stageHelo
 	stageMail
 	stageRcpt
 	stageEOM
@@ -211,6 +219,8 @@ func macroStage(cmd byte) int {
 	switch cmd {
 	case cmdConnect:
 		return stageConnect
+	case cmdHelo:
+		return stageHelo
 	case cmdMail:
 		return stageMail
 	case cmdRcpt:
@@ -229,6 +239,8 @@ type stageMacros struct {
 	underscore string
 	queueID    string
 	authAuthen string
+	tlsVersion string
+	cipher     string
 }
 
 // assign keeps s as *dst, reusing the string already there when it is the
@@ -243,7 +255,7 @@ func assign(dst *string, b []byte) {
 // setMacros reads the name\0value\0 pairs of a MACRO packet. Names are
 // matched with or without braces, as libmilter does ("i" and "{i}").
 func (m *stageMacros) setMacros(pairs []byte) {
-	var seen [4]bool
+	var seen [6]bool
 	for len(pairs) > 0 {
 		var name, value []byte
 		name, pairs, _ = cstring(pairs)
@@ -264,9 +276,15 @@ func (m *stageMacros) setMacros(pairs []byte) {
 		case "auth_authen":
 			assign(&m.authAuthen, value)
 			seen[3] = true
+		case "tls_version":
+			assign(&m.tlsVersion, value)
+			seen[4] = true
+		case "cipher":
+			assign(&m.cipher, value)
+			seen[5] = true
 		}
 	}
-	for i, p := range []*string{&m.clientAddr, &m.underscore, &m.queueID, &m.authAuthen} {
+	for i, p := range []*string{&m.clientAddr, &m.underscore, &m.queueID, &m.authAuthen, &m.tlsVersion, &m.cipher} {
 		if !seen[i] {
 			*p = ""
 		}

@@ -49,6 +49,11 @@ type session struct {
 	rejectAtConnect bool
 	verdict         policy.Verdict
 	pending         *pendingCheck // the check still running; nil when verdict is set
+	// What the session showed, for spam trap evidence and proofs of
+	// control: the client's name from CONNECT, the HELO name, TLS.
+	clientName string
+	helo       string
+	tls        string
 
 	// One message transaction (from MAIL): reset at MAIL, ABORT and end
 	// of message.
@@ -57,6 +62,13 @@ type session struct {
 	reply         *policy.Reply
 	loggedApplied bool
 	loggedOther   bool
+	mailFrom      string
+	// delistRcpts are the delist addresses that removed the client's
+	// listing in this transaction; others counts the other recipients
+	// accepted. At end of message the delist addresses are dropped, and a
+	// message for them alone is discarded.
+	delistRcpts []string
+	others      int
 }
 
 // handle processes one command and queues its reply in c.out. quit is
@@ -110,6 +122,7 @@ func (c *conn) handle(cmd byte, data []byte) (quit bool, err error) {
 			c.resetTransaction()
 		}
 		s.phase = phaseConnected
+		c.helo(data)
 		c.out = append(c.out, continuePacket...)
 
 	case cmdMail:
@@ -118,6 +131,9 @@ func (c *conn) handle(cmd byte, data []byte) (quit bool, err error) {
 		}
 		s.phase = phaseMail
 		c.mail()
+		if from, _, _ := cstring(data); len(from) <= maxEvidence {
+			s.mailFrom = strings.Trim(string(from), "<>")
+		}
 		c.out = append(c.out, continuePacket...)
 
 	case cmdRcpt:
@@ -171,10 +187,27 @@ func (c *conn) endSMTPSession() {
 	s.rejectAtConnect = false
 	s.verdict = policy.Verdict{}
 	s.pending = nil
+	s.clientName, s.helo, s.tls = "", "", ""
 	c.resetTransaction()
 	s.reply = nil
-	for st := stageMail; st < stageCount; st++ {
+	for st := stageHelo; st < stageCount; st++ {
 		s.macros[st].set = false
+	}
+}
+
+// maxEvidence bounds what a client's words (HELO, MAIL FROM) are kept at;
+// longer ones are kept as empty.
+const maxEvidence = 512
+
+// helo notes the HELO name and the TLS macros sent with it.
+func (c *conn) helo(data []byte) {
+	s := &c.session
+	if name, _, _ := cstring(data); len(name) <= maxEvidence {
+		s.helo = string(name)
+	}
+	if m := &s.macros[stageHelo]; m.set {
+		s.tls = strings.TrimSpace(m.tlsVersion + " " + m.cipher)
+		m.set = false
 	}
 }
 
@@ -209,6 +242,9 @@ func (c *conn) connect(ci connectInfo) {
 	s.eng = eng
 	s.judged = true
 	s.rejectAtConnect = eng.RejectAt() == "connect"
+	if h := string(ci.host); h != "" && h[0] != '[' && h != "unknown" && len(h) <= maxEvidence {
+		s.clientName = h
+	}
 	if s.rejectAtConnect {
 		s.verdict, _ = c.srv.checkNow(ip, func() (policy.Verdict, bool) {
 			return eng.Check(context.Background(), ip), true
@@ -262,8 +298,21 @@ func (c *conn) rcpt(rcpt []byte) {
 		s.noteQueueID(m.queueID)
 		m.set = false
 	}
-	if !s.judged || s.rejectAtConnect {
+	// accept lets the recipient through; others counts it for the end of
+	// message, where a delist address goes.
+	accept := func() {
+		s.others++
 		c.out = append(c.out, continuePacket...)
+	}
+	if !s.judged {
+		accept()
+		return
+	}
+	if c.trapRecipient(rcpt) {
+		return
+	}
+	if s.rejectAtConnect {
+		accept()
 		return
 	}
 	if s.auth {
@@ -273,7 +322,7 @@ func (c *conn) rcpt(rcpt []byte) {
 			s.loggedOther = true
 			c.srv.logger.Debug("milter: authenticated client not judged", slog.String("queue_id", s.queueID))
 		}
-		c.out = append(c.out, continuePacket...)
+		accept()
 		return
 	}
 	s.awaitVerdict()
@@ -284,7 +333,7 @@ func (c *conn) rcpt(rcpt []byte) {
 			s.loggedOther = true
 			c.decideLog("rcpt", exempt)
 		}
-		c.out = append(c.out, continuePacket...)
+		accept()
 		return
 	}
 	if s.verdict.Action.Applies() {
@@ -303,7 +352,7 @@ func (c *conn) rcpt(rcpt []byte) {
 		}
 		c.decideLog("rcpt", "")
 	}
-	c.out = append(c.out, continuePacket...)
+	accept()
 }
 
 // endOfMessage adds the header for action = "tag" and ends the
@@ -324,8 +373,19 @@ func (c *conn) endOfMessage() {
 		}
 	}
 	m.set = false
+	final := continuePacket
+	if len(s.delistRcpts) > 0 {
+		if s.others == 0 {
+			// A message to delist addresses alone: its work is done.
+			final = discardPacket
+		} else {
+			for _, r := range s.delistRcpts {
+				c.out = appendStringsPacket(c.out, respDelRcpt, "<"+r+">")
+			}
+		}
+	}
 	c.resetTransaction()
-	c.out = append(c.out, continuePacket...)
+	c.out = append(c.out, final...)
 }
 
 func (c *conn) resetTransaction() {
@@ -339,6 +399,9 @@ func (c *conn) resetTransaction() {
 	}
 	s.loggedApplied = false
 	s.loggedOther = false
+	s.mailFrom = ""
+	s.delistRcpts = s.delistRcpts[:0]
+	s.others = 0
 }
 
 func (s *session) noteQueueID(id string) {

@@ -536,6 +536,7 @@ func listenMilter(cfg *config.Config) (net.Listener, error) {
 func buildMilter(d *daemon, cfg *config.Config) (server, func(*config.Config), error) {
 	opts := milterOptions(cfg, d.logger)
 	opts.OnPanic = func() { d.metrics.Panic("milter") }
+	opts.Traps = d.currentTraps
 	return countedMilter{milter.NewServer(d.current, opts), d.metrics}, nil, nil
 }
 
