@@ -27,7 +27,6 @@ func (s *Store) SetRetention(r Retention) {
 	s.historyMaxAge.Store(int64(r.HistoryMaxAge))
 }
 
-
 // Prune applies the limits as of now, each step summarising before it
 // deletes:
 //   - decisions beyond their age and row limits become per-day counts of
