@@ -21,20 +21,25 @@ type blmilter struct {
 	p       *proc
 	Milter  string // "127.0.0.1:port"
 	Policy  string // "127.0.0.1:port"
+	Web     string // "http://127.0.0.1:port" with blmilterOpts.Web
 	config  string // path of the config file
+	db      string // the store
 	logFile string // with blmilterOpts.LogFile
 }
 
 // blmilterOpts adjusts the test config.
 type blmilterOpts struct {
-	DNS        string // rbldnsd's address
-	Bin        string // the binary; "" builds ./cmd/blmilter
-	WithError  bool   // add the list that answers 127.255.255.254 for everything
-	NoPolicyd  bool
-	Extra      string // more TOML, appended
-	MilterAddr string // listen here instead of a free port ("127.0.0.1:port")
-	LogLevel   string // default "debug"
-	LogFile    bool   // log to a file in the temp dir, not to the test's pipe
+	DNS         string // rbldnsd's address
+	Bin         string // the binary; "" builds ./cmd/blmilter
+	WithError   bool   // add the list that answers 127.255.255.254 for everything
+	NoPolicyd   bool
+	Extra       string // more TOML, appended
+	MilterAddr  string // listen here instead of a free port ("127.0.0.1:port")
+	LogLevel    string // default "debug"
+	LogFile     bool   // log to a file in the temp dir, not to the test's pipe
+	Web         bool   // serve the lookup service on a free port
+	WebExtra    string // more [web] lines
+	PolicyExtra string // more [policy] lines
 }
 
 // startBlmilter writes a config for the test lists and runs `blmilter serve`
@@ -46,7 +51,12 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 		bin = testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmilter")
 	}
 	dir := tempDir(t, "blmilter")
-	b := &blmilter{config: filepath.Join(dir, "blmilter.toml"), Milter: o.MilterAddr}
+	b := &blmilter{config: filepath.Join(dir, "blmilter.toml"), Milter: o.MilterAddr, db: filepath.Join(dir, "blmilter.db")}
+	webListen := ""
+	if o.Web {
+		webListen = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
+		b.Web = "http://" + webListen
+	}
 	if b.Milter == "" {
 		b.Milter = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
 	}
@@ -71,8 +81,11 @@ listen = "inet:%s"
 listen = %q
 
 [web]
-listen = ""
+listen = %q
 public_url = %q
+lookup_rate = 1000
+lookup_burst = 1000
+%s
 
 [store]
 path = %q
@@ -94,7 +107,8 @@ threshold = 3
 action = "reject"
 reject_at = "rcpt"
 allow = []
-`, b.Milter, policyd, publicURL, filepath.Join(dir, "blmilter.db"), logLevel, logFile, o.DNS)
+%s
+`, b.Milter, policyd, webListen, publicURL, o.WebExtra, b.db, logLevel, logFile, o.DNS, o.PolicyExtra)
 	cfg += listsTOML(o.WithError) + o.Extra
 	writeFile(t, b.config, cfg)
 
@@ -102,6 +116,9 @@ allow = []
 	waitTCP(t, "blmilter milter", b.Milter, b.p)
 	if b.Policy != "" {
 		waitTCP(t, "blmilter policy server", b.Policy, b.p)
+	}
+	if b.Web != "" {
+		waitTCP(t, "blmilter lookup service", webListen, b.p)
 	}
 	return b
 }

@@ -36,6 +36,7 @@ type postfixOpts struct {
 	Milter string // smtpd_milters, e.g. "inet:127.0.0.1:8895", with contrib/postfix/main.cf.milter
 	Policy string // check_policy_service target, e.g. "inet:127.0.0.1:10045", with contrib/postfix/main.cf.policy
 	Extra  string // more main.cf lines
+	Master string // more master.cf lines
 }
 
 // masterCF is master.cf without the smtpd line; nothing is chrooted.
@@ -121,7 +122,7 @@ smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, rej
 	main += o.Extra
 	writeFile(t, filepath.Join(p.dir, "main.cf"), main)
 	writeFile(t, filepath.Join(p.dir, "master.cf"),
-		p.Addr+" inet n - n - - smtpd\n"+masterCF)
+		p.Addr+" inet n - n - - smtpd\n"+masterCF+o.Master)
 	if err := os.Chown(filepath.Join(root, "data"), postfixUID(t), -1); err != nil {
 		t.Fatal(err)
 	}
@@ -190,6 +191,7 @@ func postfixUID(t testing.TB) int {
 // sessionOpts describes one SMTP client.
 type sessionOpts struct {
 	XClient string // client address given with XCLIENT ADDR=; "" sends no XCLIENT
+	Helo    string // the EHLO name; default client.example.org
 	Local   string // local address to bind the client socket to
 	From    string // default sender@example.org
 	Rcpt    string // default user@e2e.test
@@ -268,7 +270,10 @@ func session(addr string, o sessionOpts) (reply, error) {
 	c := smtp.NewClient(smtpConn)
 	c.CommandTimeout = 30 * time.Second
 	defer c.Close()
-	if err := c.Hello("client.example.org"); err != nil {
+	if o.Helo == "" {
+		o.Helo = "client.example.org"
+	}
+	if err := c.Hello(o.Helo); err != nil {
 		return smtpReply("ehlo", err)
 	}
 	if err := c.Mail(o.From, nil); err != nil {

@@ -176,7 +176,7 @@ func (c *conn) recipientAction(e *policy.Engine) (string, bool) {
 	switch kind {
 	case traps.Trap:
 		t.Hit(c.s.ctx, sess, req.Recipient)
-		return fmt.Sprintf("%d %s %s", traps.TrapCode, traps.TrapEnhanced, traps.TrapText), true
+		return fmt.Sprintf("%d %s %s", traps.TrapCode, traps.TrapEnhanced, traps.TrapReason), true
 	default:
 		res := t.Delist(c.s.ctx, sess, token)
 		if traps.Accepts(res) {
@@ -185,7 +185,7 @@ func (c *conn) recipientAction(e *policy.Engine) (string, bool) {
 		if sess.Verdict.Action.Applies() {
 			return "", false // the listing's own reply, with its link
 		}
-		return fmt.Sprintf("%d %s %s", traps.DelistCode, traps.TrapEnhanced, traps.DelistText), true
+		return fmt.Sprintf("%d %s %s", traps.DelistCode, traps.TrapEnhanced, traps.DelistReason), true
 	}
 }
 

@@ -65,7 +65,7 @@ weight = 5
 	c := (&testServer{network: "tcp", addr: ln.Addr().String()}).dial(t)
 
 	const bot = "198.18.3.1"
-	if got := c.ask(rcpt(bot, "SpamTrap@example.org", "instance=m1")); got != "550 5.1.1 "+traps.TrapText {
+	if got := c.ask(rcpt(bot, "SpamTrap@example.org", "instance=m1")); got != "550 5.1.1 "+traps.TrapReason {
 		t.Errorf("trap recipient: %q", got)
 	}
 	// The same message's other recipient is judged as before: not listed yet.
@@ -78,7 +78,7 @@ weight = 5
 	}
 	// Authenticated: refused the trap, not listed.
 	const user = "198.18.3.2"
-	if got := c.ask(rcpt(user, "spamtrap@example.org", "instance=m3", "sasl_username=alice")); got != "550 5.1.1 "+traps.TrapText {
+	if got := c.ask(rcpt(user, "spamtrap@example.org", "instance=m3", "sasl_username=alice")); got != "550 5.1.1 "+traps.TrapReason {
 		t.Errorf("authenticated trap recipient: %q", got)
 	}
 	if _, _, listed := st.Lookup(netip.MustParseAddr(user)); listed {

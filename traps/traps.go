@@ -155,13 +155,19 @@ type Session struct {
 }
 
 // Replies of the front ends, without the address: a trap must look like
-// a dead address, and its name must not leave the site.
+// a dead address, and blmilter's words never name it. The milter's text is
+// the whole reply; Postfix puts "<address>: Recipient address rejected: "
+// before a policy server's text itself, as for every access reply, so the
+// policy server sends only the reason.
 const (
 	TrapCode     = 550
 	TrapEnhanced = "5.1.1"
-	TrapText     = "Recipient address rejected: User unknown"
+	TrapReason   = "User unknown"
 	DelistCode   = 550
-	DelistText   = "Recipient address rejected: This delisting address is not valid for this client"
+	DelistReason = "This delisting address is not valid for this client"
+	// TrapText and DelistText are the milter's whole texts.
+	TrapText   = "Recipient address rejected: " + TrapReason
+	DelistText = "Recipient address rejected: " + DelistReason
 )
 
 // Why a trap hit lists nobody.

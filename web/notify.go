@@ -17,7 +17,7 @@ import (
 // them. Notices older than noticeMaxAge are not sent: a relay configured
 // today must not mail about last year's requests.
 const (
-	noticeInterval = 30 * time.Second
+	noticeInterval = 5 * time.Second
 	noticeMaxAge   = 7 * 24 * time.Hour
 )
 
