@@ -133,6 +133,23 @@ func (b *blmilter) logSize(t testing.TB) int64 {
 	return fi.Size()
 }
 
+// logSettled waits until blmilter's log file stops growing (decision lines
+// are written a few milliseconds after the reply that they are about, so a
+// session can end before its line is in the file) and returns its size.
+func (b *blmilter) logSettled(t testing.TB) int64 {
+	t.Helper()
+	size := b.logSize(t)
+	for range 40 {
+		time.Sleep(50 * time.Millisecond)
+		next := b.logSize(t)
+		if next == size {
+			return size
+		}
+		size = next
+	}
+	return size
+}
+
 // checkTimes returns the time each check took that was not answered from
 // the cache, from the decision lines blmilter's log file got after offset.
 func (b *blmilter) checkTimes(t testing.TB, offset int64) []time.Duration {

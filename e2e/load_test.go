@@ -193,7 +193,7 @@ func TestLoad(t *testing.T) {
 			v.run(coldWarmup, coldPoolSize-coldWarmup)
 		}
 	}
-	slowLogFrom := slow.logSize(t)
+	slowLogFrom := slow.logSettled(t) // the warm-up's last decision lines in, before the rounds
 	slowAnswersFrom := len(slowDNS.answerTimes())
 	nextCold := 0
 	for round := range rounds {
@@ -259,6 +259,7 @@ func TestLoad(t *testing.T) {
 	// The slow list's own answer times, as its server saw them, show how
 	// much of a check's time is the list's and how much blmilter's.
 	l := byKey["l"]
+	slow.logSettled(t) // the last sessions' decision lines come after their replies
 	checks := slow.checkTimes(t, slowLogFrom)
 	answers := slowDNS.answerTimes()[slowAnswersFrom:]
 	pct := func(ds []time.Duration, q float64) float64 {

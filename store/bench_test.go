@@ -138,3 +138,53 @@ func BenchmarkDecisionWriter(b *testing.B) {
 		b.Fatalf("%d dropped", n)
 	}
 }
+
+// BenchmarkDeferState is what delist-and-deliver adds to a reject by the
+// site's list on the mail path: a lookup in memory, no allocation.
+func BenchmarkDeferState(b *testing.B) {
+	s := benchStore(b, 100000)
+	s.SetSelfService(SelfService{Categories: []string{"zombie"}, Quota: 2, Window: 90 * 24 * time.Hour})
+	ip := netip.MustParseAddr("10.0.0.4")
+	if ok, _ := s.DeferState(ip); !ok {
+		b.Fatal("not self-removable")
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.DeferState(ip)
+	}
+}
+
+// BenchmarkRecordTrapHit is one trap hit that extends a listing: one
+// transaction with its fsync.
+func BenchmarkRecordTrapHit(b *testing.B) {
+	s := openTest(b, Options{PollInterval: -1})
+	ctx := context.Background()
+	r := TrapRules{Hits: 1, Window: 24 * time.Hour, Expires: 7 * 24 * time.Hour, MaxExpires: 90 * 24 * time.Hour, Category: "spam-source", IPv6Prefix: 64}
+	i := 0
+	for b.Loop() {
+		i++
+		if _, err := s.RecordTrapHit(ctx, TrapHit{IP: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8 & 7), byte(i)}), HELO: "bot.example", Trap: "t@example.org"}, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHistory is the history of one address among many, as the
+// status page asks for it.
+func BenchmarkHistory(b *testing.B) {
+	s := openTest(b, Options{PollInterval: -1})
+	ctx := context.Background()
+	r := TrapRules{Hits: 1, Window: 24 * time.Hour, Expires: 7 * 24 * time.Hour, MaxExpires: 90 * 24 * time.Hour, Category: "spam-source", IPv6Prefix: 64}
+	for i := range 2000 {
+		if _, err := s.RecordTrapHit(ctx, TrapHit{Time: time.Now().Add(-time.Duration(i) * time.Minute), IP: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), HELO: "bot.example", Trap: "t@example.org"}, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ip := netip.MustParseAddr("198.18.3.7")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.History(ctx, ip, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
