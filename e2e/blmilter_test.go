@@ -5,21 +5,24 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // blmilter is the blmilter binary running with a test config.
 type blmilter struct {
-	p      *proc
-	Milter string // "127.0.0.1:port"
-	Policy string // "127.0.0.1:port"
-	config string // path of the config file
+	p       *proc
+	Milter  string // "127.0.0.1:port"
+	Policy  string // "127.0.0.1:port"
+	config  string // path of the config file
+	logFile string // with blmilterOpts.LogFile
 }
 
 // blmilterOpts adjusts the test config.
@@ -58,6 +61,7 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 	}
 	if o.LogFile {
 		logFile = filepath.Join(dir, "blmilter.log")
+		b.logFile = logFile
 	}
 	cfg := fmt.Sprintf(`# blmilter end-to-end test config
 [milter]
@@ -100,6 +104,39 @@ allow = []
 		waitTCP(t, "blmilter policy server", b.Policy, b.p)
 	}
 	return b
+}
+
+// logSize is how far blmilter's log file has grown.
+func (b *blmilter) logSize(t testing.TB) int64 {
+	t.Helper()
+	fi, err := os.Stat(b.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// checkTimes returns the time each check took that was not answered from
+// the cache, from the decision lines blmilter's log file got after offset.
+func (b *blmilter) checkTimes(t testing.TB, offset int64) []time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(b.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []time.Duration
+	for _, l := range lines(string(data[min(offset, int64(len(data))):])) {
+		var m struct {
+			IP       string  `json:"ip"`
+			Cached   *bool   `json:"cached"`
+			Duration float64 `json:"duration"` // nanoseconds
+		}
+		if json.Unmarshal([]byte(l), &m) != nil || m.IP == "" || m.Cached == nil || *m.Cached {
+			continue
+		}
+		out = append(out, time.Duration(m.Duration))
+	}
+	return out
 }
 
 // logLine is one JSON line of blmilter's log.

@@ -92,6 +92,8 @@ type Engine struct {
 	cache    *cache.Cache[netip.Addr, *dnsResult]
 	action   Action
 	epoch    time.Time
+	reasons  reasons // TXT texts for the decision records, off the mail path
+	results  results // the DNS results many clients have in common, shared
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -211,6 +213,7 @@ func (e *Engine) Close() error {
 		close(e.stop)
 		<-e.done
 	})
+	e.FlushDecisions()
 	return nil
 }
 
@@ -387,7 +390,10 @@ const degradedGrace = 100 * time.Millisecond
 // query asks every list in lists about ip in parallel under the policy
 // deadline. Unless all is set, it stops waiting for degraded lists shortly
 // after every healthy list has answered: a degraded list must not cost
-// check time.
+// check time, and it asks for the A records only: one packet per list,
+// the TXT texts come later, off the mail path (reason.go). With all set
+// (Inspect: a person is waiting for the whole story) it waits for every
+// list and fetches the texts of listings too.
 func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) []outcome {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, e.opts.Deadline)
@@ -407,7 +413,7 @@ func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bo
 			waiting++
 		}
 		go func() {
-			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout})}
+			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout, NoTXT: !all})}
 		}()
 	}
 	received := 0
@@ -473,8 +479,16 @@ wait:
 
 // build scores DNS answers and computes how long the result may be kept:
 // the lowest of the lists' TTLs (a listing's TTL clamped to [min_ttl,
-// max_ttl], a clean answer negative_ttl, an error error_ttl).
+// max_ttl], a clean answer negative_ttl, an error error_ttl). Results
+// without errors and texts are shared by every IP that has the same
+// answers (see results), so a cache entry costs no result of its own.
 func (e *Engine) build(outs []outcome) (*dnsResult, time.Duration) {
+	r, ttl := e.score(outs)
+	return e.results.share(r), ttl
+}
+
+// score is build without the sharing.
+func (e *Engine) score(outs []outcome) (*dnsResult, time.Duration) {
 	c := &e.opts.Cache
 	r := &dnsResult{}
 	// negative_ttl is used as configured, also above max_ttl.
