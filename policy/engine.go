@@ -21,6 +21,7 @@ import (
 	"github.com/blmilter/blmilter/cache"
 	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/iplist"
+	"github.com/blmilter/blmilter/signedref"
 )
 
 // StoreList is the site's own list; Lookup must be fast (in memory).
@@ -206,6 +207,9 @@ func (e *Engine) Threshold() float64 { return e.opts.Threshold }
 
 // Deadline bounds one check.
 func (e *Engine) Deadline() time.Duration { return e.opts.Deadline }
+
+// RefKey is the fleet's key that signs and opens refs; nil without one.
+func (e *Engine) RefKey() *signedref.Key { return e.opts.RefKey }
 
 // Close stops the list file watcher. Checks still work after Close.
 func (e *Engine) Close() error {

@@ -125,7 +125,7 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 	e.finish(&in.Verdict, r)
 	in.Verdict.Duration = time.Since(start)
 	if in.Verdict.Action.Applies() {
-		rep := e.reply(&in.Verdict, "")
+		rep := e.reply(&in.Verdict, "", false)
 		in.Reply = &rep
 	}
 	return in

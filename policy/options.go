@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/blmilter/blmilter/signedref"
 )
 
 // Options are an engine's settings. NewEngine takes them as they are: the
@@ -30,6 +32,13 @@ type Options struct {
 	// PublicURL is the lookup service's base URL: {url} is PublicURL/ip/IP.
 	// Empty leaves {url} empty.
 	PublicURL string
+	// RefKey, the key a fleet shares, makes each reply's ref the decision
+	// itself, signed (package signedref), and {url} carries it:
+	// PublicURL/ip/IP?ref=REF. Nil: the ref is a short id of the decision
+	// as the Recorder keeps it, and {url} is the plain link.
+	RefKey *signedref.Key
+	// Node names this blmilter in signed refs; "" leaves the name out.
+	Node string
 
 	Cache CacheOptions
 	// DNSServers are "IP" or "IP:port"; none means the system's resolvers.
