@@ -114,6 +114,8 @@ func (p *parser) validate(c *Config) {
 	}
 	p.duration("store.decision_max_age", c.Store.DecisionMaxAge, 10*365*day)
 	p.intRange("store.decision_max_rows", c.Store.DecisionMaxRows, 1, maxDecisionRows)
+	p.validateZone(&c.Zone)
+	p.validateFleet(&c.Fleet)
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		p.addf("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
