@@ -202,13 +202,16 @@ type StoreConfig struct {
 // ZoneConfig is the [zone] section: the site's own list published as an
 // authoritative DNS block list zone (RFC 5782), which other mail servers,
 // the other blmilter nodes of a fleet and secondaries (NSD, Knot, BIND)
-// ask or transfer. It is on when name is set; it needs the store. Every
-// change to the list, an expiry included, is served within 2 s.
+// ask or transfer. It is served when name and listen are set, from the
+// store; every change to the list, an expiry included, is served within
+// 2 s. With a name alone, "blmilter zone export" writes it for rbldnsd or
+// a primary name server.
 type ZoneConfig struct {
 	// The zone's apex, such as "bl.example.org"; "" turns the zone off.
 	Name string `toml:"name" reload:"restart"`
 	// Addresses the zone is served on, each over UDP and TCP, as IP:PORT
-	// ("[::1]:53" for IPv6). In production a public address, port 53.
+	// ("[::1]:53" for IPv6). In production a public address, port 53. Empty:
+	// not served (export only).
 	Listen []string `toml:"listen" reload:"restart"`
 	// TTL of the A and TXT answers; a name that is not listed is cached for
 	// soa.minimum instead. Mail servers see a removal at most this late.

@@ -20,8 +20,12 @@ const (
 	maxZoneListens = 64
 )
 
-// Enabled reports whether the zone is served.
+// Enabled reports whether the config names a zone (to serve, or only to
+// export).
 func (z *ZoneConfig) Enabled() bool { return z.Name != "" }
+
+// Served reports whether the daemon serves the zone.
+func (z *ZoneConfig) Served() bool { return z.Name != "" && len(z.Listen) > 0 }
 
 // CodeAddrs are the codes as addresses, parsed by validation.
 func (z *ZoneConfig) CodeAddrs() map[string]netip.Addr {
@@ -42,7 +46,8 @@ func (z *ZoneConfig) NotifyAddrs() []string { return slices.Clone(z.notify) }
 var zoneTXTPlaceholders = []string{"{ip}", "{category}", "{reason}", "{url}"}
 
 // validateZone checks [zone]; with no name every other key must be left as
-// it is, so a zone half configured is never silently off.
+// it is, so a zone half configured is never silently off. A name without
+// listen addresses is a zone to export only.
 func (p *parser) validateZone(z *ZoneConfig) {
 	z.codes, z.transfer, z.notify = nil, nil, nil
 	z.Name = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(z.Name)), ".")
@@ -54,9 +59,6 @@ func (p *parser) validateZone(z *ZoneConfig) {
 	}
 	if err := checkZone(z.Name); err != nil {
 		p.addf("zone.name", "%v", err)
-	}
-	if len(z.Listen) == 0 {
-		p.addf("zone.listen", "needs at least one IP:PORT to serve the zone on, such as \"127.0.0.1:53\"")
 	}
 	if len(z.Listen) > maxZoneListens {
 		p.addf("zone.listen", "at most %d addresses", maxZoneListens)

@@ -49,6 +49,12 @@ func TestZoneExample(t *testing.T) {
 		t.Errorf("notify %v", got)
 	}
 
+	// A name without listen addresses: a zone to export, not to serve.
+	cfg, err = Parse([]byte("[zone]\nname = \"bl.example.org\"\nns = [\"ns1.example.org\"]\n"+listTOML), "t.toml")
+	if err != nil || !cfg.Zone.Enabled() || cfg.Zone.Served() {
+		t.Fatalf("export only: %v, enabled %v, served %v", err, cfg.Zone.Enabled(), cfg.Zone.Served())
+	}
+
 	// Without [zone] nothing is served, and the defaults validate.
 	cfg, err = Parse([]byte(listTOML), "t.toml")
 	if err != nil || cfg.Zone.Enabled() {
@@ -69,7 +75,6 @@ func TestZoneFleetErrors(t *testing.T) {
 	}{
 		{"half configured", "[zone]\nlisten = [\"127.0.0.1:53\"]\n", "zone.name", 1, "is needed"},
 		{"bad name", "[zone]\nname = \"bl example\"\nlisten = [\"127.0.0.1:53\"]\nns = [\"ns1.example.org\"]\n", "zone.name", 2, "not a DNS zone"},
-		{"no listen", "[zone]\nname = \"bl.example.org\"\nns = [\"ns1.example.org\"]\n", "zone.listen", 1, "at least one"},
 		{"listen host name", "[zone]\nname = \"bl.example.org\"\nlisten = [\"localhost:53\"]\nns = [\"ns1.example.org\"]\n", "zone.listen[0]", 3, "IP:PORT"},
 		{"listen twice", "[zone]\nname = \"bl.example.org\"\nlisten = [\"127.0.0.1:53\", \"127.0.0.1:53\"]\nns = [\"ns1.example.org\"]\n", "zone.listen[1]", 3, "twice"},
 		{"no ns", "[zone]\nname = \"bl.example.org\"\nlisten = [\"127.0.0.1:53\"]\n", "zone.ns", 1, "at least one"},

@@ -256,7 +256,7 @@ local list files it names, and reports every problem at once, one a line:
 
   FILE:LINE: key: problem
 
-Exits 1 when there is any problem, 0 when the file is good.`,
+It reads the fleet's key files and the zone's TSIG secret too. Exits 1 when there is any problem, 0 when the file is good.`,
 	setup: func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return runConfigCheck },
 }
 
@@ -272,11 +272,15 @@ func runConfigCheck(c *cmdCtx, args []string) error {
 	}
 	cfg, err := config.LoadFile(path)
 	if err == nil {
-		// Building the engine opens the list files, which parsing does not.
+		// Building the engine opens the list files and the fleet's key,
+		// which parsing does not; the zone's TSIG secret is read too.
 		var e *policy.Engine
 		e, err = newEngine(cfg, policy.Deps{Logger: slog.New(slog.DiscardHandler)})
 		if err == nil {
 			e.Close()
+			_, err = zoneTSIG(cfg)
+		}
+		if err == nil {
 			fmt.Fprintf(c.stdout, "%s: OK (%d lists)\n", path, len(cfg.Lists))
 			if !cfg.StoreListed() {
 				fmt.Fprintf(c.stderr, "%s: warning: %s\n", path, storeUnusedWarning)

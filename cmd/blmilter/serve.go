@@ -27,6 +27,7 @@ import (
 	"github.com/blmilter/blmilter/policyd"
 	"github.com/blmilter/blmilter/store"
 	"github.com/blmilter/blmilter/web"
+	"github.com/blmilter/blmilter/zone"
 )
 
 var serveCommand = &command{
@@ -110,6 +111,7 @@ var services = []service{
 	{name: "policyd", listen: listenPolicyd, build: buildPolicyd, closed: policyd.ErrServerClosed},
 	{name: "web", listen: listenTCP(func(c *config.Config) string { return c.Web.Listen }), build: buildWeb, closed: http.ErrServerClosed},
 	{name: "metrics", listen: listenTCP(func(c *config.Config) string { return c.Metrics.Listen }), build: buildMetrics, closed: http.ErrServerClosed},
+	{name: "zone", listen: listenZone, build: buildZone, closed: zone.ErrServerClosed},
 }
 
 // daemon is a running blmilter: the current policy engine, the servers
@@ -130,6 +132,7 @@ type daemon struct {
 	health   *health.Monitor
 	resolver atomic.Pointer[dnsbl.Resolver] // for the health probes, from [dns]
 	store    *store.Store                   // nil without one
+	zone     *zone.Server                   // nil unless [zone] is served
 	deps     policy.Deps                    // the same for every engine
 
 	engine  atomic.Pointer[policy.Engine]
@@ -263,7 +266,7 @@ func (d *daemon) start(cfg *config.Config) ([]running, error) {
 		rs = append(rs, running{service: s, ln: ln})
 	}
 	if len(rs) == 0 {
-		return nil, errors.New("nothing to serve: [milter] listen, [policyd] listen and [web] listen are all empty")
+		return nil, errors.New("nothing to serve: [milter] listen, [policyd] listen, [web] listen and [zone] listen are all empty")
 	}
 	for i := range rs {
 		r := &rs[i]
@@ -441,10 +444,16 @@ func (d *daemon) exportHealth(e *policy.Engine) {
 
 // stats is what /admin/api/stats and `blmilter stats` show.
 func (d *daemon) stats() any {
+	var zs *zone.Stats
+	if d.zone != nil {
+		s := d.zone.Stats()
+		zs = &s
+	}
 	return struct {
 		metrics.Stats
 		Health []health.Status `json:"health"`
-	}{d.metrics.Stats(), d.health.Statuses()}
+		Zone   *zone.Stats     `json:"zone,omitempty"`
+	}{d.metrics.Stats(), d.health.Statuses(), zs}
 }
 
 // openStore opens the site's own list ([store] path) before the first
