@@ -180,3 +180,38 @@ func (b *blmilter) listErrorLogged(ip, list string) bool {
 	}
 	return false
 }
+
+// milterTroubles returns blmilter's log lines about milter connections it
+// closed for a protocol error or a timeout. A real MTA must cause none.
+func (b *blmilter) milterTroubles() []string {
+	var out []string
+	for _, l := range lines(b.p.out.String()) {
+		var m logLine
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "milter: connection closed" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// checkMessagesAndProtocol sends two messages in one SMTP session from a
+// clean client through the MTA at addr (Postfix with XCLIENT, Sendmail
+// from a local address), and then checks that nothing the MTA sent broke
+// blmilter's milter protocol rules.
+func checkMessagesAndProtocol(t *testing.T, b *blmilter, addr string, o sessionOpts) {
+	t.Run("two messages in one session", func(t *testing.T) {
+		o.Messages = 2
+		r, err := session(addr, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Stage != "data" || r.Code != 250 {
+			t.Fatalf("clean client sending two messages: got %v, want 250 after DATA", r)
+		}
+	})
+	t.Run("no milter protocol errors", func(t *testing.T) {
+		if tr := b.milterTroubles(); len(tr) > 0 {
+			t.Errorf("blmilter closed milter connections from a real MTA:\n%s", strings.Join(tr, "\n"))
+		}
+	})
+}

@@ -663,3 +663,33 @@ func TestInspectExempt(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckCached(t *testing.T) {
+	s := dnstest.Start(t)
+	name := qname("192.0.2.7", "zen.test")
+	s.Set(name, dnstest.Answer{A: []string{"127.0.0.4"}})
+	e := newEngine(t, s, zenConfig+"\n[policy]\nallow = [\"198.51.100.0/24\"]\n", policy.Deps{})
+	ip := netip.MustParseAddr("192.0.2.7")
+
+	// Not cached yet: no answer, no DNS query, no miss counted twice.
+	if v, ok := e.CheckCached(ip); ok {
+		t.Fatalf("CheckCached before any lookup = %+v, true", v)
+	}
+	if n := s.QueriesFor(name, dns.TypeA); n != 0 {
+		t.Fatalf("CheckCached asked DNS (%d queries)", n)
+	}
+	e.Check(context.Background(), ip)
+	v, ok := e.CheckCached(ip)
+	if !ok || !v.Cached || v.Action != policy.ActionReject || len(v.Hits) != 1 || v.Hits[0].Category != "zombie" {
+		t.Fatalf("CheckCached after a lookup = %+v, %v", v, ok)
+	}
+	if st := e.CacheStats(); st.Hits != 1 || st.Misses != 1 {
+		t.Errorf("stats after CheckCached miss, Check, CheckCached hit: %+v, want 1 hit 1 miss", st)
+	}
+	// Clients that are never looked up are answered at once.
+	for _, a := range []string{"127.0.0.1", "198.51.100.9"} {
+		if v, ok := e.CheckCached(netip.MustParseAddr(a)); !ok || v.Skipped == policy.SkipNone || v.Action != policy.ActionAccept {
+			t.Errorf("CheckCached(%s) = %+v, %v", a, v, ok)
+		}
+	}
+}
