@@ -32,7 +32,17 @@ var funcs = template.FuncMap{
 		}
 		return ""
 	},
-	"score":  scoreText,
+	"score": func(f any) string {
+		switch v := f.(type) {
+		case float64:
+			return scoreText(v)
+		case *float64:
+			if v != nil {
+				return scoreText(*v)
+			}
+		}
+		return ""
+	},
 	"result": resultWords,
 }
 
