@@ -243,3 +243,19 @@ func TestKeyFileProblems(t *testing.T) {
 		t.Errorf("good key: %d %s %s", code, out, errs)
 	}
 }
+
+// The fleet's example configs pass config check as shipped, key files
+// included.
+func TestFleetExamples(t *testing.T) {
+	files, err := filepath.Glob("../../examples/fleet-*.toml")
+	if err != nil || len(files) != 3 {
+		t.Fatalf("examples: %v %v", files, err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if code, out, errs := runCLI("config", "check", f); code != 0 || !strings.Contains(out, "OK") {
+				t.Errorf("config check %s: %d\n%s%s", f, code, out, errs)
+			}
+		})
+	}
+}
