@@ -372,7 +372,8 @@ type PolicyConfig struct {
 	// longer.
 	Deadline Duration `toml:"deadline" reload:"live"`
 	// Reply to a refused client. Placeholders: {ip} {list} {category}
-	// {url} {ref}.
+	// {url} {ref}. {url} is [web] public_url/ip/IP; with [fleet] key_file it
+	// ends in ?ref= and the signed decision, as does {ref}.
 	RejectText string `toml:"reject_text" reload:"live"`
 	// Reply when the action is tempfail.
 	TempfailText string `toml:"tempfail_text" reload:"live"`
