@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -190,6 +192,8 @@ postscreen_dnsbl_min_ttl = 1s
 			t.Fatalf("%s before the listing: %v, want 250 at RCPT", name, r)
 		}
 	}
+
+	t.Run("A's zone survives hostile clients", func(t *testing.T) { hostileZoneClients(t, "127.0.0.1:53", a) })
 
 	// The listing, made on A by another process.
 	start := time.Now()
@@ -425,4 +429,64 @@ func TestContribKnotSecondary(t *testing.T) {
 			t.Errorf("%s does not carry the example secret of contrib/knot/secondary.conf (%v)", f, err)
 		}
 	}
+}
+
+// hostileZoneClients throws garbage at a zone server (random datagrams,
+// cut and oversized messages, a TCP stream of junk, an unsigned AXFR) and
+// checks it still answers and its process lives.
+func hostileZoneClients(t *testing.T, addr string, p *proc) {
+	t.Helper()
+	uc, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	valid := new(dns.Msg)
+	valid.SetQuestion(dns.Fqdn("2.0.0.127."+fleetZone), dns.TypeA)
+	wire, _ := valid.Pack()
+	buf := make([]byte, 4096)
+	for i := range 2000 {
+		var pkt []byte
+		switch i % 4 {
+		case 0: // random bytes
+			pkt = buf[:1+mrand.IntN(len(buf)-1)]
+			rand.Read(pkt)
+		case 1: // a query cut short
+			pkt = wire[:mrand.IntN(len(wire))]
+		case 2: // a query with random bytes after it
+			pkt = append(append([]byte(nil), wire...), buf[:mrand.IntN(512)]...)
+		case 3: // a query with one byte changed
+			pkt = append([]byte(nil), wire...)
+			pkt[mrand.IntN(len(pkt))] ^= byte(1 + mrand.IntN(255))
+		}
+		uc.Write(pkt)
+	}
+	for range 5 {
+		tc, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		junk := make([]byte, 70000)
+		rand.Read(junk)
+		tc.SetDeadline(time.Now().Add(2 * time.Second))
+		tc.Write([]byte{0xff, 0xff}) // a length the stream never fills
+		tc.Write(junk[:100])
+		tc.Close()
+	}
+	axfr := new(dns.Msg)
+	axfr.SetAxfr(dns.Fqdn(fleetZone))
+	tr := &dns.Transfer{}
+	if ch, err := tr.In(axfr, addr); err == nil {
+		for env := range ch {
+			if env.Error == nil {
+				t.Error("an unsigned AXFR got records while a TSIG key is set")
+			}
+		}
+	}
+	if !p.running() {
+		t.Fatalf("the zone's process exited: %v", p.err)
+	}
+	testkit.WaitFor(t, "the zone to answer after the garbage", 5*time.Second, func() error {
+		return testkit.Unless(dnsA(addr, dns.Fqdn("2.0.0.127."+fleetZone)) == "127.0.0.2", "no answer")
+	})
 }
