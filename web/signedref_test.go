@@ -16,7 +16,7 @@ import (
 	"github.com/blmilter/blmilter/signedref"
 )
 
-func webKey(t *testing.T, seed byte) *signedref.Key {
+func webKey(t testing.TB, seed byte) *signedref.Key {
 	t.Helper()
 	k, err := signedref.NewKey(bytes.Repeat([]byte{seed}, 32))
 	if err != nil {
@@ -169,4 +169,25 @@ func TestRefValidated(t *testing.T) {
 			t.Errorf("ref %q: page does not say it is no reference", ref)
 		}
 	}
+}
+
+// Whatever ?ref= holds, the decision lookup neither panics nor echoes
+// what it could not read.
+func FuzzDecisionRef(f *testing.F) {
+	key := webKey(f, 3)
+	e := newEnv(f, envOpts{refKey: key})
+	v := e.eng.Check(context.Background(), ipListed)
+	good := e.eng.Reply(&v).Ref
+	for _, s := range []string{good, good[:len(good)-1], "ABCDEFGHJK", "", "<script>", strings.Repeat("A", signedref.MinLen)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ref string) {
+		d := e.srv.decision(context.Background(), ref, ipListed)
+		if !d.Found && (d.Ref != "" || len(d.Hits) > 0 || d.Note == "") {
+			t.Fatalf("ref %q not found, yet %+v", ref, d)
+		}
+		if d.Found && d.Ref != ref {
+			t.Fatalf("ref %q found as %q", ref, d.Ref)
+		}
+	})
 }
