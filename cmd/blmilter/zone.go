@@ -259,6 +259,7 @@ func buildZone(d *daemon, cfg *config.Config) (server, func(*config.Config), err
 		feed.Run(feedCtx)
 	}()
 	d.zone = srv
+	d.metrics.SetZoneStats(srv.Stats)
 	live := func(next *config.Config) {
 		if next.Zone.Name != name {
 			return // a restart-only change, which the reload names
