@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	mrand "math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +28,29 @@ func zoneTestConfig(dir, zoneExtra string) reloadConfig {
 		"[zone]":    append([]string{`name = "bl.test"`, `listen = ["127.0.0.1:0"]`, `ns = ["ns1.example.org."]`, `ttl = "1m"`}, zoneExtra),
 		"[[list]]":  {`name = "Our list"`, `store = true`},
 	}
+}
+
+// freeDNSAddr is a loopback address whose port was free for both UDP and
+// TCP a moment ago, below the ephemeral range, where no outgoing
+// connection takes it meanwhile.
+func freeDNSAddr(t *testing.T) string {
+	t.Helper()
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+mrand.IntN(12000))
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue
+		}
+		l, err := net.Listen("tcp", addr)
+		pc.Close()
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return addr
+	}
+	t.Fatal("no port free for both UDP and TCP")
+	return ""
 }
 
 func askZone(t *testing.T, addr, name string, qtype uint16) *dns.Msg {
@@ -66,7 +91,7 @@ func TestZoneServedFromStore(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "blmilter.db")
 	// A fixed port, so that zone status can ask it.
-	cfg := zoneTestConfig(dir, "").with("[zone]", fmt.Sprintf("listen = [%q]", fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "udp"))))
+	cfg := zoneTestConfig(dir, "").with("[zone]", fmt.Sprintf("listen = [%q]", freeDNSAddr(t)))
 	path := filepath.Join(dir, "blmilter.toml")
 	// The store exists before the daemon opens it, as after "list add -create".
 	if code, _, errs := runCLI("list", "add", "-create", "-db", db, "192.0.2.1"); code != 0 {
