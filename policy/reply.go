@@ -36,8 +36,7 @@ func (e *Engine) Reply(v *Verdict) Reply {
 	return r
 }
 
-// maxSignedRef bounds a signed ref: room for a dozen hits, and the tag
-// header (900 bytes) keeps it whole.
+// maxSignedRef bounds a signed ref: room for a dozen hits.
 const maxSignedRef = 400
 
 // signedReply is the reply with a signed ref, which {url} carries as
@@ -190,10 +189,14 @@ func expand(tmpl, ip, list, category, url, ref string) string {
 }
 
 // header is the X-Blmilter value: "score=3 hits=Spamhaus ZEN(zombie) ref=...".
+// When it is too long the list of hits is cut, never the ref.
 func header(v *Verdict, ref string) string {
+	head := "score=" + strconv.FormatFloat(v.Score, 'g', -1, 64)
+	tail := ""
+	if ref != "" {
+		tail = " ref=" + sanitize(ref, maxSignedRef)
+	}
 	var b strings.Builder
-	b.WriteString("score=")
-	b.WriteString(strconv.FormatFloat(v.Score, 'g', -1, 64))
 	if len(v.Hits) > 0 {
 		b.WriteString(" hits=")
 		for i, h := range v.Hits {
@@ -206,12 +209,11 @@ func header(v *Verdict, ref string) string {
 			b.WriteByte(')')
 		}
 	}
-	if ref != "" {
-		b.WriteString(" ref=")
-		b.WriteString(ref)
-	}
-	return sanitize(b.String(), 900)
+	return head + sanitize(b.String(), maxHeader-len(head)-len(tail)) + tail
 }
+
+// maxHeader bounds the X-Blmilter header value.
+const maxHeader = 900
 
 // sanitize makes s safe in an SMTP reply or header: control characters
 // (CR, LF, NUL, ...) become spaces, non-ASCII becomes '?', and the length

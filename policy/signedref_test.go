@@ -157,3 +157,24 @@ func TestSignedTagAndInspect(t *testing.T) {
 		t.Fatalf("inspect's reply %+v", in.Reply)
 	}
 }
+
+// A tag's header with many long list names still ends with the whole ref.
+func TestSignedTagManyHits(t *testing.T) {
+	s := dnstest.Start(t)
+	toml := "[policy]\naction = \"tag\"\n[web]\npublic_url = \"https://lookup.example.org\"\n"
+	for i := range 14 {
+		zone := fmt.Sprintf("z%d.test", i)
+		s.Set(qname("192.0.2.7", zone), dnstest.Answer{A: []string{"127.0.0.2"}})
+		toml += fmt.Sprintf("[[list]]\nname = %q\nzone = %q\nweight = 1\n", fmt.Sprintf("%02d", i)+strings.Repeat("n", 62), zone)
+	}
+	key := fleetKey(t, 7)
+	e := signedEngine(t, s, toml, key, policy.Deps{})
+	v := e.Check(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	r := e.Reply(&v)
+	if len(r.Header) > 900 || !strings.HasSuffix(r.Header, " ref="+r.Ref) {
+		t.Fatalf("header of %d bytes does not end with the ref: %q", len(r.Header), r.Header)
+	}
+	if d, err := key.Open(r.Ref); err != nil || d.Action != "tag" || !d.Truncated {
+		t.Fatalf("ref: %+v %v", d, err)
+	}
+}
