@@ -295,10 +295,12 @@ postscreen_dnsbl_min_ttl = 1s
 	})
 
 	// How long a change made by a command takes to be served: each round
-	// adds a new address and waits for the zone's answer.
+	// adds a new address and waits for the zone's answer. A random pause
+	// first, so the rounds do not fall into step with the store's polling.
 	var took []time.Duration
 	for i := range 10 {
 		ip := "198.18.9." + strconv.Itoa(i+1)
+		time.Sleep(time.Duration(mrand.IntN(500)) * time.Millisecond)
 		start := time.Now()
 		if out, err := execOut(bin, "list", "add", "-config", aConf, ip); err != nil {
 			t.Fatalf("list add: %v\n%s", err, out)
