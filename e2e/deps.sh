@@ -7,6 +7,7 @@
 #   dnsperf      the zone server's speed against rbldnsd's (e2e/zoneperf.sh)
 #   swaks dnsutils  for poking at the setup by hand (dig, swaks)
 #   chromium     headless browser for the lookup site's page tests (web/)
+#   groff-base   renders the manual page (cmd/blmilter) to check it
 #   sendmail     the sendmail binary from sendmail-bin, unpacked into
 #                /opt/blmilter-e2e/sendmail: Debian's postfix and sendmail-bin
 #                packages conflict (both are "the" MTA), so sendmail is not
@@ -19,7 +20,7 @@
 set -euo pipefail
 
 SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
-PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium
+PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium groff-base
 	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
 
 skip() {
