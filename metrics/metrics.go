@@ -33,6 +33,7 @@ type Metrics struct {
 	milterSessions prometheus.Gauge
 	policydReqs    *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
+	panics         *prometheus.CounterVec
 
 	mu        sync.RWMutex
 	cacheStat func() cache.Stats
@@ -89,8 +90,11 @@ func New(version string) *Metrics {
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "blmilter_config_reloads_total", Help: "Config reloads by result: ok or error.",
 	}, []string{"result"})
+	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "blmilter_panics_total", Help: "Panics recovered while serving a client: that client was let go, the process lived on.",
+	}, []string{"server"})
 	for _, c := range []prometheus.Collector{m.checks, m.checkDuration, m.listResults, m.listDuration,
-		m.listHealthy, m.wouldReject, m.wouldRejectOne, m.allowOverrides, m.milterSessions, m.policydReqs, m.reloads} {
+		m.listHealthy, m.wouldReject, m.wouldRejectOne, m.allowOverrides, m.milterSessions, m.policydReqs, m.reloads, m.panics} {
 		f(c)
 	}
 	for _, a := range []policy.Action{policy.ActionAccept, policy.ActionReject, policy.ActionTempfail, policy.ActionTag, policy.ActionLog} {
@@ -99,6 +103,7 @@ func New(version string) *Metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
+	m.panics.WithLabelValues("milter")
 	f(newCacheCollector(m))
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -224,6 +229,10 @@ func (m *Metrics) ConfigReload(ok bool) {
 		m.reloads.WithLabelValues("error").Inc()
 	}
 }
+
+// Panic counts one panic recovered in a goroutine serving a client of
+// server ("milter", "policyd", "web").
+func (m *Metrics) Panic(server string) { m.panics.WithLabelValues(server).Inc() }
 
 // CountSessions wraps a milter listener so blmilter_milter_sessions_in_flight
 // follows the connections it accepts.
