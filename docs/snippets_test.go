@@ -704,6 +704,38 @@ func completeConfig(t *testing.T, block, scratch string) (whole string, problems
 		write(t, scratchFile, "")
 		l["file"] = scratchFile
 	}
+	// Key files ([fleet], [zone.tsig]) likewise: said to be needed, and a
+	// scratch key for the check.
+	scratchKey := func(file string) string {
+		if !mentionedInComment(block, file) {
+			problems = append(problems, fmt.Sprintf("the block names the key file %s: ship it, or say in a comment line of the block that it is needed", file))
+		}
+		p := filepath.Join(scratch, "keys", path.Base(file))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		write(t, p, "c2NyYXRjaCBrZXkgZm9yIHRoZSBzbmlwcGV0IGNoZWNr\n")
+		return p
+	}
+	if f, _ := base["fleet"].(map[string]any); f != nil {
+		if kf, ok := f["key_file"].(string); ok && kf != "" {
+			f["key_file"] = scratchKey(kf)
+		}
+		if prev, ok := f["previous_key_files"].([]any); ok {
+			for i, pf := range prev {
+				if s, ok := pf.(string); ok {
+					prev[i] = scratchKey(s)
+				}
+			}
+		}
+	}
+	if z, _ := base["zone"].(map[string]any); z != nil {
+		if ts, _ := z["tsig"].(map[string]any); ts != nil {
+			if sf, ok := ts["secret_file"].(string); ok && sf != "" {
+				ts["secret_file"] = scratchKey(sf)
+			}
+		}
+	}
 	var b bytes.Buffer
 	if err := toml.NewEncoder(&b).Encode(base); err != nil {
 		t.Fatal(err)
@@ -764,6 +796,7 @@ func TestSnippetCheckerCatches(t *testing.T) {
 		{"misspelt key", kindTOML, "[policy]\nacton = \"reject\"\n", "unknown key"},
 		{"list file neither shipped nor mentioned", kindTOML, "[[list]]\nname = \"local\"\nfile = \"/etc/blmilter/local.txt\"\n", "ship it"},
 		{"not TOML", kindTOML, "[policy\n", "not TOML"},
+		{"key file neither shipped nor mentioned", kindTOML, "[fleet]\nkey_file = \"/etc/blmilter/fleet.key\"\n", "key file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.kind == kindTOML && blmilter == "" {
@@ -783,6 +816,7 @@ func TestSnippetCheckerCatches(t *testing.T) {
 		{"master.cf service", kindMasterCF, "# a comment on its own line\nblm unix - n n - - spawn\n  user=nobody argv=/bin/true\n"},
 		{"milter", kindMC, "INPUT_MAIL_FILTER(`blmilter', `S=local:/run/blmilter/milter.sock, F=, T=C:10s;E:1m')dnl\n"},
 		{"list file said to be needed", kindTOML, "# Needs /etc/blmilter/local.txt: one IP or CIDR a line.\n[[list]]\nname = \"local\"\nfile = \"/etc/blmilter/local.txt\"\n"},
+		{"key files said to be needed", kindTOML, "# Needs /etc/blmilter/fleet.key and /etc/blmilter/xfr.key.\n[fleet]\nkey_file = \"/etc/blmilter/fleet.key\"\n[zone]\nname = \"bl.example.org\"\nns = [\"ns1.example.org.\"]\ntsig = { name = \"xfr.example.org.\", secret_file = \"/etc/blmilter/xfr.key\" }\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.kind == kindTOML && blmilter == "" {
