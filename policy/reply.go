@@ -40,7 +40,7 @@ var refEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 func topHit(v *Verdict) (Hit, bool) {
 	best := -1
 	for i, h := range v.Hits {
-		if h.DryRun || h.Degraded || h.Weight <= 0 {
+		if h.DryRun || h.Degraded || h.Unproven || h.Weight <= 0 {
 			continue
 		}
 		if best < 0 || h.Weight > v.Hits[best].Weight {
@@ -189,6 +189,8 @@ func LogAttrs(v Verdict) []slog.Attr {
 			switch {
 			case h.Degraded:
 				s += ":degraded"
+			case h.Unproven:
+				s += ":unproven"
 			case h.DryRun:
 				s += ":dry-run"
 			}

@@ -52,6 +52,7 @@ const (
 	ResultNotListed = "not_listed"
 	ResultError     = "list_error"    // the list did not give a usable answer
 	ResultDegraded  = "list_degraded" // the list fails its health checks; its answers are not used
+	ResultUnproven  = "list_unproven" // the list has not been health-checked yet; its answers are not used
 	ResultSkipped   = "skipped"       // the list does not take this kind of address (e.g. IPv6)
 )
 
@@ -103,7 +104,7 @@ type HitInfo struct {
 	CategoryText string `json:"category_text,omitempty"`
 	Code         string `json:"code,omitempty"`
 	Reason       string `json:"reason,omitempty"`
-	NotCounted   bool   `json:"not_counted,omitempty"` // dry-run or degraded list: logged, not scored
+	NotCounted   bool   `json:"not_counted,omitempty"` // dry-run, degraded or unproven list: logged, not scored
 }
 
 // parseIP reads the IP of a URL, or says in words why it is not one.
@@ -200,7 +201,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 				listed = true
 			}
 		}
-		if li.Result == ResultError || li.Result == ResultDegraded {
+		if li.Result == ResultError || li.Result == ResultDegraded || li.Result == ResultUnproven {
 			incomplete = true
 		}
 		if li.Result == ResultSkipped {
@@ -255,6 +256,8 @@ func resultCode(status string) string {
 		return ResultNotListed
 	case "degraded":
 		return ResultDegraded
+	case "unproven":
+		return ResultUnproven
 	case "skipped":
 		return ResultSkipped
 	default:
@@ -323,7 +326,7 @@ func (s *Server) decision(ctx context.Context, ref string, ip netip.Addr) *Decis
 	di.Action = string(d.Action)
 	for _, h := range d.Hits {
 		hi := HitInfo{List: h.List, Category: h.Category, CategoryText: categoryTitle(h.Category), Reason: h.Reason,
-			NotCounted: h.DryRun || h.Degraded}
+			NotCounted: h.DryRun || h.Degraded || h.Unproven}
 		if h.Code.IsValid() {
 			hi.Code = h.Code.String()
 		}
@@ -369,6 +372,8 @@ func resultWords(result string) string {
 		return "not listed"
 	case ResultDegraded:
 		return "could not check (list failing its health checks)"
+	case ResultUnproven:
+		return "not yet checked (the list has not passed its first health check since it was configured)"
 	case ResultSkipped:
 		return "not asked"
 	default:
