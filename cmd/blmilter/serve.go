@@ -304,7 +304,7 @@ func (d *daemon) awaitFirstRound() {
 	start := time.Now()
 	if left := d.health.WaitChecked(ctx); len(left) > 0 {
 		d.logger.Warn("lists not yet checked: their hits do not count until they pass a probe round; mail flows without them meanwhile",
-			slog.Any("lists", left), slog.Duration("waited", time.Since(start).Round(time.Millisecond)))
+			slog.Any("lists", left), slog.String("waited", time.Since(start).Round(time.Millisecond).String()))
 	}
 }
 
