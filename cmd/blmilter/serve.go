@@ -127,6 +127,9 @@ type daemon struct {
 	// and the outcome of each SIGHUP (for tests).
 	onListen func(name string, addr net.Addr)
 	onReload func(err error)
+	// depsHook, when set, may change what every engine reports to and
+	// asks (tests give it a site list that panics).
+	depsHook func(*policy.Deps)
 
 	metrics  *metrics.Metrics
 	health   *health.Monitor
@@ -203,6 +206,9 @@ func (d *daemon) run(cfg *config.Config, sigs <-chan os.Signal) (err error) {
 	if err := d.watch(cfg); err != nil {
 		closeListeners()
 		return err
+	}
+	if d.depsHook != nil {
+		d.depsHook(&d.deps)
 	}
 	e, err := newEngine(cfg, d.deps)
 	if err != nil {
@@ -606,7 +612,7 @@ func (d *daemon) retryStore(path string, stop <-chan struct{}) {
 		}
 		d.storeMissing(err)
 		wait = min(2*wait, storeRetryMax)
-		d.logger.Warn("store still unavailable", slog.String("path", path), slog.Any("err", err), slog.Duration("retry_in", wait))
+		d.logger.Warn("store still unavailable", slog.String("path", path), slog.Any("err", err), slog.String("retry_in", wait.String()))
 	}
 }
 

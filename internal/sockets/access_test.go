@@ -3,73 +3,20 @@ package sockets
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/blmilter/blmilter/internal/testkit"
 )
-
-// testGroup creates a real group for the test (as root) and removes it at
-// the end; the test is skipped where it cannot.
-func testGroup(t *testing.T) (name string, gid int) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a group and run a client as another user")
-	}
-	for _, tool := range []string{"groupadd", "groupdel", "setpriv", "perl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s: %v", tool, err)
-		}
-	}
-	name = fmt.Sprintf("blmt%d", os.Getpid()%100000)
-	if out, err := exec.Command("groupadd", name).CombinedOutput(); err != nil {
-		t.Fatalf("groupadd %s: %v\n%s", name, err, out)
-	}
-	t.Cleanup(func() { exec.Command("groupdel", name).Run() })
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gid, _ = strconv.Atoi(g.Gid)
-	return name, gid
-}
-
-// openDir is a temp directory every user may enter (t.TempDir's are not).
-func openDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "blmilter-sock-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	if err := os.Chmod(d, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
-// dialAs connects to the unix socket at path from a process running as
-// nobody in group gid alone, as an MTA of that group would.
-func dialAs(path string, gid int) error {
-	cmd := exec.Command("setpriv", "--reuid=65534", "--regid="+strconv.Itoa(gid), "--clear-groups",
-		"perl", "-MIO::Socket::UNIX", "-e",
-		`IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $ARGV[0]) or die "connect: $!\n"`, path)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
 
 // The check agrees with a real client of the group: where Access says the
 // group can reach the socket, a process of that group connects, and where
 // it names a problem, the process is refused.
 func TestAccessAgreesWithARealClient(t *testing.T) {
-	group, gid := testGroup(t)
-	root := filepath.Join(openDir(t), "spool")
+	group, gid := testkit.Group(t)
+	root := filepath.Join(testkit.OpenDir(t), "spool")
 	if err := os.Mkdir(root, 0o700); err != nil { // root's: nobody else may enter
 		t.Fatal(err)
 	}
@@ -111,7 +58,7 @@ func TestAccessAgreesWithARealClient(t *testing.T) {
 	if err := Access(path, group, 0o660); err == nil || !strings.Contains(err.Error(), "not writable by group") {
 		t.Errorf("Access of a root:root 0660 socket = %v, want not writable", err)
 	}
-	if err := dialAs(path, gid); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+	if err := testkit.DialUnixAs(path, gid); err == nil || !strings.Contains(err.Error(), "Permission denied") {
 		t.Errorf("client of the group connected to a root:root socket: %v", err)
 	}
 
@@ -121,7 +68,7 @@ func TestAccessAgreesWithARealClient(t *testing.T) {
 	if err := Access(path, group, 0o660); err != nil {
 		t.Errorf("Access with the socket's group set: %v", err)
 	}
-	if err := dialAs(path, gid); err != nil {
+	if err := testkit.DialUnixAs(path, gid); err != nil {
 		t.Errorf("client of the group: %v", err)
 	}
 
@@ -132,7 +79,7 @@ func TestAccessAgreesWithARealClient(t *testing.T) {
 	if err := Access(path, group, 0o660); err == nil || !strings.Contains(err.Error(), sockDir+" (") {
 		t.Errorf("Access through a 0700 socket directory = %v, want it named", err)
 	}
-	if err := dialAs(path, gid); err == nil {
+	if err := testkit.DialUnixAs(path, gid); err == nil {
 		t.Error("client connected through a 0700 directory")
 	}
 }
@@ -140,8 +87,8 @@ func TestAccessAgreesWithARealClient(t *testing.T) {
 // A directory owned by a member of the group (Postfix's private/, owned by
 // the postfix user, mode 0700) lets that member through.
 func TestAccessOwnerInGroup(t *testing.T) {
-	group, gid := testGroup(t)
-	dir := openDir(t)
+	group, gid := testkit.Group(t)
+	dir := testkit.OpenDir(t)
 	passwd := filepath.Join(t.TempDir(), "passwd")
 	if err := os.WriteFile(passwd, fmt.Appendf(nil, "mta:x:4242:%d::/:/bin/false\n", gid), 0o644); err != nil {
 		t.Fatal(err)
