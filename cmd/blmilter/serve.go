@@ -358,19 +358,39 @@ func (d *daemon) build(cfg *config.Config, rs []running) error {
 }
 
 // checkSockets says loudly when the MTA's group cannot reach a unix
-// socket: Postfix then fails open and mail passes unfiltered.
+// socket: Postfix then fails open and mail passes unfiltered. A socket
+// left in root's group without socket_group gets a warning: no MTA runs
+// as root, so only the socket's mode could let it in.
 func (d *daemon) checkSockets(cfg *config.Config, rs []running) {
 	groups := map[string]string{"milter": cfg.Milter.SocketGroup, "policyd": cfg.Policyd.SocketGroup}
 	for _, r := range rs {
-		group := groups[r.name]
-		if group == "" || r.ln.Addr().Network() != "unix" {
+		if r.ln.Addr().Network() != "unix" {
 			continue
 		}
-		if err := sockets.Access(r.ln.Addr().String(), group, 0); err != nil {
+		path, group := r.ln.Addr().String(), groups[r.name]
+		if group == "" {
+			if rootOnly(path) {
+				d.logger.Warn("the socket belongs to root's group and socket_group is not set: an MTA not running as root cannot connect, and fails open; set socket_group to the MTA's group (postfix, smmsp)",
+					slog.String("server", r.name), slog.String("socket", path))
+			}
+			continue
+		}
+		if err := sockets.Access(path, group, 0); err != nil {
 			d.logger.Error("the MTA cannot reach the socket: it will fail open and mail will pass unfiltered; fix the directories' modes or socket_group",
 				slog.String("server", r.name), slog.Any("err", err))
 		}
 	}
+}
+
+// rootOnly reports whether the socket at path is in group 0 and closed to
+// others.
+func rootOnly(path string) bool {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Gid == 0 && fi.Mode().Perm()&0o002 == 0
 }
 
 // shutdown stops every server at once, each letting its sessions finish
