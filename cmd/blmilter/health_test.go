@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -359,10 +360,12 @@ func TestStartDoesNotWaitForeverForProbes(t *testing.T) {
 	// The probe asks three test points one after another, answering after
 	// 4 s, 4 s and 0.9 s: more than the 5 s bound, so the round is still
 	// running when serving starts.
-	cfg := strings.Replace(brokenConfig(s, dir, policydAddr, testkit.FreeAddr(t), "Slow", "slow.test", "2s"), "[health]\n", "[health]\ntimeout = \"5s\"\n", 1)
+	webAddr := testkit.FreeAddr(t)
+	cfg := strings.Replace(brokenConfig(s, dir, policydAddr, webAddr, "Slow", "slow.test", "2s"), "[health]\n", "[health]\ntimeout = \"5s\"\n", 1)
 	s.Set(qname("127.0.0.2", "slow.test"), dnstest.Answer{A: []string{"127.0.0.2"}, Delay: 4 * time.Second})
 	s.Set(qname("127.0.0.1", "slow.test"), dnstest.Answer{Rcode: dns.RcodeNameError, Delay: 4 * time.Second})
 	writeFile(t, cfgPath, cfg)
+	testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmilter") // built before the clock starts
 	start := time.Now()
 	d := startServe(t, cfgPath)
 	c, err := dialPolicy(policydAddr, 10*time.Second)
@@ -387,6 +390,18 @@ func TestStartDoesNotWaitForeverForProbes(t *testing.T) {
 	testkit.WaitFor(t, "the decision with the unproven hit", 5*time.Second, func() error {
 		return testkit.Unless(strings.Contains(d.log.String(), `"Slow:listed:127.0.0.2:unproven"`), "not logged:\n%s", d.log.String())
 	})
+
+	// The operator sees it: blmilter stats and the lookup page.
+	code, out, errs := runCLI("stats", "-url", "http://"+webAddr, "-token", "0123456789abcdef0123456789abcdef")
+	if code != 0 {
+		t.Fatalf("stats: exit %d: %s", code, errs)
+	}
+	if !regexp.MustCompile(`(?m)^Slow .*NOT YET CHECKED`).MatchString(out) || !regexp.MustCompile(`(?m)^Good .*healthy`).MatchString(out) {
+		t.Errorf("blmilter stats does not show Slow as not yet checked and Good as healthy:\n%s", out)
+	}
+	if page := httpGet(t, "http://"+webAddr+"/ip/198.18.7.7"); !strings.Contains(page, "not yet checked") {
+		t.Errorf("the lookup page does not say the list is not yet checked:\n%s", page)
+	}
 }
 
 func httpGet(t *testing.T, url string) string {

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -271,6 +272,60 @@ zone = "bl.test"
 			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 			if len(lines) != 1 || !strings.Contains(lines[0], "blmilter did not start") || !strings.Contains(lines[0], "address already in use") {
 				t.Errorf("log file: want the one line saying why blmilter did not start, got:\n%s", b)
+			}
+		})
+	}
+}
+
+// The site's own list refuses no mail without a [[list]] store = true:
+// config check and serve say so when the store is in use, by the lookup
+// service (its removal form, its admin API) or by listings, and stay
+// quiet when it is not.
+func TestStoreUnusedWarned(t *testing.T) {
+	s := dnstest.Start(t)
+	tests := []struct {
+		name      string
+		web       string
+		storeTOML string
+		listings  bool
+		warn      bool
+	}{
+		{"lookup service on", "127.0.0.1:0", "", false, true},
+		{"nothing uses the store", "", "", false, false},
+		{"listings nobody uses", "", "", true, true},
+		{"a store list", "127.0.0.1:0", "[[list]]\nname = \"Site\"\nstore = true\n", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "blmilter.toml")
+			text := strings.Replace(testConfig(s, dir, ""), "[web]\nlisten = \"\"", "[web]\nlisten = \""+tt.web+"\"", 1) + tt.storeTOML
+			writeFile(t, path, text)
+			if tt.listings {
+				if code, _, errs := runCLI("list", "add", "192.0.2.50", "-db", filepath.Join(dir, "blmilter.db"), "-create"); code != 0 {
+					t.Fatalf("list add: %s", errs)
+				}
+			}
+			code, _, errs := runCLI("config", "check", path)
+			if code != 0 {
+				t.Fatalf("config check: exit %d: %s", code, errs)
+			}
+			if got := strings.Contains(errs, "refuses no mail"); got != tt.warn {
+				t.Errorf("config check warned %v, want %v: %q", got, tt.warn, errs)
+			}
+			cfg, err := loadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs := &testkit.Buffer{}
+			d := newDaemon(path, slog.New(slog.NewTextHandler(logs, nil)))
+			closeStore, err := d.openStore(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeStore()
+			if got := strings.Contains(logs.String(), "refuses no mail"); got != tt.warn {
+				t.Errorf("serve warned %v, want %v: %s", got, tt.warn, logs.String())
 			}
 		})
 	}
