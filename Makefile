@@ -10,11 +10,11 @@ build:
 	$(GO) build -o blmilter ./cmd/blmilter
 
 # Everything, as CI runs it: installs what the end-to-end tests need
-# (Postfix, Sendmail, rbldnsd, swaks, Chromium), then runs every test with
-# the race detector, the end-to-end ones (-tags e2e) included. A missing
-# package is a failure, never a skip; the load comparison runs one short
-# round, so its whole path is exercised (e2e/load.sh runs it at full size
-# for figures).
+# (Postfix, Sendmail, rbldnsd, NSD, Knot, dnsperf, swaks, Chromium), then
+# runs every test with the race detector, the end-to-end ones (-tags e2e)
+# included. A missing package is a failure, never a skip; the load and zone
+# speed comparisons run one short round, so their whole path is exercised
+# (e2e/load.sh and e2e/zoneperf.sh run them at full size for figures).
 test: deps
 	$(GO) test -race -count=1 -timeout 15m -tags e2e ./...
 
@@ -39,4 +39,4 @@ lint:
 	$(STATICCHECK) -tags e2e ./...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./iplist/ ./dnsbl/ ./policy/ ./milter/ ./policyd/ ./web/ ./store/
+	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./iplist/ ./dnsbl/ ./policy/ ./milter/ ./policyd/ ./web/ ./store/ ./zone/

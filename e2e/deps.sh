@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests in e2e/ (and web/'s browser test) need, from Debian's packages:
 #   postfix      a private Postfix instance (no system instance is configured)
-#   rbldnsd      serves the test block lists on loopback
+#   rbldnsd      serves the test block lists on loopback, and the site's zone exported for it
+#   nsd knot     secondaries of blmilter's DNS zone, and primaries of its master-file export
+#   knot-dnsutils  kdig, to ask the zone server as an operator would
+#   dnsperf      the zone server's speed against rbldnsd's (e2e/zoneperf.sh)
 #   swaks dnsutils  for poking at the setup by hand (dig, swaks)
 #   chromium     headless browser for the lookup site's page tests (web/)
 #   sendmail     the sendmail binary from sendmail-bin, unpacked into
@@ -16,7 +19,7 @@
 set -euo pipefail
 
 SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
-PKGS=(postfix rbldnsd swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium
+PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium
 	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
 
 skip() {

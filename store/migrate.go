@@ -80,6 +80,17 @@ CREATE TRIGGER listings_gen_update AFTER UPDATE ON listings
 CREATE TRIGGER listings_gen_delete AFTER DELETE ON listings
 	BEGIN UPDATE meta SET value = value + 1 WHERE key = 'listings_gen'; END;
 `,
+	// 2: the serial each published DNS zone last had, so it never goes back
+	// across restarts, and a digest of what that serial published, so a
+	// restart with the same listings keeps it.
+	`
+CREATE TABLE zone_serials (
+	zone    TEXT    PRIMARY KEY, -- the zone's name, lower case with a trailing dot
+	serial  INTEGER NOT NULL,    -- 0 .. 2^32-1, compared as RFC 1982 serial numbers
+	digest  TEXT    NOT NULL DEFAULT '',
+	updated INTEGER NOT NULL
+);
+`,
 }
 
 // schemaVersion reads PRAGMA user_version.

@@ -1,0 +1,83 @@
+package zone
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/blmilter/blmilter/dnsbl"
+	"github.com/blmilter/blmilter/health"
+	"github.com/blmilter/blmilter/internal/testkit/testengine"
+	"github.com/blmilter/blmilter/policy"
+)
+
+// TestHealthProbePasses runs blmilter's own list health probe (RFC 5782
+// test points) against the zone, for a list asked about IPv4 and IPv6 and
+// for one asked about IPv6 alone, which must publish ::ffff:127.0.0.2.
+// With 127.0.0.0/8 and ::/0 listed, 127.0.0.1 and ::ffff:7f00:1 must still
+// be unlisted.
+func TestHealthProbePasses(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		listings []Listing
+	}{
+		{"the list", serverListings},
+		{"networks around the test points", append([]Listing{
+			{Prefix: netip.MustParsePrefix("127.0.0.0/8"), Category: "zombie"},
+			{Prefix: netip.MustParsePrefix("::/0"), Category: "zombie"},
+		}, serverListings...)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := startServer(t, testOptions(), tt.listings)
+			cfg := testengine.Config(t, nil, fmt.Sprintf(`
+[dns]
+servers = [%q]
+timeout = "1s"
+[[list]]
+name = "Site zone"
+zone = "bl.example.org"
+weight = 3
+[[list]]
+name = "Site zone IPv6"
+zone = "bl.example.org"
+weight = 3
+ipv4 = false
+`, ts.addr))
+			res, err := dnsbl.NewResolver([]string{ts.addr}, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The monitor as the daemon sets it up: the [health] section.
+			h := cfg.Health
+			var engine *policy.Engine
+			mon := health.New(func() health.Target { return engine }, func() health.Resolver { return res }, health.Options{
+				Interval:    h.Interval.Duration,
+				Timeout:     h.Timeout.Duration,
+				FailAfter:   h.FailAfter,
+				MaxHitRatio: h.MaxHitRatio,
+				MinChecks:   h.MinChecks,
+				RatioWindow: h.RatioWindow.Duration,
+			})
+			engine = testengine.From(t, cfg, policy.Deps{Observers: []policy.Observer{mon}})
+			before := ts.Stats()
+			mon.ProbeDue(context.Background())
+			sts := mon.Statuses()
+			if len(sts) != 2 {
+				t.Fatalf("statuses %+v, want two lists", sts)
+			}
+			for _, st := range sts {
+				if !st.Healthy || st.LastProbe.IsZero() {
+					t.Errorf("%s: healthy %v (%s: %s), probed %v", st.List, st.Healthy, st.Code, st.Reason, st.LastProbe)
+				}
+			}
+			after := ts.Stats()
+			// Listed test points and unlisted ones were asked.
+			if after.Listed-before.Listed < 3 || after.NXDomain-before.NXDomain < 4 {
+				t.Errorf("probe queries: %d listed and %d NXDOMAIN answers, want at least 3 and 4",
+					after.Listed-before.Listed, after.NXDomain-before.NXDomain)
+			}
+		})
+	}
+}
