@@ -240,6 +240,23 @@ func (c *Cache[K, V]) Get(key K) (V, bool) {
 	return zero, false
 }
 
+// Peek returns the live value for key, like Get, but counts only a hit:
+// a caller that goes on to Load after a miss has the miss counted there,
+// once. It never waits for a load in flight.
+func (c *Cache[K, V]) Peek(key K) (V, bool) {
+	s := c.shardFor(key)
+	now := c.clock()
+	s.mu.Lock()
+	if e, ok := s.lru.Get(key); ok && e.exp > now {
+		s.mu.Unlock()
+		s.hits.Add(1)
+		return e.v, true
+	}
+	s.mu.Unlock()
+	var zero V
+	return zero, false
+}
+
 // Set stores v for ttl. A ttl <= 0 stores nothing and drops any value held
 // for key, since the caller has said the answer must not be reused.
 func (c *Cache[K, V]) Set(key K, v V, ttl time.Duration) {

@@ -658,3 +658,21 @@ func TestNoGoroutinesStarted(t *testing.T) {
 		t.Errorf("goroutines %d -> %d: the cache must not start any", before, after)
 	}
 }
+
+func TestPeekCountsOnlyHits(t *testing.T) {
+	c, clk := newTestCache[netip.Addr, string](t, Options{Size: 10})
+	if _, ok := c.Peek(addr(1)); ok {
+		t.Fatal("Peek of an empty cache found a value")
+	}
+	c.Set(addr(1), "listed", time.Minute)
+	if v, ok := c.Peek(addr(1)); !ok || v != "listed" {
+		t.Fatalf("Peek = %q, %v", v, ok)
+	}
+	clk.advance(time.Minute)
+	if _, ok := c.Peek(addr(1)); ok {
+		t.Fatal("Peek returned an expired value")
+	}
+	if st := c.Stats(); st.Hits != 1 || st.Misses != 0 {
+		t.Errorf("Stats = %+v, want 1 hit and no miss", st)
+	}
+}

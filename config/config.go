@@ -104,14 +104,18 @@ type MilterConfig struct {
 	// Group (name or number) of a unix socket, so that the MTA's user can
 	// reach it; "" leaves the group of the blmilter process.
 	SocketGroup string `toml:"socket_group" reload:"restart"`
-	// Idle time allowed between two MTA commands.
+	// Time allowed for each MTA command, from the moment blmilter waits
+	// for it until its last byte: idle time and a slow packet alike.
+	// Postfix sends nothing while the client sends DATA, so with action =
+	// "tag" keep it above the time the slowest clients take for a message.
 	ReadTimeout Duration `toml:"read_timeout" reload:"restart"`
 	// Time allowed to write one reply to the MTA.
 	WriteTimeout Duration `toml:"write_timeout" reload:"restart"`
 	// Longest a whole MTA connection may last, however active: above any
 	// real SMTP session, including a large message.
 	SessionTimeout Duration `toml:"session_timeout" reload:"restart"`
-	// Most MTA connections served at once; more are refused. Above
+	// Most MTA connections served at once; one more is closed at once and
+	// Postfix applies milter_default_action to its session. Above
 	// Postfix's default_process_limit (100), one connection per smtpd.
 	MaxConnections int `toml:"max_connections" reload:"restart"`
 }

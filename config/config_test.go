@@ -131,6 +131,9 @@ func TestConfigErrors(t *testing.T) {
 		{"code table as section", zen + "[list.codes]\n\"127.0.0.2\" = \"bad category\"\n", `list[0].codes."127.0.0.2"`, 5, "non-empty word"},
 		{"public_url", "[web]\npublic_url = \"lookup.example.org\"\n" + zen, "web.public_url", 2, "http:// or https://"},
 		{"milter listen", "[milter]\nlisten = \"127.0.0.1:8895\"\n" + zen, "milter.listen", 2, "inet:HOST:PORT"},
+		{"milter max_connections zero", "[milter]\nmax_connections = 0\n" + zen, "milter.max_connections", 2, "at least 1"},
+		{"milter max_connections huge", "[milter]\nmax_connections = 9223372036854775807\n" + zen, "milter.max_connections", 2, "at most 100000"},
+		{"milter session_timeout", "[milter]\nsession_timeout = \"0s\"\n" + zen, "milter.session_timeout", 2, "positive"},
 		{"smtp from", "[web.smtp]\nserver = \"smtp.example.org:587\"\n" + zen, "web.smtp.from", 0, "needed"},
 		{"list not a table", "list = 3\n", "list", 1, "array of tables"},
 	}

@@ -19,6 +19,14 @@
 // question is rejected. One timeout bounds the whole lookup, retries and
 // TXT included, so a dead list costs a mail session a known time.
 //
+// A Lookup with NoTXT sends one A query and nothing else; Reason fetches a
+// listing's TXT text on its own, so a caller can decide on the A answer
+// and ask for the text later. UDP goes through a few long-lived sockets
+// per server, rotated now and then, with a random ID per query and the
+// answer matched to its question; the same question asked again while it
+// is in flight, by any Resolver with the same servers, waits for the one
+// packet already sent (transport.go says how answers are matched).
+//
 // The package knows nothing of caching, scoring or categories, and does
 // not log: a Result carries the codes, the TTL and the error so that the
 // callers can decide and say.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,16 +29,65 @@ const resolvConf = "/etc/resolv.conf"
 const udpSize = 1232
 
 // Resolver sends DNS list queries to a fixed set of recursive servers. It
-// is safe for concurrent use.
+// is safe for concurrent use. Resolvers with the same servers share their
+// sockets and their queries in flight (see client), so building a new one
+// on every reload costs nothing.
 type Resolver struct {
 	servers []string // host:port
 	timeout time.Duration
-	udp     *dns.Client
-	tcp     *dns.Client
+	c       *client
+}
+
+// client is what every Resolver for one list of servers shares.
+type client struct {
+	pools []*udpPool // one per server, in order
+	tcp   *dns.Client
 	// preferred is the index of the server that last gave a usable
 	// answer; queries start there, so a dead first server costs one
 	// timeout share once, not on every lookup.
 	preferred atomic.Uint32
+
+	mu      sync.Mutex
+	flights map[flightKey]*flight
+}
+
+// flightKey is one DNS question; names are compared as built (lower-case
+// labels of the address, the zone as configured).
+type flightKey struct {
+	name  string
+	qtype uint16
+}
+
+// flight is one question being asked; everyone asking the same question
+// meanwhile waits for its answer instead of sending another packet.
+type flight struct {
+	done chan struct{}
+	resp *dns.Msg
+	err  error
+}
+
+var clients struct {
+	sync.Mutex
+	m map[string]*client
+}
+
+// clientFor returns the shared client for servers, in this order.
+func clientFor(servers []string) *client {
+	key := strings.Join(servers, " ")
+	clients.Lock()
+	defer clients.Unlock()
+	if clients.m == nil {
+		clients.m = map[string]*client{}
+	}
+	c := clients.m[key]
+	if c == nil {
+		c = &client{tcp: &dns.Client{Net: "tcp"}, flights: map[flightKey]*flight{}}
+		for _, s := range servers {
+			c.pools = append(c.pools, poolFor(s))
+		}
+		clients.m[key] = c
+	}
+	return c
 }
 
 // NewResolver returns a resolver that asks servers ("192.0.2.53",
@@ -77,12 +127,7 @@ func newResolver(servers []string, timeout time.Duration, conf string) (*Resolve
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Resolver{
-		servers: addrs,
-		timeout: timeout,
-		udp:     &dns.Client{Net: "udp", UDPSize: udpSize},
-		tcp:     &dns.Client{Net: "tcp"},
-	}, nil
+	return &Resolver{servers: addrs, timeout: timeout, c: clientFor(addrs)}, nil
 }
 
 // serverAddr turns "host", "host:port", an IPv6 literal with or without
@@ -136,39 +181,88 @@ func (r *Resolver) Lookup(ctx context.Context, q Query) Result {
 }
 
 func (r *Resolver) lookup(ctx context.Context, q Query) Result {
-	if !q.IP.IsValid() {
-		return Result{Status: Error, Err: errors.New("dnsbl: invalid IP address")}
+	name, timeout, err := r.prepare(q)
+	if err != nil {
+		return Result{Status: Error, Err: err}
 	}
-	ip := q.IP
-	if !q.KeepMapped {
-		ip = ip.Unmap()
-	}
-	var buf [160]byte
-	name := string(appendName(buf[:0], ip, q.Zone))
-	if z := trimDot(q.Zone); z == "" {
-		return Result{Status: Error, Err: errors.New("dnsbl: empty zone")}
-	} else if _, ok := dns.IsDomainName(name); !ok || len(name) > 254 {
-		return Result{Status: Error, Err: errors.New("dnsbl: zone is not a valid domain name")}
-	}
-	timeout := q.Timeout
-	if timeout <= 0 {
-		timeout = r.timeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-
-	resp, err := r.query(ctx, name, dns.TypeA)
+	deadline := lookupDeadline(ctx, timeout)
+	resp, err := r.query(ctx, deadline, name, dns.TypeA)
 	if err != nil {
 		return Result{Status: Error, Err: err}
 	}
 	res := classify(resp)
 	if res.Status == Listed && !q.NoTXT {
 		// The reason is a courtesy: without it the listing stands.
-		if txt, err := r.query(ctx, name, dns.TypeTXT); err == nil {
-			res.Reason = reason(txt)
+		if txt, err := r.query(ctx, deadline, name, dns.TypeTXT); err == nil {
+			res.Reason = reasonText(txt)
 		}
 	}
 	return res
+}
+
+// lookupDeadline is when a lookup with this timeout must end: timeout from
+// now, or ctx's deadline if that comes first. The lookup carries it along
+// with ctx (which only tells of cancellation then) instead of deriving a
+// context for it: a context with a timer per lookup costs more than the
+// rest of the lookup's bookkeeping.
+func lookupDeadline(ctx context.Context, timeout time.Duration) time.Time {
+	d := time.Now().Add(timeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		return cd
+	}
+	return d
+}
+
+// prepare checks q and returns the name to ask and the lookup's timeout.
+func (r *Resolver) prepare(q Query) (name string, timeout time.Duration, err error) {
+	if !q.IP.IsValid() {
+		return "", 0, errors.New("dnsbl: invalid IP address")
+	}
+	ip := q.IP
+	if !q.KeepMapped {
+		ip = ip.Unmap()
+	}
+	var buf [160]byte
+	name = string(appendName(buf[:0], ip, q.Zone))
+	if z := trimDot(q.Zone); z == "" {
+		return "", 0, errors.New("dnsbl: empty zone")
+	} else if _, ok := dns.IsDomainName(name); !ok || len(name) > 254 {
+		return "", 0, errors.New("dnsbl: zone is not a valid domain name")
+	}
+	timeout = q.Timeout
+	if timeout <= 0 {
+		timeout = r.timeout
+	}
+	return name, timeout, nil
+}
+
+// Reason asks for the TXT record under q's name: the text a list gives
+// for a listing. It is the second half of a Lookup without NoTXT, for a
+// caller that decides on the A answer at once and wants the reason later,
+// away from the mail it was deciding about. ttl is how long the text may
+// be kept: the lowest TTL of the TXT records, or the negative TTL when
+// there are none (reason is then "").
+func (r *Resolver) Reason(ctx context.Context, q Query) (reason string, ttl time.Duration, err error) {
+	name, timeout, err := r.prepare(q)
+	if err != nil {
+		return "", 0, err
+	}
+	resp, err := r.query(ctx, lookupDeadline(ctx, timeout), name, dns.TypeTXT)
+	if err != nil {
+		return "", 0, err
+	}
+	first := true
+	for _, rr := range resp.Answer {
+		if t, ok := rr.(*dns.TXT); ok {
+			if d := time.Duration(t.Hdr.Ttl) * time.Second; first || d < ttl {
+				ttl, first = d, false
+			}
+		}
+	}
+	if first {
+		ttl = negativeTTL(resp)
+	}
+	return reasonText(resp), ttl, nil
 }
 
 // classify turns a NOERROR or NXDOMAIN answer to an A query into a Result.
@@ -278,9 +372,9 @@ func negativeTTL(resp *dns.Msg) time.Duration {
 // maxReason bounds a TXT reason, which ends up in logs and on pages.
 const maxReason = 512
 
-// reason joins the TXT records of an answer with a space; the strings of
-// one record are concatenated, as a long text is split at 255 bytes.
-func reason(resp *dns.Msg) string {
+// reasonText joins the TXT records of an answer with a space; the strings
+// of one record are concatenated, as a long text is split at 255 bytes.
+func reasonText(resp *dns.Msg) string {
 	var b strings.Builder
 	for _, rr := range resp.Answer {
 		t, ok := rr.(*dns.TXT)
@@ -343,36 +437,103 @@ func printable(s string) string {
 
 func isRuneStart(c byte) bool { return c&0xc0 != 0x80 }
 
-// query asks the servers for name/qtype until one gives a usable answer
+// query asks the servers for name/qtype, or waits for the same question
+// if it is in flight already (asked by any Resolver with the same
+// servers): one packet, however many lookups want the answer. The answer
+// is shared, so callers must not modify it.
+//
+// The flight runs under the context and deadline of the lookup that
+// started it. A lookup that joined it and has time left when it ended
+// without an answer (its starter's time was shorter, or its starter went
+// away) asks again.
+func (r *Resolver) query(ctx context.Context, deadline time.Time, name string, qtype uint16) (*dns.Msg, error) {
+	c := r.c
+	key := flightKey{name, qtype}
+	for {
+		c.mu.Lock()
+		f := c.flights[key]
+		if f == nil {
+			f = &flight{done: make(chan struct{})}
+			c.flights[key] = f
+			c.mu.Unlock()
+			f.resp, f.err = r.ask(ctx, deadline, name, qtype)
+			c.mu.Lock()
+			delete(c.flights, key)
+			c.mu.Unlock()
+			close(f.done)
+			return f.resp, f.err
+		}
+		c.mu.Unlock()
+		if err := r.join(ctx, deadline, f, qtype); err != nil {
+			return nil, err
+		}
+		ended := errors.Is(f.err, ErrTimeout) || errors.Is(f.err, context.Canceled)
+		if f.err == nil || !ended || ctx.Err() != nil || time.Until(deadline) < minRetry {
+			return f.resp, f.err
+		}
+	}
+}
+
+// join waits for f, or until the lookup's own time is up.
+func (r *Resolver) join(ctx context.Context, deadline time.Time, f *flight, qtype uint16) error {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-f.done:
+		return nil
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fmt.Errorf("dnsbl: lookup canceled: %w", ctx.Err())
+		}
+	case <-t.C:
+	}
+	return fmt.Errorf("%w (waiting for the same %s query in flight)", ErrTimeout, dns.TypeToString[qtype])
+}
+
+// minRetry is the least time left for which a lookup asks again after
+// the query it joined ended without an answer.
+const minRetry = 50 * time.Millisecond
+
+// lookupEnded is the error of a lookup whose context or time ended.
+func lookupEnded(ctx context.Context, tries int, took time.Duration, qtype uint16) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("dnsbl: lookup canceled: %w", ctx.Err())
+	}
+	return fmt.Errorf("%w (%s query, %d attempt(s) in %v)", ErrTimeout, dns.TypeToString[qtype], tries, took.Round(time.Millisecond))
+}
+
+// ask asks the servers for name/qtype until one gives a usable answer
 // (NOERROR or NXDOMAIN, matching the question). After a timeout, SERVFAIL,
 // REFUSED, another error rcode or a network error it tries the next server;
 // each attempt gets an equal share of the time left, so a silent server
-// cannot use up the time of the ones after it. A mismatched answer is not
-// retried: it is returned as ErrMismatch.
-func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+// cannot use up the time of the ones after it. A mismatched answer over
+// TCP, or answer records for another name, are not retried: they are
+// returned as ErrMismatch. (Over UDP a datagram for another question is
+// dropped and the attempt keeps waiting; see transport.go.)
+func (r *Resolver) ask(ctx context.Context, deadline time.Time, name string, qtype uint16) (*dns.Msg, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
 	m.RecursionDesired = true
 	m.SetEdns0(udpSize, false)
 
+	c := r.c
 	n := len(r.servers)
 	// One server is asked twice: a lost UDP packet is the commonest
 	// failure, and a second server is not there to cover it.
 	attempts := max(n, 2)
-	first := int(r.preferred.Load()) % n
-	deadline, _ := ctx.Deadline()
+	first := int(c.preferred.Load()) % n
 	start := time.Now()
+	over := func() bool { return ctx.Err() != nil || !time.Now().Before(deadline) }
 	var err error
 	tries := 0
 	for i := range attempts {
-		if ctx.Err() != nil {
+		if over() {
 			break
 		}
 		idx := (first + i) % n
 		share := time.Until(deadline) / time.Duration(attempts-i)
-		m.Id = dns.Id()
 		var resp *dns.Msg
-		resp, err = r.exchange(ctx, time.Now().Add(share), m, r.servers[idx])
+		resp, err = r.exchange(ctx, time.Now().Add(share), m, idx)
 		tries++
 		if err == nil {
 			err = check(resp, name, qtype)
@@ -381,7 +542,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 			switch resp.Rcode {
 			case dns.RcodeSuccess, dns.RcodeNameError:
 				if idx != first {
-					r.preferred.Store(uint32(idx))
+					c.preferred.Store(uint32(idx))
 				}
 				return resp, nil
 			case dns.RcodeServerFailure:
@@ -396,24 +557,22 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 			break
 		}
 	}
-	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, ErrMismatch) {
-		if errors.Is(cerr, context.Canceled) {
-			return nil, fmt.Errorf("dnsbl: lookup canceled: %w", cerr)
-		}
+	if over() && !errors.Is(err, ErrMismatch) {
 		// The lookup's time ran out, whatever the last attempt said.
-		err = ErrTimeout
+		return nil, lookupEnded(ctx, tries, time.Since(start), qtype)
 	}
 	return nil, fmt.Errorf("%w (%s query, %d attempt(s) in %v)",
 		err, dns.TypeToString[qtype], tries, time.Since(start).Round(time.Millisecond))
 }
 
-// exchange sends m to server over UDP, and again over TCP if the UDP answer
-// is truncated, waiting until deadline at most. It returns a classified
-// error: ErrTimeout, or a network error without the server's address.
-func (r *Resolver) exchange(ctx context.Context, deadline time.Time, m *dns.Msg, server string) (*dns.Msg, error) {
-	resp, err := exchangeOnce(ctx, deadline, r.udp, m, server)
+// exchange sends m to server idx over UDP, and again over TCP if the UDP
+// answer is truncated, waiting until deadline at most. It returns a
+// classified error: ErrTimeout, or a network error without the server's
+// address.
+func (r *Resolver) exchange(ctx context.Context, deadline time.Time, m *dns.Msg, idx int) (*dns.Msg, error) {
+	resp, err := r.c.pools[idx].exchange(ctx, deadline, m)
 	if err == nil && resp.Truncated {
-		resp, err = exchangeOnce(ctx, deadline, r.tcp, m, server)
+		resp, err = exchangeTCP(ctx, deadline, r.c.tcp, m, r.servers[idx])
 	}
 	if err != nil {
 		return nil, netError(err)
@@ -424,19 +583,15 @@ func (r *Resolver) exchange(ctx context.Context, deadline time.Time, m *dns.Msg,
 // longAgo is a deadline in the past, to wake a blocked read.
 var longAgo = time.Unix(1, 0)
 
-// exchangeOnce is one query over one connection. It is dns.Client's
-// exchange, except that the attempt's deadline is set on the connection
-// (no context per attempt), and cancelling ctx, not only its deadline,
-// ends a read that is waiting.
-func exchangeOnce(ctx context.Context, deadline time.Time, c *dns.Client, m *dns.Msg, server string) (*dns.Msg, error) {
-	dctx := ctx
-	if c.Net == "tcp" {
-		// A TCP connect can hang, unlike a UDP "dial"; keep it to the
-		// attempt's time (truncated answers are rare, so is this context).
-		var cancel context.CancelFunc
-		dctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
+// exchangeTCP is one query over a new TCP connection, for an answer too
+// large for UDP. It is dns.Client's exchange, except that the attempt's
+// deadline is set on the connection (no context per attempt), and
+// cancelling ctx, not only its deadline, ends a read that is waiting.
+func exchangeTCP(ctx context.Context, deadline time.Time, c *dns.Client, m *dns.Msg, server string) (*dns.Msg, error) {
+	// A TCP connect can hang, unlike a UDP "dial"; keep it to the
+	// attempt's time (truncated answers are rare, so is this context).
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	conn, err := c.DialContext(dctx, server)
 	if err != nil {
 		return nil, err
@@ -448,20 +603,14 @@ func exchangeOnce(ctx context.Context, deadline time.Time, c *dns.Client, m *dns
 	if err := conn.WriteMsg(m); err != nil {
 		return nil, err
 	}
-	for {
-		resp, err := conn.ReadMsg()
-		if err != nil {
-			return nil, err
-		}
-		if resp.Id == m.Id {
-			return resp, nil
-		}
-		// Over UDP a datagram with another id is not the answer (a
-		// late or forged one): keep waiting. Over TCP it is an error.
-		if c.Net == "tcp" {
-			return nil, fmt.Errorf("%w: id %d, sent %d", ErrMismatch, resp.Id, m.Id)
-		}
+	resp, err := conn.ReadMsg()
+	if err != nil {
+		return nil, err
 	}
+	if resp.Id != m.Id {
+		return nil, fmt.Errorf("%w: id %d, sent %d", ErrMismatch, resp.Id, m.Id)
+	}
+	return resp, nil
 }
 
 func netError(err error) error {

@@ -5,21 +5,24 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/blmilter/blmilter/internal/testkit"
 )
 
 // blmilter is the blmilter binary running with a test config.
 type blmilter struct {
-	p      *proc
-	Milter string // "127.0.0.1:port"
-	Policy string // "127.0.0.1:port"
-	config string // path of the config file
+	p       *proc
+	Milter  string // "127.0.0.1:port"
+	Policy  string // "127.0.0.1:port"
+	config  string // path of the config file
+	logFile string // with blmilterOpts.LogFile
 }
 
 // blmilterOpts adjusts the test config.
@@ -64,6 +67,7 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 	}
 	if o.LogFile {
 		logFile = filepath.Join(dir, "blmilter.log")
+		b.logFile = logFile
 	}
 	cfg := fmt.Sprintf(`# blmilter end-to-end test config
 [milter]
@@ -113,6 +117,39 @@ allow = []
 	return b
 }
 
+// logSize is how far blmilter's log file has grown.
+func (b *blmilter) logSize(t testing.TB) int64 {
+	t.Helper()
+	fi, err := os.Stat(b.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// checkTimes returns the time each check took that was not answered from
+// the cache, from the decision lines blmilter's log file got after offset.
+func (b *blmilter) checkTimes(t testing.TB, offset int64) []time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(b.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []time.Duration
+	for _, l := range lines(string(data[min(offset, int64(len(data))):])) {
+		var m struct {
+			IP       string  `json:"ip"`
+			Cached   *bool   `json:"cached"`
+			Duration float64 `json:"duration"` // nanoseconds
+		}
+		if json.Unmarshal([]byte(l), &m) != nil || m.IP == "" || m.Cached == nil || *m.Cached {
+			continue
+		}
+		out = append(out, time.Duration(m.Duration))
+	}
+	return out
+}
+
 // logLine is one JSON line of blmilter's log.
 type logLine map[string]any
 
@@ -153,4 +190,39 @@ func (b *blmilter) listErrorLogged(ip, list string) bool {
 		}
 	}
 	return false
+}
+
+// milterTroubles returns blmilter's log lines about milter connections it
+// closed for a protocol error or a timeout. A real MTA must cause none.
+func (b *blmilter) milterTroubles() []string {
+	var out []string
+	for _, l := range lines(b.p.out.String()) {
+		var m logLine
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "milter: connection closed" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// checkMessagesAndProtocol sends two messages in one SMTP session from a
+// clean client through the MTA at addr (Postfix with XCLIENT, Sendmail
+// from a local address), and then checks that nothing the MTA sent broke
+// blmilter's milter protocol rules.
+func checkMessagesAndProtocol(t *testing.T, b *blmilter, addr string, o sessionOpts) {
+	t.Run("two messages in one session", func(t *testing.T) {
+		o.Messages = 2
+		r, err := session(addr, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Stage != "data" || r.Code != 250 {
+			t.Fatalf("clean client sending two messages: got %v, want 250 after DATA", r)
+		}
+	})
+	t.Run("no milter protocol errors", func(t *testing.T) {
+		if tr := b.milterTroubles(); len(tr) > 0 {
+			t.Errorf("blmilter closed milter connections from a real MTA:\n%s", strings.Join(tr, "\n"))
+		}
+	})
 }

@@ -7,6 +7,7 @@
 #   dnsperf      the zone server's speed against rbldnsd's (e2e/zoneperf.sh)
 #   swaks dnsutils  for poking at the setup by hand (dig, swaks)
 #   chromium     headless browser for the lookup site's page tests (web/)
+#   rspamd       the load comparison's other milter, with only its RBL module on the test lists
 #   sendmail     the sendmail binary from sendmail-bin, unpacked into
 #                /opt/blmilter-e2e/sendmail: Debian's postfix and sendmail-bin
 #                packages conflict (both are "the" MTA), so sendmail is not
@@ -19,7 +20,7 @@
 set -euo pipefail
 
 SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
-PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium
+PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium rspamd
 	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
 
 skip() {
@@ -57,7 +58,21 @@ if ! apt-get update -qq; then
 	skip "apt-get update failed; missing packages: ${missing[*]:-none}"
 fi
 if ((${#missing[@]} > 0)); then
-	if ! apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+	# No service starts from a package here (rspamd would start a system
+	# instance on its default ports): the tests run their own instances.
+	# policy-rc.d is Debian's switch for that; one already there is kept.
+	own_policy=0
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 0755 /usr/sbin/policy-rc.d
+		own_policy=1
+	fi
+	status=0
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" || status=$?
+	if ((own_policy)); then
+		rm -f /usr/sbin/policy-rc.d
+	fi
+	if ((status != 0)); then
 		skip "apt-get install failed for: ${missing[*]}"
 	fi
 fi

@@ -34,6 +34,7 @@ var tools = map[string][]string{
 	"kdig":          {"/usr/bin/kdig"},
 	"dig":           {"/usr/bin/dig"},
 	"dnsperf":       {"/usr/bin/dnsperf"},
+	"rspamd":        {"/usr/bin/rspamd"},
 	"m4":            {"/usr/bin/m4"},
 	"unshare":       {"/usr/bin/unshare"},
 	"ip":            {"/usr/sbin/ip", "/sbin/ip", "/bin/ip"},

@@ -99,6 +99,7 @@ func TestPostfixMilter(t *testing.T) {
 	t.Run("127.255.255.254 is a list error, logged", func(t *testing.T) {
 		checkListErrorLogged(t, b)
 	})
+	checkMessagesAndProtocol(t, b, pf.Addr, sessionOpts{XClient: clientClean})
 	// milter_default_action = accept (contrib/postfix/main.cf.milter): with
 	// blmilter gone, Postfix accepts as if there were no milter.
 	t.Run("blmilter stopped: mail accepted", func(t *testing.T) {

@@ -193,6 +193,10 @@ type sessionOpts struct {
 	Local   string // local address to bind the client socket to
 	From    string // default sender@example.org
 	Rcpt    string // default user@e2e.test
+	// Messages, when not 0, is how many messages to send after the first
+	// RCPT (MAIL and RCPT again before each one after the first); the
+	// reply is then the last DATA's.
+	Messages int
 }
 
 // reply is what the client was told: the reply to RCPT, or the first
@@ -273,7 +277,28 @@ func session(addr string, o sessionOpts) (reply, error) {
 	if err := c.Rcpt(o.Rcpt, nil); err != nil {
 		return smtpReply("rcpt", err)
 	}
+	for i := range o.Messages {
+		if i > 0 {
+			if err := c.Mail(o.From, nil); err != nil {
+				return smtpReply("mail", err)
+			}
+			if err := c.Rcpt(o.Rcpt, nil); err != nil {
+				return smtpReply("rcpt", err)
+			}
+		}
+		w, err := c.Data()
+		if err != nil {
+			return smtpReply("data", err)
+		}
+		fmt.Fprintf(w, "From: <%s>\r\nTo: <%s>\r\nSubject: end-to-end message %d\r\n\r\nHello.\r\n", o.From, o.Rcpt, i+1)
+		if err := w.Close(); err != nil {
+			return smtpReply("data", err)
+		}
+	}
 	c.Quit()
+	if o.Messages > 0 {
+		return reply{Stage: "data", Code: 250}, nil
+	}
 	return reply{Stage: "rcpt", Code: 250}, nil
 }
 

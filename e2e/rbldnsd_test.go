@@ -29,10 +29,12 @@ const (
 	zoneBlock = "bl.e2e.test"  // codes by range, IPv4 and IPv6
 	zoneAllow = "wl.e2e.test"  // DNSWL-style, negative weight
 	zoneError = "err.e2e.test" // answers 127.255.255.254 for everything
+	zoneDyn   = "pbl.e2e.test" // a third list for the load comparison: dynamic ranges
 
 	listBlock = "E2E block"
 	listAllow = "E2E allow"
 	listError = "E2E broken"
+	listDyn   = "E2E dynamic"
 
 	publicURL = "http://lookup.e2e.test"
 )
@@ -50,12 +52,23 @@ var (
 	clientLoadPool = "198.19.0.0/24"    // load test: bl lists 198.19.0.0/26
 )
 
+// The load test's cold rows, where every session is a new client: blmload
+// takes turns between the two networks, so half the clients are listed (by
+// bl and pbl) and half are in no list.
+const (
+	clientColdListed = "198.18.128.0/17"
+	clientColdClean  = "198.19.128.0/17"
+	clientColdPool   = clientColdListed + "," + clientColdClean
+	coldPoolSize     = 2 << 15 // addresses in clientColdPool
+)
+
 const zoneBlock4 = `# ` + zoneBlock + ` IPv4: ip4set, one code per range
 :127.0.0.2:Listed as a spam source, see ` + publicURL + `/ip/$
 127.0.0.2
 198.18.0.0/27
 198.18.0.128/27
 198.19.0.0/26
+` + clientColdListed + `
 198.18.0.32/27 :127.0.0.4:Listed as a zombie, see ` + publicURL + `/ip/$
 198.18.0.64/27 :127.0.0.6:Listed as an open proxy, see ` + publicURL + `/ip/$
 198.18.0.96/27 :127.0.0.10:Dynamic address range, see ` + publicURL + `/ip/$
@@ -71,6 +84,12 @@ const zoneAllow4 = `# ` + zoneAllow + `: a DNSWL-style allow list
 :127.0.10.1:Known good sender
 127.0.0.2
 198.18.0.128/27
+`
+
+const zoneDyn4 = `# ` + zoneDyn + `: dynamic address ranges
+:127.0.0.10:Dynamic address range, see ` + publicURL + `/ip/$
+127.0.0.2
+` + clientColdListed + `
 `
 
 const zoneError4 = `# ` + zoneError + `: what a list says to a refused resolver
@@ -109,6 +128,15 @@ health = false
 	return s
 }
 
+// dynListTOML is the third list of the load comparison.
+var dynListTOML = fmt.Sprintf(`
+[[list]]
+name = %q
+zone = %q
+weight = 1
+codes = { "127.0.0.10" = "dynamic" }
+`, listDyn, zoneDyn)
+
 // startRbldnsd serves the test lists on 127.0.0.1 and returns "127.0.0.1:port".
 func startRbldnsd(t testing.TB) string {
 	t.Helper()
@@ -117,6 +145,7 @@ func startRbldnsd(t testing.TB) string {
 	writeFile(t, filepath.Join(dir, "bl4"), zoneBlock4)
 	writeFile(t, filepath.Join(dir, "bl6"), zoneBlock6)
 	writeFile(t, filepath.Join(dir, "wl4"), zoneAllow4)
+	writeFile(t, filepath.Join(dir, "pbl4"), zoneDyn4)
 	writeFile(t, filepath.Join(dir, "err4"), zoneError4)
 	writeFile(t, filepath.Join(dir, "err6"), zoneError6)
 
@@ -129,7 +158,7 @@ func startRbldnsd(t testing.TB) string {
 		p := startProc(t, bin, "-n", "-e", "-a", "-t", "300", "-c", "1h",
 			"-w", dir, "-b", "127.0.0.1/"+strconv.Itoa(port),
 			zoneBlock+":ip4set:bl4", zoneBlock+":ip6trie:bl6",
-			zoneAllow+":ip4set:wl4",
+			zoneAllow+":ip4set:wl4", zoneDyn+":ip4set:pbl4",
 			zoneError+":ip4trie:err4", zoneError+":ip6trie:err6")
 		lastErr = waitDNS(addr, p)
 		if lastErr == nil {
@@ -191,6 +220,11 @@ func TestRbldnsdZones(t *testing.T) {
 		{"allow list test point", "127.0.0.2", zoneAllow, "127.0.10.1"},
 		{"documentation address", "192.0.2.77", zoneBlock, ""},
 		{"documentation address allow list", "203.0.113.9", zoneAllow, ""},
+		{"cold load: listed half", "198.18.200.1", zoneBlock, "127.0.0.2"},
+		{"cold load: listed half, dynamic", "198.18.200.1", zoneDyn, "127.0.0.10"},
+		{"cold load: clean half", "198.19.200.1", zoneBlock, ""},
+		{"cold load: clean half, dynamic", "198.19.200.1", zoneDyn, ""},
+		{"dynamic list test point", "127.0.0.2", zoneDyn, "127.0.0.10"},
 		{"error zone", clientClean, zoneError, "127.255.255.254"},
 		{"error zone ipv6", clientClean6, zoneError, "127.255.255.254"},
 	}

@@ -119,6 +119,7 @@ func TestSendmail(t *testing.T) {
 			checkReply(t, c, r)
 		})
 	}
+	checkMessagesAndProtocol(t, b, addr, sessionOpts{Local: clientClean})
 	// F=T in contrib/sendmail/blmilter.mc: with blmilter gone, Sendmail
 	// tempfails instead of accepting unchecked mail.
 	t.Run("blmilter stopped: tempfail (F=T)", func(t *testing.T) {

@@ -98,7 +98,12 @@ dry_run = true
 	m.SetListHealthy("Test BL", false)
 	m.ConfigReload(false)
 	m.PolicydRequest("DUNNO")
+	if got := scrape(t, srv.URL, `blmilter_panics_total{server="milter"}`); got != 0 {
+		t.Errorf("blmilter_panics_total{server=\"milter\"} = %v before any panic, want 0 (present)", got)
+	}
+	m.Panic("milter")
 	for series, v := range map[string]float64{
+		`blmilter_panics_total{server="milter"}`:          1,
 		`blmilter_list_healthy{list="Test BL"}`:           0,
 		`blmilter_config_reloads_total{result="error"}`:   1,
 		`blmilter_config_reloads_total{result="ok"}`:      0,

@@ -2,7 +2,9 @@ package milter
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -21,17 +23,29 @@ type decisionLine struct {
 
 // decisionLog writes the decision lines from one goroutine, so that
 // formatting a line does not delay the reply the MTA is waiting for (the
-// log line costs as much as the rest of a cached check). Lines keep the
-// time of the decision. When the queue is full, or the server has stopped,
-// a line is written by the caller: lines are never dropped.
+// log line costs as much as the rest of a cached check). The writer wakes
+// at most once per gatherFor and writes what gathered since, rather than
+// once per line: waking a goroutine for every session costs the sessions
+// more than the line itself. Lines keep the time of the decision. When
+// the queue is full, or the server has stopped, a line is written by the
+// caller: lines are never dropped.
 type decisionLog struct {
 	logger *slog.Logger
 
-	mu      sync.RWMutex
+	mu      sync.Mutex
 	running bool
-	lines   chan decisionLine
+	stopped bool
+	queue   []decisionLine
+	spare   []decisionLine // the writer's last batch, reused
+	wake    chan struct{}  // a line came into an empty queue
+	quit    chan struct{}
 	done    chan struct{}
 }
+
+const (
+	gatherFor = 20 * time.Millisecond
+	maxQueued = 4096
+)
 
 func newDecisionLog(logger *slog.Logger) *decisionLog {
 	return &decisionLog{logger: logger}
@@ -40,29 +54,64 @@ func newDecisionLog(logger *slog.Logger) *decisionLog {
 func (l *decisionLog) start() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.running || l.lines != nil {
-		return // running, or stopped for good
+	if l.running || l.stopped {
+		return
 	}
 	l.running = true
-	l.lines = make(chan decisionLine, 256)
+	l.wake = make(chan struct{}, 1)
+	l.quit = make(chan struct{})
 	l.done = make(chan struct{})
-	go func() {
-		defer close(l.done)
-		for d := range l.lines {
-			l.write(d)
-		}
-	}()
+	go l.run()
 }
 
-// stop writes the lines queued and stops the writer.
+func (l *decisionLog) run() {
+	defer close(l.done)
+	t := time.NewTimer(gatherFor)
+	t.Stop()
+	for {
+		select {
+		case <-l.wake:
+		case <-l.quit:
+			l.writeQueued()
+			return
+		}
+		t.Reset(gatherFor)
+		select {
+		case <-t.C:
+		case <-l.quit:
+			t.Stop()
+			l.writeQueued()
+			return
+		}
+		l.writeQueued()
+	}
+}
+
+func (l *decisionLog) writeQueued() {
+	l.mu.Lock()
+	batch := l.queue
+	l.queue = l.spare[:0]
+	l.mu.Unlock()
+	for i := range batch {
+		l.write(batch[i])
+	}
+	clear(batch) // the verdicts' slices may be large: let them go
+	l.mu.Lock()
+	l.spare = batch
+	l.mu.Unlock()
+}
+
+// stop writes the lines queued and stops the writer for good.
 func (l *decisionLog) stop() {
 	l.mu.Lock()
 	if !l.running {
+		l.stopped = true
 		l.mu.Unlock()
 		return
 	}
 	l.running = false
-	close(l.lines) // no sender holds the read lock now
+	l.stopped = true
+	close(l.quit)
 	l.mu.Unlock()
 	<-l.done
 }
@@ -71,20 +120,31 @@ func (l *decisionLog) log(d decisionLine) {
 	if !l.logger.Enabled(context.Background(), slog.LevelInfo) {
 		return
 	}
-	l.mu.RLock()
-	if l.running {
+	l.mu.Lock()
+	if !l.running || len(l.queue) >= maxQueued {
+		l.mu.Unlock()
+		l.write(d)
+		return
+	}
+	l.queue = append(l.queue, d)
+	first := len(l.queue) == 1
+	l.mu.Unlock()
+	if first {
 		select {
-		case l.lines <- d:
-			l.mu.RUnlock()
-			return
+		case l.wake <- struct{}{}:
 		default:
 		}
 	}
-	l.mu.RUnlock()
-	l.write(d)
 }
 
 func (l *decisionLog) write(d decisionLine) {
+	defer func() {
+		// A log handler that fails loses this line, not the process
+		// (this goroutine serves every session's lines).
+		if p := recover(); p != nil {
+			fmt.Fprintf(os.Stderr, "blmilter: milter decision line for %s lost: log handler panicked: %v\n", d.verdict.IP, p)
+		}
+	}()
 	attrs := policy.LogAttrs(d.verdict)
 	attrs = append(attrs, slog.String("stage", d.stage))
 	if d.queueID != "" {

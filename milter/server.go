@@ -1,113 +1,102 @@
 package milter
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	"github.com/blmilter/blmilter/policy"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("milter: server closed")
 
-const (
-	defaultReadTimeout  = 2 * time.Minute
-	defaultWriteTimeout = 10 * time.Second
-)
-
-// Negotiated with the MTA. Only AddHeader is needed (for action = "tag");
-// SetSymList asks for the few macros blmilter reads.
-//
-// The protocol flags skip the stages blmilter has no use for. No "no reply"
-// flag (SMFIP_NR_*) is ever set: Postfix leaves Nagle's algorithm on for its
-// milter sockets, and an MTA that sends a command without waiting for a
-// reply and then another small one stalls on the peer's delayed ACK (about
-// 40 ms per session on Linux). Replying to every command costs a round trip
-// on loopback and avoids that.
-//
-// NoUnknown and NoData are not optional: go-milter closes the session on an
-// SMFIC_UNKNOWN command.
-const (
-	milterActions  = gomilter.OptAddHeader | gomilter.OptSetSymList
-	milterProtocol = gomilter.OptNoHelo | gomilter.OptNoHeaders | gomilter.OptNoEOH |
-		gomilter.OptNoBody | gomilter.OptNoUnknown | gomilter.OptNoData
-)
-
-// noReplyFlags are the protocol flags blmilter must never negotiate.
-const noReplyFlags = gomilter.OptNoHeaderReply | gomilter.OptNoConnReply | gomilter.OptNoHeloReply |
-	gomilter.OptNoMailReply | gomilter.OptNoRcptReply | gomilter.OptNoDataReply |
-	gomilter.OptNoUnknownReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
-
-// symList is the macros blmilter reads, per stage. An MTA that honours it
-// (Postfix, Sendmail 8.14+) sends only these; the MTA defaults carry them too.
-var symList = map[gomilter.Stage][]string{
-	gomilter.StageConnect:  {"{client_addr}", "_"},
-	gomilter.StageMailFrom: {"i", "{auth_authen}"},
-	gomilter.StageRcptTo:   {"i"},
-	gomilter.StageEOM:      {"i"},
-}
-
-// Server is the milter server: one go-milter session per MTA connection,
-// with read and write deadlines and a graceful shutdown.
+// Server is the milter server: one goroutine per MTA connection, each
+// bounded in time (Options) and in what it buffers, at most
+// Options.MaxConnections at once, and a graceful shutdown.
 type Server struct {
-	logger       *slog.Logger
-	readTimeout  time.Duration
-	writeTimeout time.Duration
-	newMilter    func() gomilter.Milter
-	decisions    *decisionLog
+	opts      Options
+	engine    func() *policy.Engine
+	logger    *slog.Logger
+	problems  *limitedLog // protocol errors, refusals, panics: rate-limited
+	decisions *decisionLog
 
 	closing atomic.Bool
 
 	// now is a coarse clock (Unix nanoseconds) kept by a ticker while the
-	// server listens, so that deadlines are re-armed without reading the
-	// system clock on every packet (see conn).
+	// server runs, so that deadlines are re-armed without reading the
+	// system clock on every packet (see conn.armRead).
 	now       atomic.Int64
 	clockOnce sync.Once
 	clockStop chan struct{}
+	stopOnce  sync.Once
 
 	mu        sync.Mutex
-	listeners map[*listener]struct{}
+	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	drained   chan struct{} // closed once closing and no connection is left
 	isDrained bool
 }
 
-func newServer(logger *slog.Logger, readTimeout, writeTimeout time.Duration, newMilter func() gomilter.Milter) *Server {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	if readTimeout <= 0 {
-		readTimeout = defaultReadTimeout
-	}
-	if writeTimeout <= 0 {
-		writeTimeout = defaultWriteTimeout
+// NewServer returns a milter server that asks engine() for the current
+// policy engine at each SMTP connection, so a reload takes effect for the
+// next connection while sessions in progress keep the engine they started
+// with. The timeouts and MaxConnections of opts must be positive.
+func NewServer(engine func() *policy.Engine, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		logger:       logger,
-		readTimeout:  readTimeout,
-		writeTimeout: writeTimeout,
-		newMilter:    newMilter,
-		decisions:    newDecisionLog(logger),
-		listeners:    map[*listener]struct{}{},
-		conns:        map[*conn]struct{}{},
-		drained:      make(chan struct{}),
-		clockStop:    make(chan struct{}),
+		opts:      opts,
+		engine:    engine,
+		logger:    opts.Logger,
+		problems:  newLimitedLog(opts.Logger, time.Second),
+		decisions: newDecisionLog(opts.Logger),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+		drained:   make(chan struct{}),
+		clockStop: make(chan struct{}),
 	}
 }
 
-// startClock starts the coarse clock; stopListening stops it. Connections
-// still open then keep their last deadlines, which bound them all the same.
+// Kinds of trouble, for the rate-limited log (one line a second per kind).
+const (
+	kindOrder          = "command out of order"
+	kindMalformed      = "malformed packet"
+	kindTooLong        = "packet too long"
+	kindUnknownCommand = "unknown command"
+	kindReadTimeout    = "read timeout"
+	kindWriteTimeout   = "write timeout"
+	kindSessionTimeout = "session timeout"
+	kindConnLimit      = "connection limit"
+	kindPanic          = "panic"
+)
+
+// protocolError ends one connection; kind is one of the kinds above.
+type protocolError struct {
+	kind   string
+	detail string
+}
+
+func (e *protocolError) Error() string { return e.kind + ": " + e.detail }
+
+func protoErr(kind, format string, args ...any) error {
+	return &protocolError{kind: kind, detail: fmt.Sprintf(format, args...)}
+}
+
+// startClock starts the coarse clock; it runs until the server is closed
+// or has drained.
 func (s *Server) startClock() {
 	s.clockOnce.Do(func() {
-		tick := min(s.readTimeout, s.writeTimeout) / 4
+		tick := min(s.opts.ReadTimeout, s.opts.WriteTimeout) / 4
 		tick = min(max(tick, time.Millisecond), 250*time.Millisecond)
 		s.now.Store(time.Now().UnixNano())
 		go func() {
@@ -125,36 +114,163 @@ func (s *Server) startClock() {
 	})
 }
 
+func (s *Server) stopClock() { s.stopOnce.Do(func() { close(s.clockStop) }) }
+
 // Serve accepts MTA connections on ln until Shutdown or Close, and then
 // returns ErrServerClosed. Serve may be called for several listeners.
 func (s *Server) Serve(ln net.Listener) error {
-	l := &listener{Listener: ln, srv: s}
 	s.mu.Lock()
 	if s.closing.Load() {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
 	}
-	s.listeners[l] = struct{}{}
+	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
 	s.startClock()
 	s.decisions.start()
 
-	gm := &gomilter.Server{
-		NewMilter: s.newMilter,
-		Actions:   milterActions,
-		Protocol:  milterProtocol,
-		SymList:   symList,
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			if temporaryAcceptError(err) {
+				// Running out of file descriptors must not end the milter.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.logger.Error("milter: accept failed, retrying", slog.Any("err", err), slog.Duration("in", backoff))
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("milter: accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		c := newConn(nc, s)
+		if err := s.track(c); err != nil {
+			nc.Close()
+			if errors.Is(err, ErrServerClosed) {
+				continue // Accept fails next, on the closed listener
+			}
+			// Postfix applies milter_default_action to the refused session.
+			s.problems.log(slog.LevelWarn, kindConnLimit, "milter: connection refused: max_connections reached",
+				slog.Int("max_connections", s.opts.MaxConnections))
+			continue
+		}
+		go s.serveConn(c)
 	}
-	err := gm.Serve(l)
+}
 
+var errFull = errors.New("milter: too many connections")
+
+// track registers an accepted connection, unless the server is closing or
+// full.
+func (s *Server) track(c *conn) error {
 	s.mu.Lock()
-	delete(s.listeners, l)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
 	if s.closing.Load() {
 		return ErrServerClosed
 	}
-	return fmt.Errorf("milter: accept on %s: %w", ln.Addr(), err)
+	if len(s.conns) >= s.opts.MaxConnections {
+		return errFull
+	}
+	s.conns[c] = struct{}{}
+	return nil
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.checkDrainedLocked()
+	s.mu.Unlock()
+}
+
+// serveConn serves one MTA connection to its end. A panic ends this
+// connection only (the MTA then applies its default action) and is logged
+// and counted.
+func (s *Server) serveConn(c *conn) {
+	defer c.release()
+	defer func() {
+		if p := recover(); p != nil {
+			s.panicked("milter: session panicked; connection closed", p, c.remote())
+		}
+	}()
+	s.logEnd(c, c.serve())
+}
+
+// logEnd logs why a connection ended, when that is worth a line: protocol
+// errors and timeouts, at most one line a second per kind. An MTA closing
+// the connection, with or without QUIT, is the normal end.
+func (s *Server) logEnd(c *conn, err error) {
+	if err == nil || c.closedHere.Load() {
+		return
+	}
+	var pe *protocolError
+	switch {
+	case errors.As(err, &pe):
+	case errors.Is(err, errEOF):
+		return
+	case errors.Is(err, errReadDeadline), errors.Is(err, errWriteDeadline):
+		kind := kindReadTimeout
+		if errors.Is(err, errWriteDeadline) {
+			kind = kindWriteTimeout
+		}
+		if !time.Now().Before(c.sessionEnd) {
+			kind = kindSessionTimeout
+		}
+		pe = &protocolError{kind: kind, detail: err.Error()}
+	default:
+		s.logger.Debug("milter: connection ended", slog.Any("err", err), c.remote())
+		return
+	}
+	s.problems.log(slog.LevelWarn, pe.kind, "milter: connection closed", slog.String("err", pe.detail), c.remote())
+}
+
+// panicked logs a recovered panic with its stack and counts it.
+func (s *Server) panicked(msg string, p any, attrs ...slog.Attr) {
+	if s.opts.OnPanic != nil {
+		s.opts.OnPanic()
+	}
+	attrs = append(attrs, slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+	s.problems.log(slog.LevelError, kindPanic, msg, attrs...)
+}
+
+// checkNow runs a policy check on the caller's goroutine. A check that
+// panics lets the client through: a broken check must not refuse mail.
+func (s *Server) checkNow(ip netip.Addr, check func() (policy.Verdict, bool)) (v policy.Verdict, ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.panicked("milter: policy check panicked; client let through", p, slog.String("ip", ip.String()))
+			v, ok = policy.Verdict{IP: ip, Action: policy.ActionAccept}, true
+		}
+	}()
+	return check()
+}
+
+// pendingCheck is a policy check running on its own goroutine. The check
+// writes only here; the session that started it reads the verdict after
+// done is closed, or drops it unread when its SMTP session ends first.
+type pendingCheck struct {
+	done    chan struct{}
+	verdict policy.Verdict
+}
+
+func (s *Server) startCheck(eng *policy.Engine, ip netip.Addr) *pendingCheck {
+	p := &pendingCheck{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		// The engine bounds the check with its deadline.
+		p.verdict, _ = s.checkNow(ip, func() (policy.Verdict, bool) {
+			return eng.Check(context.Background(), ip), true
+		})
+	}()
+	return p
 }
 
 // Shutdown stops accepting connections and waits until the sessions in
@@ -163,6 +279,7 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.stopListening()
 	defer s.decisions.stop()
+	defer s.stopClock()
 	select {
 	case <-s.drained:
 		return err
@@ -177,16 +294,14 @@ func (s *Server) Close() error {
 	err := s.stopListening()
 	s.closeConns()
 	s.decisions.stop()
+	s.stopClock()
 	return err
 }
 
 func (s *Server) stopListening() error {
 	s.mu.Lock()
-	if !s.closing.Load() {
-		close(s.clockStop)
-	}
 	s.closing.Store(true)
-	lns := make([]*listener, 0, len(s.listeners))
+	lns := make([]net.Listener, 0, len(s.listeners))
 	for l := range s.listeners {
 		lns = append(lns, l)
 	}
@@ -209,7 +324,7 @@ func (s *Server) closeConns() {
 	}
 	s.mu.Unlock()
 	for _, c := range cs {
-		c.Close()
+		c.closeHere()
 	}
 }
 
@@ -227,57 +342,6 @@ func (s *Server) checkDrainedLocked() {
 	}
 }
 
-// track registers an accepted connection; false when the server is closing.
-func (s *Server) track(c *conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing.Load() {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.checkDrainedLocked()
-	s.mu.Unlock()
-}
-
-// listener wraps accepted connections in deadlines and tracking, and rides
-// out temporary accept errors (such as running out of file descriptors)
-// that would make go-milter's Serve return.
-type listener struct {
-	net.Listener
-	srv *Server
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	var backoff time.Duration
-	for {
-		nc, err := l.Listener.Accept()
-		if err != nil {
-			if l.srv.closing.Load() {
-				return nil, ErrServerClosed
-			}
-			if temporaryAcceptError(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				l.srv.logger.Error("milter: accept failed, retrying", slog.Any("err", err), slog.Duration("in", backoff))
-				time.Sleep(backoff)
-				continue
-			}
-			return nil, err
-		}
-		c := newConn(nc, l.srv)
-		if !l.srv.track(c) {
-			nc.Close()
-			return nil, ErrServerClosed
-		}
-		return c, nil
-	}
-}
-
 func temporaryAcceptError(err error) bool {
 	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
 		if errors.Is(err, e) {
@@ -285,64 +349,4 @@ func temporaryAcceptError(err error) bool {
 		}
 	}
 	return false
-}
-
-// conn is an MTA connection: reads and writes have deadlines of
-// read_timeout and write_timeout from the time they start, so a stuck MTA
-// cannot hold a session forever. Re-arming a deadline costs two clock
-// reads, so it is done only once the coarse clock says a slack (a quarter
-// of the timeout, at most a second) has passed since the last arming: an
-// MTA gets at least the timeout less the slack and one clock tick.
-//
-// Reads are buffered: go-milter reads a packet's length and its body
-// separately, which would be two system calls.
-type conn struct {
-	net.Conn
-	srv        *Server
-	br         *bufio.Reader
-	readArmed  int64 // coarse time the read deadline was last set; 0: never
-	writeArmed int64
-	closeOnce  sync.Once
-	closeErr   error
-}
-
-func newConn(nc net.Conn, srv *Server) *conn {
-	c := &conn{Conn: nc, srv: srv}
-	c.br = bufio.NewReaderSize((*netReader)(c), 1024)
-	return c
-}
-
-func slack(timeout time.Duration) int64 { return int64(min(timeout/4, time.Second)) }
-
-// netReader is the conn's own network reader under the buffer.
-type netReader conn
-
-func (r *netReader) Read(p []byte) (int, error) {
-	if now := r.srv.now.Load(); r.readArmed == 0 || now-r.readArmed >= slack(r.srv.readTimeout) {
-		if err := r.Conn.SetReadDeadline(time.Now().Add(r.srv.readTimeout)); err != nil {
-			return 0, err
-		}
-		r.readArmed = max(now, 1)
-	}
-	return r.Conn.Read(p)
-}
-
-func (c *conn) Read(p []byte) (int, error) { return c.br.Read(p) }
-
-func (c *conn) Write(p []byte) (int, error) {
-	if now := c.srv.now.Load(); c.writeArmed == 0 || now-c.writeArmed >= slack(c.srv.writeTimeout) {
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout)); err != nil {
-			return 0, err
-		}
-		c.writeArmed = max(now, 1)
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *conn) Close() error {
-	c.closeOnce.Do(func() {
-		c.closeErr = c.Conn.Close()
-		c.srv.untrack(c)
-	})
-	return c.closeErr
 }

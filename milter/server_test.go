@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	gomilter "github.com/emersion/go-milter"
 
 	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/policy"
 )
 
 // startServer serves s on a fresh loopback listener ("tcp" or "unix") and
@@ -62,14 +62,15 @@ func newClient(network, addr string) *gomilter.Client {
 	})
 }
 
-func noopServer(t testing.TB, readTimeout time.Duration) *Server {
-	return newServer(slog.New(slog.DiscardHandler), readTimeout, time.Second, func() gomilter.Milter { return gomilter.NoOpMilter{} })
+// serverEnv starts blmilter with the test lists and readTimeout on network.
+// Its client 192.0.2.1 is listed nowhere: every step answers continue.
+func serverEnv(t testing.TB, network string, readTimeout time.Duration) *env {
+	return newEnvOpts(t, network, "", Options{ReadTimeout: readTimeout, WriteTimeout: time.Second}, policy.Deps{})
 }
 
 func TestNegotiationHasNoReplylessSteps(t *testing.T) {
-	s := noopServer(t, time.Minute)
-	network, addr := startServer(t, s, "tcp")
-	cs, err := newClient(network, addr).Session()
+	e := serverEnv(t, "tcp", time.Minute)
+	cs, err := newClient(e.network, e.addr).Session()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +103,8 @@ func TestNegotiationHasNoReplylessSteps(t *testing.T) {
 func TestShutdownLetsSessionFinish(t *testing.T) {
 	for _, network := range []string{"tcp", "unix"} {
 		t.Run(network, func(t *testing.T) {
-			s := noopServer(t, time.Minute)
-			network, addr := startServer(t, s, network)
+			e := serverEnv(t, network, time.Minute)
+			s, network, addr := e.srv, e.network, e.addr
 			cs, err := newClient(network, addr).Session()
 			if err != nil {
 				t.Fatal(err)
@@ -159,8 +160,8 @@ func TestShutdownLetsSessionFinish(t *testing.T) {
 }
 
 func TestShutdownTimeoutClosesSessions(t *testing.T) {
-	s := noopServer(t, time.Minute)
-	network, addr := startServer(t, s, "tcp")
+	e := serverEnv(t, "tcp", time.Minute)
+	s, network, addr := e.srv, e.network, e.addr
 	cs, err := newClient(network, addr).Session()
 	if err != nil {
 		t.Fatal(err)
@@ -180,8 +181,8 @@ func TestShutdownTimeoutClosesSessions(t *testing.T) {
 }
 
 func TestReadDeadlineClosesIdleConnection(t *testing.T) {
-	s := noopServer(t, 100*time.Millisecond)
-	network, addr := startServer(t, s, "tcp")
+	e := serverEnv(t, "tcp", 100*time.Millisecond)
+	s, network, addr := e.srv, e.network, e.addr
 	c, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -198,8 +199,8 @@ func TestReadDeadlineClosesIdleConnection(t *testing.T) {
 }
 
 func TestReadDeadlineRearmedWhileBusy(t *testing.T) {
-	s := noopServer(t, 200*time.Millisecond)
-	network, addr := startServer(t, s, "tcp")
+	e := serverEnv(t, "tcp", 200*time.Millisecond)
+	network, addr := e.network, e.addr
 	cs, err := newClient(network, addr).Session()
 	if err != nil {
 		t.Fatal(err)
@@ -207,6 +208,9 @@ func TestReadDeadlineRearmedWhileBusy(t *testing.T) {
 	defer cs.Close()
 	if act, err := cs.Conn("client.example", gomilter.FamilyInet, 2525, "192.0.2.1"); err != nil || act.Code != gomilter.ActContinue {
 		t.Fatalf("Conn = %+v, %v", act, err)
+	}
+	if act, err := cs.Mail("sender@example.org", nil); err != nil || act.Code != gomilter.ActContinue {
+		t.Fatalf("Mail = %+v, %v", act, err)
 	}
 	// Commands every 50 ms for three times the read timeout: each gap is
 	// well inside the timeout, so the session must live on.
@@ -219,8 +223,8 @@ func TestReadDeadlineRearmedWhileBusy(t *testing.T) {
 }
 
 func TestMalformedPacketsDoNotStopServer(t *testing.T) {
-	s := noopServer(t, 5*time.Second)
-	network, addr := startServer(t, s, "tcp")
+	e := serverEnv(t, "tcp", 5*time.Second)
+	s, network, addr := e.srv, e.network, e.addr
 	pkt := func(code byte, data string) []byte {
 		b := binary.BigEndian.AppendUint32(nil, uint32(len(data)+1))
 		return append(append(b, code), data...)

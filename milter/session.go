@@ -2,15 +2,11 @@ package milter
 
 import (
 	"context"
+	"encoding/binary"
 	"log/slog"
-	"net"
-	"net/netip"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
-
-	gomilter "github.com/emersion/go-milter"
 
 	"github.com/blmilter/blmilter/policy"
 )
@@ -18,33 +14,44 @@ import (
 // HeaderName is the header added to messages when the policy's action is "tag".
 const HeaderName = "X-Blmilter"
 
-// NewServer returns a milter server that asks engine() for the current
-// policy engine at each SMTP connection, so a reload takes effect for the
-// next connection while sessions in progress keep the engine they started with.
-func NewServer(engine func() *policy.Engine, opts Options) *Server {
-	var s *Server
-	s = newServer(opts.Logger, opts.ReadTimeout, opts.WriteTimeout, func() gomilter.Milter {
-		return &session{srv: s, current: engine}
-	})
-	return s
-}
+// phase is where a connection is in the milter protocol. The legal
+// sequences are libmilter's: option negotiation once, then SMTP sessions,
+// each CONNECT [HELO...] then message transactions MAIL RCPT... [DATA,
+// headers, body] end of message, or ABORT at any point. After an ABORT, or
+// QUIT_NC, a new CONNECT starts a new SMTP session on the same connection.
+// HELO and MAIL inside a transaction end it, as libmilter allows; a
+// command that cannot follow (two CONNECTs, MAIL before CONNECT, RCPT
+// before MAIL, content before RCPT) ends the connection, where libmilter
+// would leave the MTA waiting for a reply that never comes.
+type phase uint8
 
-// session is one MTA connection, that is one SMTP session. go-milter calls
-// its methods from one goroutine. It never answers with a bare accept,
-// reject or tempfail after the connect stage: go-milter replaces the
-// session with a fresh one after those, which would forget the client.
+const (
+	phaseNew       phase = iota // before option negotiation
+	phaseReady                  // negotiated, no SMTP session yet (or after QUIT_NC)
+	phaseConnected              // CONNECT (and HELO) seen, no transaction
+	phaseAborted                // after ABORT: a new MAIL, or a new CONNECT
+	phaseMail                   // MAIL seen
+	phaseRcpt                   // RCPT seen
+	phaseMessage                // DATA, headers or body seen
+)
+
+func (p phase) inSession() bool     { return p >= phaseConnected }
+func (p phase) inTransaction() bool { return p >= phaseMail }
+
+// session is the protocol and policy state of one connection.
 type session struct {
-	gomilter.NoOpMilter
-	srv     *Server
-	current func() *policy.Engine
+	phase  phase
+	macros [stageCount]stageMacros
 
-	eng      *policy.Engine // the engine that judges this session
-	judged   bool           // the client is looked up: its verdict decides
-	rejectAt string
-	done     chan struct{} // closed when verdict is set
-	verdict  policy.Verdict
+	// One SMTP session (from CONNECT): the client and its verdict.
+	eng             *policy.Engine // the engine that judges this session
+	judged          bool           // the client is looked up: its verdict decides
+	rejectAtConnect bool
+	verdict         policy.Verdict
+	pending         *pendingCheck // the check still running; nil when verdict is set
 
-	// per message transaction, reset at MAIL and abort
+	// One message transaction (from MAIL): reset at MAIL, ABORT and end
+	// of message.
 	auth          bool
 	queueID       string
 	reply         *policy.Reply
@@ -52,131 +59,280 @@ type session struct {
 	loggedOther   bool
 }
 
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+// handle processes one command and queues its reply in c.out. quit is
+// true when the MTA ends the connection.
+func (c *conn) handle(cmd byte, data []byte) (quit bool, err error) {
+	s := &c.session
+	if s.phase == phaseNew && cmd != cmdOptNeg && cmd != cmdQuit {
+		return false, protoErr(kindOrder, "command %q before option negotiation", cmd)
+	}
+	switch cmd {
+	case cmdOptNeg:
+		if s.phase != phaseNew {
+			return false, protoErr(kindOrder, "a second option negotiation")
+		}
+		if len(data) < optNegDataLen {
+			return false, protoErr(kindMalformed, "option negotiation of %d bytes", len(data))
+		}
+		if v := binary.BigEndian.Uint32(data); v < minMTAVersion {
+			return false, protoErr(kindMalformed, "protocol version %d", v)
+		}
+		s.phase = phaseReady
+		c.out = append(c.out, optNegReply...)
 
-func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (gomilter.Response, error) {
-	eng := s.current()
+	case cmdMacro:
+		if len(data) == 0 {
+			return false, protoErr(kindMalformed, "empty macro packet")
+		}
+		if st := macroStage(data[0]); st >= 0 {
+			s.macros[st].setMacros(data[1:])
+		}
+
+	case cmdConnect:
+		switch s.phase {
+		case phaseReady, phaseAborted:
+		default:
+			return false, protoErr(kindOrder, "CONNECT inside an SMTP session")
+		}
+		ci, ok := parseConnect(data)
+		if !ok {
+			return false, protoErr(kindMalformed, "CONNECT of %d bytes", len(data))
+		}
+		c.endSMTPSession()
+		s.phase = phaseConnected
+		c.connect(ci)
+
+	case cmdHelo:
+		if !s.phase.inSession() {
+			return false, protoErr(kindOrder, "HELO before CONNECT")
+		}
+		if s.phase.inTransaction() {
+			c.resetTransaction()
+		}
+		s.phase = phaseConnected
+		c.out = append(c.out, continuePacket...)
+
+	case cmdMail:
+		if !s.phase.inSession() {
+			return false, protoErr(kindOrder, "MAIL before CONNECT")
+		}
+		s.phase = phaseMail
+		c.mail()
+		c.out = append(c.out, continuePacket...)
+
+	case cmdRcpt:
+		if s.phase != phaseMail && s.phase != phaseRcpt {
+			return false, protoErr(kindOrder, "RCPT before MAIL")
+		}
+		s.phase = phaseRcpt
+		rcpt, _, _ := cstring(data)
+		c.rcpt(rcpt)
+
+	case cmdData, cmdHeader, cmdEOH, cmdBody:
+		if s.phase != phaseRcpt && s.phase != phaseMessage {
+			return false, protoErr(kindOrder, "message content (command %q) before RCPT", cmd)
+		}
+		s.phase = phaseMessage
+		c.out = append(c.out, continuePacket...)
+
+	case cmdEOB:
+		if s.phase != phaseRcpt && s.phase != phaseMessage {
+			return false, protoErr(kindOrder, "end of message before RCPT")
+		}
+		c.endOfMessage()
+		s.phase = phaseConnected
+
+	case cmdAbort:
+		// No reply. Outside a session there is nothing to abort.
+		if s.phase.inSession() {
+			c.resetTransaction()
+			s.phase = phaseAborted
+		}
+
+	case cmdUnknown:
+		c.out = append(c.out, continuePacket...)
+
+	case cmdQuitNC:
+		c.endSMTPSession()
+		s.phase = phaseReady
+
+	case cmdQuit:
+		return true, nil
+	}
+	return false, nil
+}
+
+// endSMTPSession forgets the SMTP session: a check still running is left
+// to finish on its own, unread.
+func (c *conn) endSMTPSession() {
+	s := &c.session
+	s.eng = nil
+	s.judged = false
+	s.rejectAtConnect = false
+	s.verdict = policy.Verdict{}
+	s.pending = nil
+	c.resetTransaction()
+	s.reply = nil
+	for st := stageMail; st < stageCount; st++ {
+		s.macros[st].set = false
+	}
+}
+
+// connect starts judging the client of a new SMTP session.
+func (c *conn) connect(ci connectInfo) {
+	s := &c.session
+	m := &s.macros[stageConnect]
+	ip, ok := clientIP(ci, m)
+	m.set = false
+	eng := c.srv.engine()
 	if eng == nil {
 		// No policy loaded: let the mail through rather than hold it.
-		return gomilter.RespAccept, nil
+		c.out = append(c.out, acceptPacket...)
+		return
 	}
-	ip, ok := clientIP(family, addr, host, m.Macros)
+	debug := c.srv.logger.Enabled(context.Background(), slog.LevelDebug)
 	if !ok {
-		s.srv.logger.Debug("milter: client not looked up", slog.String("family", family), slog.String("host", host), slog.String("skip", string(policy.SkipInvalid)))
-		return gomilter.RespAccept, nil
+		if debug {
+			c.srv.logger.Debug("milter: client not looked up", slog.String("family", string(ci.family)), slog.String("host", string(ci.host)), slog.String("skip", string(policy.SkipInvalid)))
+		}
+		c.out = append(c.out, acceptPacket...)
+		return
 	}
 	if skip := eng.Exempt(ip); skip != policy.SkipNone {
-		s.srv.logger.Debug("milter: client not looked up", slog.String("ip", ip.String()), slog.String("skip", string(skip)))
+		if debug {
+			c.srv.logger.Debug("milter: client not looked up", slog.String("ip", ip.String()), slog.String("skip", string(skip)))
+		}
 		// Accept at connect: the MTA stops calling this milter for the session.
-		return gomilter.RespAccept, nil
+		c.out = append(c.out, acceptPacket...)
+		return
 	}
 	s.eng = eng
 	s.judged = true
-	s.rejectAt = eng.RejectAt()
-	if s.rejectAt == "connect" {
-		s.verdict = eng.Check(context.Background(), ip)
-		s.done = closedChan
-		if !s.verdict.Action.Applies() {
-			s.decide("connect", "")
-			return gomilter.RespContinue, nil
+	s.rejectAtConnect = eng.RejectAt() == "connect"
+	if s.rejectAtConnect {
+		s.verdict, _ = c.srv.checkNow(ip, func() (policy.Verdict, bool) {
+			return eng.Check(context.Background(), ip), true
+		})
+		r := c.decide("connect", "")
+		if s.verdict.Action.Applies() {
+			c.out = appendReply(c.out, r)
+		} else {
+			c.out = append(c.out, continuePacket...)
 		}
-		return replyResponse(s.decide("connect", "")), nil
+		return
 	}
 	// Look the client up while it says EHLO and MAIL; the verdict is
-	// needed at RCPT. The engine bounds the check with its deadline.
-	s.done = make(chan struct{})
-	go func() {
-		defer close(s.done)
-		defer func() {
-			// A failed check must not take every session down with the
-			// process: this client is let through, and the log says why.
-			if p := recover(); p != nil {
-				s.srv.logger.Error("milter: policy check panicked; accepting the client", slog.String("ip", ip.String()), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
-				s.verdict = policy.Verdict{IP: ip, Action: policy.ActionAccept}
-			}
-		}()
-		s.verdict = eng.Check(context.Background(), ip)
-	}()
-	return gomilter.RespContinue, nil
-}
-
-func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response, error) {
-	s.resetTransaction()
-	s.noteQueueID(m.Macros)
-	s.auth = m.Macros["{auth_authen}"] != ""
-	return gomilter.RespContinue, nil
-}
-
-func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, error) {
-	if !s.judged || s.rejectAt == "connect" {
-		return gomilter.RespContinue, nil
+	// needed at RCPT. A cached answer needs no goroutine.
+	if v, ok := c.srv.checkNow(ip, func() (policy.Verdict, bool) { return eng.CheckCached(ip) }); ok {
+		s.verdict = v
+	} else {
+		s.pending = c.srv.startCheck(eng, ip)
 	}
-	s.noteQueueID(m.Macros)
+	c.out = append(c.out, continuePacket...)
+}
+
+// awaitVerdict waits for the check started at connect, if it is still
+// running (the engine's deadline bounds it).
+func (s *session) awaitVerdict() {
+	if p := s.pending; p != nil {
+		<-p.done
+		s.verdict = p.verdict
+		s.pending = nil
+	}
+}
+
+func (c *conn) mail() {
+	s := &c.session
+	c.resetTransaction()
+	m := &s.macros[stageMail]
+	if m.set {
+		s.noteQueueID(m.queueID)
+		s.auth = m.authAuthen != ""
+		m.set = false
+	}
+	// Macros sent before this MAIL for later commands belong to an
+	// earlier transaction.
+	s.macros[stageRcpt].set = false
+	s.macros[stageEOM].set = false
+}
+
+func (c *conn) rcpt(rcpt []byte) {
+	s := &c.session
+	if m := &s.macros[stageRcpt]; m.set {
+		s.noteQueueID(m.queueID)
+		m.set = false
+	}
+	if !s.judged || s.rejectAtConnect {
+		c.out = append(c.out, continuePacket...)
+		return
+	}
 	if s.auth {
 		// SASL-authenticated senders are judged by their credentials, not
 		// by the network they happen to send from.
 		if !s.loggedOther {
 			s.loggedOther = true
-			s.srv.logger.Debug("milter: authenticated client not judged", slog.String("queue_id", s.queueID))
+			c.srv.logger.Debug("milter: authenticated client not judged", slog.String("queue_id", s.queueID))
 		}
-		return gomilter.RespContinue, nil
+		c.out = append(c.out, continuePacket...)
+		return
 	}
-	<-s.done
-	if exempt := exemptRecipient(rcpt); exempt != "" {
+	s.awaitVerdict()
+	if exempt := exemptRecipient(strings.Trim(string(rcpt), "<>")); exempt != "" {
 		// RFC 5321 4.5.1: postmaster must always be reachable; abuse@ is
 		// where a listed sender reports a mistake.
 		if !s.loggedOther && s.verdict.Action != policy.ActionAccept {
 			s.loggedOther = true
-			s.decideLog("rcpt", exempt)
+			c.decideLog("rcpt", exempt)
 		}
-		return gomilter.RespContinue, nil
+		c.out = append(c.out, continuePacket...)
+		return
 	}
 	if s.verdict.Action.Applies() {
-		r := s.transactionReply()
+		r := c.transactionReply()
 		if !s.loggedApplied {
 			s.loggedApplied = true
-			s.decideLog("rcpt", "")
+			c.decideLog("rcpt", "")
 		}
-		return replyResponse(r), nil
+		c.out = appendReply(c.out, r)
+		return
 	}
 	if !s.loggedOther {
 		s.loggedOther = true
 		if s.verdict.Action != policy.ActionAccept {
-			s.transactionReply()
+			c.transactionReply()
 		}
-		s.decideLog("rcpt", "")
+		c.decideLog("rcpt", "")
 	}
-	return gomilter.RespContinue, nil
+	c.out = append(c.out, continuePacket...)
 }
 
-// Body is end of message: always sent, whatever the negotiated stages.
-func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
+// endOfMessage adds the header for action = "tag" and ends the
+// transaction. End of message is always sent, whatever was negotiated.
+func (c *conn) endOfMessage() {
+	s := &c.session
+	m := &s.macros[stageEOM]
 	if s.judged && !s.auth {
-		<-s.done
+		s.awaitVerdict()
 		if s.verdict.Action == policy.ActionTag {
-			s.noteQueueID(m.Macros)
-			if r := s.transactionReply(); r.Header != "" {
-				if err := m.AddHeader(HeaderName, r.Header); err != nil {
-					return nil, err
-				}
+			if m.set {
+				s.noteQueueID(m.queueID)
+			}
+			if r := c.transactionReply(); r.Header != "" {
+				// Postfix wants LF line ends in header values.
+				c.out = appendStringsPacket(c.out, respAddHeader, HeaderName, strings.ReplaceAll(r.Header, "\r\n", "\n"))
 			}
 		}
 	}
-	s.resetTransaction()
-	// Continue, not accept: go-milter starts a new session after an accept,
-	// and the next message on this connection still needs the verdict.
-	return gomilter.RespContinue, nil
+	m.set = false
+	c.resetTransaction()
+	c.out = append(c.out, continuePacket...)
 }
 
-func (s *session) Abort(m *gomilter.Modifier) error {
-	s.resetTransaction()
-	return nil
-}
-
-func (s *session) resetTransaction() {
+func (c *conn) resetTransaction() {
+	s := &c.session
 	s.auth = false
 	s.queueID = ""
-	if s.rejectAt != "connect" {
+	if !s.rejectAtConnect {
 		// With reject_at = "connect" the decision, and its reference, is
 		// the connection's; otherwise each message gets its own.
 		s.reply = nil
@@ -185,15 +341,16 @@ func (s *session) resetTransaction() {
 	s.loggedOther = false
 }
 
-func (s *session) noteQueueID(macros map[string]string) {
-	if id := macros["i"]; id != "" {
+func (s *session) noteQueueID(id string) {
+	if id != "" {
 		s.queueID = id
 	}
 }
 
 // transactionReply returns the reply for the verdict, made once per message
 // transaction so that each transaction gets one decision reference.
-func (s *session) transactionReply() policy.Reply {
+func (c *conn) transactionReply() policy.Reply {
+	s := &c.session
 	if s.reply == nil {
 		r := s.eng.Reply(&s.verdict)
 		s.reply = &r
@@ -202,27 +359,28 @@ func (s *session) transactionReply() policy.Reply {
 }
 
 // decide logs the decision at stage and returns the reply for it.
-func (s *session) decide(stage, exempt string) policy.Reply {
+func (c *conn) decide(stage, exempt string) policy.Reply {
 	var r policy.Reply
-	if s.verdict.Action != policy.ActionAccept {
-		r = s.transactionReply()
+	if c.session.verdict.Action != policy.ActionAccept {
+		r = c.transactionReply()
 	}
-	s.decideLog(stage, exempt)
+	c.decideLog(stage, exempt)
 	return r
 }
 
-func (s *session) decideLog(stage, exempt string) {
+func (c *conn) decideLog(stage, exempt string) {
+	s := &c.session
 	d := decisionLine{when: time.Now(), verdict: s.verdict, stage: stage, queueID: s.queueID, exempt: exempt}
 	if s.reply != nil {
 		d.ref = s.reply.Ref
 	}
-	s.srv.decisions.log(d)
+	c.srv.decisions.log(d)
 }
 
-// replyResponse is the milter reply for r: "550 5.7.1 text". '%' is
+// replyText is the milter reply text for r: "550 5.7.1 text". '%' is
 // doubled because Sendmail reads the text as a format and replaces a reply
 // with a lone '%' by its own generic one.
-func replyResponse(r policy.Reply) gomilter.Response {
+func replyText(r policy.Reply) string {
 	code, enh := r.Code, r.Enhanced
 	if code < 400 || code > 599 {
 		code, enh = 451, "4.7.1"
@@ -234,7 +392,11 @@ func replyResponse(r policy.Reply) gomilter.Response {
 	if text == "" {
 		text = "Service unavailable"
 	}
-	return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), strconv.Itoa(code)+" "+enh+" "+sendmailSafe(text))
+	return strconv.Itoa(code) + " " + enh + " " + sendmailSafe(text)
+}
+
+func appendReply(b []byte, r policy.Reply) []byte {
+	return appendStringsPacket(b, respReplyCode, replyText(r))
 }
 
 // exemptRecipient returns "postmaster" or "abuse" when rcpt is such a
@@ -259,57 +421,3 @@ func exemptRecipient(rcpt string) string {
 	}
 	return ""
 }
-
-// clientIP finds the SMTP client's address: the connect command's address
-// for tcp4/tcp6, else the {client_addr} macro, the "[addr]" host name the
-// MTA uses when the client has no name, or the "_" macro ("name [addr]").
-// Sendmail writes IPv6 addresses as "IPv6:2001:db8::1", which go-milter
-// cannot parse, so those arrive here through the fallbacks. Unix-socket
-// and unknown clients have no address to look up.
-func clientIP(family string, addr net.IP, host string, macros map[string]string) (netip.Addr, bool) {
-	if family == "unix" {
-		return netip.Addr{}, false
-	}
-	if a, ok := netip.AddrFromSlice(addr); ok {
-		return a.Unmap(), true
-	}
-	if a, ok := parseAddr(macros["{client_addr}"]); ok {
-		return a, true
-	}
-	if strings.HasPrefix(host, "[") {
-		if a, ok := parseAddr(host); ok {
-			return a, true
-		}
-	}
-	if u := macros["_"]; u != "" {
-		if i := strings.LastIndexByte(u, '['); i >= 0 {
-			if a, ok := parseAddr(u[i:]); ok {
-				return a, true
-			}
-		}
-	}
-	return netip.Addr{}, false
-}
-
-// parseAddr parses "192.0.2.1", "[192.0.2.1]", "IPv6:2001:db8::1" and
-// "[IPv6:2001:db8::1]".
-func parseAddr(s string) (netip.Addr, bool) {
-	s = strings.TrimSpace(s)
-	if strings.HasPrefix(s, "[") {
-		end := strings.IndexByte(s, ']')
-		if end < 0 {
-			return netip.Addr{}, false
-		}
-		s = s[1:end]
-	}
-	if len(s) > 5 && strings.EqualFold(s[:5], "IPv6:") {
-		s = s[5:]
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return netip.Addr{}, false
-	}
-	return a.Unmap(), true
-}
-
-var _ gomilter.Milter = (*session)(nil)

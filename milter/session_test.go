@@ -13,6 +13,7 @@ import (
 	gomilter "github.com/emersion/go-milter"
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/config"
 	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/internal/testkit/testengine"
@@ -54,17 +55,45 @@ var qname = testkit.QName
 // lists plus policyTOML (the body of a [policy] section).
 func newEnv(t testing.TB, network, policyTOML string) *env {
 	t.Helper()
+	return newEnvOpts(t, network, policyTOML, Options{}, policy.Deps{})
+}
+
+// limits fills the limits a test leaves zero with the default config's.
+func limits(o Options) Options {
+	d := config.Defaults().Milter
+	if o.ReadTimeout == 0 {
+		o.ReadTimeout = d.ReadTimeout.Duration
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = d.WriteTimeout.Duration
+	}
+	if o.SessionTimeout == 0 {
+		o.SessionTimeout = d.SessionTimeout.Duration
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = d.MaxConnections
+	}
+	return o
+}
+
+// newEnvOpts is newEnv with server options (the logger defaults to one that
+// keeps the lines in env.logs, the limits to the default config's) and the
+// engine's dependencies.
+func newEnvOpts(t testing.TB, network, policyTOML string, opts Options, deps policy.Deps) *env {
+	t.Helper()
 	s := dnstest.Start(t)
 	config := fmt.Sprintf("[dns]\nservers = [%q]\ntimeout = \"1s\"\n[policy]\nallow = [\"198.51.100.0/24\"]\n%s\n%s", s.Addr, policyTOML, testLists)
-	eng := testengine.New(t, s, config, policy.Deps{})
+	eng := testengine.New(t, s, config, deps)
 	logs := &testkit.Buffer{}
 	var w io.Writer = logs
 	if _, ok := t.(*testing.B); ok {
 		// Format every line as in production, but do not keep them.
 		w = io.Discard
 	}
-	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv := NewServer(func() *policy.Engine { return eng }, Options{Logger: logger, ReadTimeout: 2 * time.Minute, WriteTimeout: 10 * time.Second})
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	srv := NewServer(func() *policy.Engine { return eng }, limits(opts))
 	net, addr := startServer(t, srv, network)
 	// Listed: zombie in Test ZEN. 192.0.2.9 fails in the strict list.
 	s.Set(qname("192.0.2.7", "zen.test"), dnstest.Answer{A: []string{"127.0.0.4"}, TXT: []string{"exploited host"}})
@@ -424,9 +453,8 @@ func TestReplyResponse(t *testing.T) {
 		{policy.Reply{Code: 550, Enhanced: "5.7.1"}, "550 5.7.1 Service unavailable"},
 	}
 	for _, tt := range tests {
-		msg := replyResponse(tt.reply).Response()
-		if msg.Code != byte(gomilter.ActReplyCode) || string(msg.Data) != tt.want+"\x00" {
-			t.Errorf("replyResponse(%+v) = %q %q, want %q", tt.reply, msg.Code, msg.Data, tt.want)
+		if got := replyText(tt.reply); got != tt.want {
+			t.Errorf("replyText(%+v) = %q, want %q", tt.reply, got, tt.want)
 		}
 	}
 }

@@ -110,6 +110,8 @@ type Engine struct {
 	cache    *cache.Cache[netip.Addr, *dnsResult]
 	action   Action
 	epoch    time.Time
+	reasons  reasons // TXT texts for the decision records, off the mail path
+	results  results // the DNS results many clients have in common, shared
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -231,6 +233,7 @@ func (e *Engine) Close() error {
 		close(e.stop)
 		<-e.done
 	})
+	e.FlushDecisions()
 	return nil
 }
 
@@ -348,21 +351,43 @@ func (e *Engine) Exempt(ip netip.Addr) Skip {
 // Check decides about one client IP: exemptions, then the cached or fresh
 // DNS answers, then the local lists, then the score.
 func (e *Engine) Check(ctx context.Context, ip netip.Addr) Verdict {
+	v, _ := e.check(ctx, ip, true)
+	return v
+}
+
+// CheckCached is Check when it can answer at once: the client needs no
+// DNS lookup, or the lists' answers for it are in the cache. ok is false
+// when a lookup is needed; the caller then uses Check, which counts the
+// cache miss. A front end uses it to decide without a goroutine of its own
+// when it can.
+func (e *Engine) CheckCached(ip netip.Addr) (v Verdict, ok bool) {
+	return e.check(context.Background(), ip, false)
+}
+
+func (e *Engine) check(ctx context.Context, ip netip.Addr, wait bool) (Verdict, bool) {
 	start := e.mono()
 	ip = ip.Unmap()
 	v := Verdict{IP: ip, Threshold: e.opts.Threshold, Action: ActionAccept}
 	if v.Skipped = e.Exempt(ip); v.Skipped != SkipNone {
 		v.Duration = e.mono() - start
-		return v
+		return v, true
 	}
-	r, cached := e.dns(ctx, ip)
-	v.Cached = cached
+	var r *dnsResult
+	if wait {
+		r, v.Cached = e.dns(ctx, ip)
+	} else if len(e.dnsLists(ip)) == 0 {
+		r = emptyResult
+	} else if c, ok := e.cache.Peek(ip); ok {
+		r, v.Cached = c, true
+	} else {
+		return Verdict{}, false
+	}
 	e.finish(&v, r)
 	v.Duration = e.mono() - start
 	for _, o := range e.opts.Observers {
 		o.ObserveCheck(v)
 	}
-	return v
+	return v, true
 }
 
 // mono reads only the monotonic clock: time.Now also reads the wall
@@ -428,7 +453,10 @@ const degradedGrace = 100 * time.Millisecond
 // query asks every list in lists about ip in parallel under the policy
 // deadline. Unless all is set, it stops waiting for degraded lists shortly
 // after every healthy list has answered: a degraded list must not cost
-// check time.
+// check time, and it asks for the A records only: one packet per list,
+// the TXT texts come later, off the mail path (reason.go). With all set
+// (Inspect: a person is waiting for the whole story) it waits for every
+// list and fetches the texts of listings too.
 func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) []outcome {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, e.opts.Deadline)
@@ -448,7 +476,7 @@ func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bo
 			waiting++
 		}
 		go func() {
-			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout})}
+			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout, NoTXT: !all})}
 		}()
 	}
 	received := 0
@@ -514,8 +542,16 @@ wait:
 
 // build scores DNS answers and computes how long the result may be kept:
 // the lowest of the lists' TTLs (a listing's TTL clamped to [min_ttl,
-// max_ttl], a clean answer negative_ttl, an error error_ttl).
+// max_ttl], a clean answer negative_ttl, an error error_ttl). Results
+// without errors and texts are shared by every IP that has the same
+// answers (see results), so a cache entry costs no result of its own.
 func (e *Engine) build(outs []outcome) (*dnsResult, time.Duration) {
+	r, ttl := e.score(outs)
+	return e.results.share(r), ttl
+}
+
+// score is build without the sharing.
+func (e *Engine) score(outs []outcome) (*dnsResult, time.Duration) {
 	c := &e.opts.Cache
 	r := &dnsResult{}
 	// negative_ttl is used as configured, also above max_ttl.

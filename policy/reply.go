@@ -14,11 +14,13 @@ import (
 const maxReplyText = 440
 
 // Reply builds the SMTP reply (or the tag header) for v, with a fresh Ref,
-// and records the decision through Options.Recorder.
+// and records the decision through Options.Recorder. It never waits for
+// DNS: a decision whose listings' TXT texts are not known yet goes to the
+// Recorder when they arrive (see reason.go and FlushDecisions).
 func (e *Engine) Reply(v *Verdict) Reply {
 	r := e.reply(v, NewRef())
 	if e.opts.Recorder != nil {
-		e.opts.Recorder.RecordDecision(Decision{Ref: r.Ref, Time: time.Now(), Verdict: *v, Reply: r})
+		e.record(Decision{Ref: r.Ref, Time: time.Now(), Verdict: *v, Reply: r})
 	}
 	return r
 }

@@ -73,9 +73,13 @@ ipv4 = false
 				}
 			}
 			after := ts.Stats()
-			// Listed test points and unlisted ones were asked.
-			if after.Listed-before.Listed < 3 || after.NXDomain-before.NXDomain < 4 {
-				t.Errorf("probe queries: %d listed and %d NXDOMAIN answers, want at least 3 and 4",
+			// Listed test points and unlisted ones were asked: at least
+			// the distinct questions (127.0.0.2 and ::ffff:127.0.0.2 listed;
+			// 127.0.0.1, ::ffff:127.0.0.1 and a random address not). The two
+			// lists ask some of them at the same moment, and the resolver
+			// sends identical questions in flight once.
+			if after.Listed-before.Listed < 2 || after.NXDomain-before.NXDomain < 3 {
+				t.Errorf("probe queries: %d listed and %d NXDOMAIN answers, want at least 2 and 3",
 					after.Listed-before.Listed, after.NXDomain-before.NXDomain)
 			}
 		})

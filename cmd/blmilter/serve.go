@@ -66,8 +66,8 @@ Signals:
 				return err
 			}
 			defer logOut.Close()
-			// go-milter reports session errors through the standard log
-			// package; this sends them to the same place as everything else.
+			// Anything a library reports through the standard log package
+			// goes to the same place as everything else.
 			slog.SetDefault(logger)
 
 			sigs := make(chan os.Signal, 4)
@@ -749,7 +749,9 @@ func listenMilter(cfg *config.Config) (net.Listener, error) {
 }
 
 func buildMilter(d *daemon, cfg *config.Config) (server, func(*config.Config), error) {
-	return countedMilter{milter.NewServer(d.current, milterOptions(cfg, d.logger)), d.metrics}, nil, nil
+	opts := milterOptions(cfg, d.logger)
+	opts.OnPanic = func() { d.metrics.Panic("milter") }
+	return countedMilter{milter.NewServer(d.current, opts), d.metrics}, nil, nil
 }
 
 // countedMilter counts the milter's sessions in the metrics.

@@ -9,12 +9,20 @@
 // smtpd_authorized_xclient_hosts). With -xclient=false the sessions come
 // from the TCP peer address.
 //
+// With -data, an accepted RCPT is followed by DATA and a short message, and
+// the reply to its end counts (for filters that decide at the end of the
+// message). With -milter, blmload speaks the milter protocol to the filter
+// itself instead of SMTP to a mail server (see milter.go). -first N starts
+// at the N-th client address, so that runs one after another can each use
+// addresses the filter has not seen yet.
+//
 // The run is bounded both by -n sessions and by -duration; -c workers run
 // sessions concurrently. The report gives sessions/s, latency percentiles
 // of whole sessions and a count of the replies to RCPT (or of the first
 // reply that was not a success, or "error" for network failures).
 //
 //	blmload -addr 127.0.0.1:2525 -n 20000 -c 32 -duration 60s -clients 203.0.113.0/24
+//	blmload -milter -data -addr inet:127.0.0.1:8895 -n 5000 -first 20000 -clients 198.18.128.0/17,198.19.128.0/17
 package main
 
 import (
@@ -53,6 +61,9 @@ type config struct {
 	From     string
 	Rcpt     string
 	JSON     bool
+	Milter   bool // speak the milter protocol to Addr
+	Data     bool // send a message after an accepted RCPT
+	First    int  // index of the first client address
 }
 
 // Report is the outcome of a run; -json prints it as JSON.
@@ -111,6 +122,9 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 	fs.StringVar(&cfg.From, "from", "load@example.org", "MAIL FROM address")
 	fs.StringVar(&cfg.Rcpt, "rcpt", "user@e2e.test", "RCPT TO address")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the report as JSON")
+	fs.BoolVar(&cfg.Milter, "milter", false, "speak the milter protocol to -addr (host:port, inet:host:port or unix:/path), as an MTA does")
+	fs.BoolVar(&cfg.Data, "data", false, "after an accepted RCPT, send a short message; its end decides")
+	fs.IntVar(&cfg.First, "first", 0, "start at this client address of -clients (0 is the first)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -126,6 +140,8 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 		return cfg, fmt.Errorf("-duration must be positive")
 	case cfg.Timeout <= 0:
 		return cfg, fmt.Errorf("-timeout must be positive")
+	case cfg.First < 0:
+		return cfg, fmt.Errorf("-first must not be negative")
 	}
 	for _, s := range strings.Split(clients, ",") {
 		s = strings.TrimSpace(s)
@@ -142,8 +158,8 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 		}
 		cfg.Clients = append(cfg.Clients, p.Masked())
 	}
-	if cfg.XClient && len(cfg.Clients) == 0 {
-		return cfg, fmt.Errorf("-clients: at least one network is needed with -xclient")
+	if (cfg.XClient || cfg.Milter) && len(cfg.Clients) == 0 {
+		return cfg, fmt.Errorf("-clients: at least one network is needed with -xclient or -milter")
 	}
 	return cfg, nil
 }
@@ -178,6 +194,11 @@ func Run(ctx context.Context, cfg config) Report {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 
+	session := func(i int) (string, error) { return oneSession(ctx, cfg, i) }
+	if cfg.Milter {
+		client := newMilterClient(cfg)
+		session = func(i int) (string, error) { return milterSession(ctx, cfg, client, i) }
+	}
 	var next atomic.Int64
 	results := make([][]result, cfg.C)
 	var wg sync.WaitGroup
@@ -190,7 +211,7 @@ func Run(ctx context.Context, cfg config) Report {
 					return
 				}
 				t0 := time.Now()
-				code, err := oneSession(ctx, cfg, i)
+				code, err := session(i)
 				results[w] = append(results[w], result{code: code, latency: time.Since(t0), err: err})
 			}
 		})
@@ -293,7 +314,7 @@ func oneSession(ctx context.Context, cfg config, i int) (string, error) {
 		return fail(code, err)
 	}
 	if cfg.XClient {
-		ip := clientAddr(cfg.Clients, i)
+		ip := clientAddr(cfg.Clients, cfg.First+i)
 		a := ip.String()
 		if ip.Is6() {
 			a = "IPV6:" + a
@@ -317,6 +338,22 @@ func oneSession(ctx context.Context, cfg config, i int) (string, error) {
 		result, err = fail(rcpt, err)
 		if err != nil {
 			return result, err
+		}
+	} else if cfg.Data {
+		if code, err := step(354, "DATA"); err != nil {
+			return fail(code, err)
+		}
+		var msg strings.Builder
+		for _, f := range messageHeader(cfg, strconv.Itoa(i)) {
+			msg.WriteString(f[0] + ": " + f[1] + "\r\n")
+		}
+		msg.WriteString("\r\n" + messageBody + ".")
+		end, err := step(25, "%s", msg.String())
+		result = strconv.Itoa(end)
+		if err != nil {
+			if result, err = fail(end, err); err != nil {
+				return result, err
+			}
 		}
 	}
 	if _, err := step(221, "QUIT"); err != nil {

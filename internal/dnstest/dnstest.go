@@ -26,6 +26,10 @@ type Answer struct {
 	Silent   bool   // never answer
 	Truncate bool   // over UDP answer with TC set and no records; full answer over TCP
 	Delay    time.Duration
+	// Wait, if set, is called with the query's type before the server
+	// answers, and the answer waits until it returns: a test holds back
+	// one type of answer (the TXT) while others flow.
+	Wait func(qtype uint16)
 }
 
 // Server is a DNS server on 127.0.0.1.
@@ -158,6 +162,9 @@ func (s *Server) serve(overTCP bool) func(dns.ResponseWriter, *dns.Msg) {
 		}
 		if a.Delay > 0 {
 			time.Sleep(a.Delay)
+		}
+		if a.Wait != nil {
+			a.Wait(q.Qtype)
 		}
 		m := new(dns.Msg)
 		m.SetReply(req)

@@ -1,0 +1,99 @@
+package dnsbl
+
+import (
+	"context"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/blmilter/blmilter/internal/dnstest"
+)
+
+// reportRate adds lookups per second to a benchmark's figures, the unit
+// the DNS client is judged by next to its allocations per lookup, and the
+// CPU time per lookup (client and server, both in this process), which a
+// machine shared with other work disturbs less than the rate.
+func reportRate(b *testing.B, cpu0 time.Duration) {
+	if s := b.Elapsed().Seconds(); s > 0 {
+		b.ReportMetric(float64(b.N)/s, "lookups/s")
+	}
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/lookup")
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkLookup asks the in-process DNS server about one address at a
+// time: the cost of one lookup end to end, server included.
+func BenchmarkLookup(b *testing.B) {
+	s := dnstest.Start(b)
+	listed := netip.MustParseAddr("192.0.2.2")
+	s.Set(QueryName(listed, zone), dnstest.Answer{A: []string{"127.0.0.2"}, TXT: []string{"listed"}})
+	r := newTestResolver(b, 2*time.Second, s.Addr)
+	for _, bb := range []struct {
+		name string
+		q    Query
+		want Status
+	}{
+		{"clean", Query{Zone: zone, IP: netip.MustParseAddr("192.0.2.1")}, NotListed},
+		{"listed", Query{Zone: zone, IP: listed, NoTXT: true}, Listed},
+		{"listed+txt", Query{Zone: zone, IP: listed}, Listed},
+	} {
+		b.Run(bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			for b.Loop() {
+				if res := r.Lookup(context.Background(), bb.q); res.Status != bb.want {
+					b.Fatalf("Lookup = %v, %v", res.Status, res.Err)
+				}
+			}
+			reportRate(b, cpu0)
+		})
+	}
+}
+
+// BenchmarkLookupParallel is the mail path under load: many sessions at
+// once, every lookup about another address (a cold cache), so nothing is
+// shared between them but the resolver.
+func BenchmarkLookupParallel(b *testing.B) {
+	for _, bb := range []struct {
+		name   string
+		listed bool
+	}{
+		{"clean", false},
+		{"listed", true},
+	} {
+		b.Run(bb.name, func(b *testing.B) {
+			s := dnstest.Start(b)
+			want := NotListed
+			if bb.listed {
+				s.SetZone(zone, dnstest.Answer{A: []string{"127.0.0.2"}})
+				want = Listed
+			}
+			r := newTestResolver(b, 2*time.Second, s.Addr)
+			var next atomic.Uint32
+			b.ReportAllocs()
+			b.SetParallelism(8) // sessions waiting on DNS, not CPU-bound workers
+			b.ResetTimer()
+			cpu0 := cpuTime()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					n := next.Add(1)
+					ip := netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)})
+					if res := r.Lookup(context.Background(), Query{Zone: zone, IP: ip, NoTXT: true}); res.Status != want {
+						b.Errorf("Lookup(%s) = %v, %v", ip, res.Status, res.Err)
+						return
+					}
+				}
+			})
+			reportRate(b, cpu0)
+		})
+	}
+}
