@@ -197,6 +197,12 @@ type StoreConfig struct {
 	// The database file; relative to the daemon's working directory. The
 	// list and requests commands use it too.
 	Path string `toml:"path" reload:"restart"`
+	// Whether serve refuses to start when the store cannot be opened (a
+	// lock held by another process, a read-only file, a disk fault).
+	// false: it starts without the site's own list, says so on /healthz
+	// (503) and blmilter_store_up, and keeps trying to open the store
+	// (backing off up to a minute); the list is used the moment it opens.
+	Required bool `toml:"required" reload:"restart"`
 	// Recorded decisions older than this are deleted.
 	DecisionMaxAge Duration `toml:"decision_max_age" reload:"live"`
 	// At most this many recorded decisions are kept; the oldest go first.

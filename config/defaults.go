@@ -44,6 +44,7 @@ func Defaults() Config {
 		},
 		Store: StoreConfig{
 			Path:            "blmilter.db",
+			Required:        true,
 			DecisionMaxAge:  D(30 * 24 * time.Hour),
 			DecisionMaxRows: 100000,
 		},

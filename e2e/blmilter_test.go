@@ -33,6 +33,8 @@ type blmilterOpts struct {
 	NoPolicyd  bool
 	Extra      string // more TOML, appended
 	MilterAddr string // listen here instead of a free port ("127.0.0.1:port")
+	MilterUnix string // listen on this unix socket instead of TCP
+	MilterTOML string // more [milter] lines
 	LogLevel   string // default "debug"
 	LogFile    bool   // log to a file in the temp dir, not to the test's pipe
 }
@@ -50,6 +52,10 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 	if b.Milter == "" {
 		b.Milter = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
 	}
+	milterListen := "inet:" + b.Milter
+	if o.MilterUnix != "" {
+		b.Milter, milterListen = "", "unix:"+o.MilterUnix
+	}
 	policyd := ""
 	if !o.NoPolicyd {
 		b.Policy = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
@@ -65,7 +71,8 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 	}
 	cfg := fmt.Sprintf(`# blmilter end-to-end test config
 [milter]
-listen = "inet:%s"
+listen = %q
+%s
 
 [policyd]
 listen = %q
@@ -94,12 +101,16 @@ threshold = 3
 action = "reject"
 reject_at = "rcpt"
 allow = []
-`, b.Milter, policyd, publicURL, filepath.Join(dir, "blmilter.db"), logLevel, logFile, o.DNS)
+`, milterListen, o.MilterTOML, policyd, publicURL, filepath.Join(dir, "blmilter.db"), logLevel, logFile, o.DNS)
 	cfg += listsTOML(o.WithError) + o.Extra
 	writeFile(t, b.config, cfg)
 
 	b.p = startProc(t, bin, "serve", "-config", b.config)
-	waitTCP(t, "blmilter milter", b.Milter, b.p)
+	if o.MilterUnix != "" {
+		waitUnix(t, "blmilter milter", o.MilterUnix, b.p)
+	} else {
+		waitTCP(t, "blmilter milter", b.Milter, b.p)
+	}
 	if b.Policy != "" {
 		waitTCP(t, "blmilter policy server", b.Policy, b.p)
 	}

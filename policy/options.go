@@ -57,6 +57,9 @@ type Deps struct {
 	// Observers see every DNS answer and every verdict: the metrics and the
 	// health monitor's hit-ratio alarm.
 	Observers []Observer
+	// Health gives each probed DNS list its starting state; without it
+	// every list starts healthy (one-off commands and tests).
+	Health HealthSource
 }
 
 // CacheOptions bound how long DNS answers are kept.

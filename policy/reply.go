@@ -75,7 +75,7 @@ func signedDecision(v *Verdict, now time.Time, node string) signedref.Decision {
 	}
 	for _, h := range v.Hits {
 		d.Hits = append(d.Hits, signedref.Hit{List: h.List, Category: h.Category, Code: h.Code, Weight: h.Weight,
-			DryRun: h.DryRun, Degraded: h.Degraded})
+			DryRun: h.DryRun, Degraded: h.Degraded, Unproven: h.Unproven})
 	}
 	return d
 }
@@ -97,7 +97,7 @@ var refEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 func topHit(v *Verdict) (Hit, bool) {
 	best := -1
 	for i, h := range v.Hits {
-		if h.DryRun || h.Degraded || h.Weight <= 0 {
+		if h.DryRun || h.Degraded || h.Unproven || h.Weight <= 0 {
 			continue
 		}
 		if best < 0 || h.Weight > v.Hits[best].Weight {
@@ -266,6 +266,8 @@ func LogAttrs(v Verdict) []slog.Attr {
 			switch {
 			case h.Degraded:
 				s += ":degraded"
+			case h.Unproven:
+				s += ":unproven"
 			case h.DryRun:
 				s += ":dry-run"
 			}

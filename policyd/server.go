@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,9 @@ type Options struct {
 	// OnAnswer, when set, is told the kind of each answer (see
 	// AnswerKind), for metrics.
 	OnAnswer func(kind string)
+	// OnPanic, when set, is told of each panic the server recovered from
+	// while serving a connection, for metrics.
+	OnPanic func()
 }
 
 // Server is a policy delegation server. Create it with NewServer; it may
@@ -47,6 +51,7 @@ type Server struct {
 
 	engine       func() *policy.Engine
 	log          *slog.Logger
+	onPanic      func()
 	writeTimeout time.Duration
 	// The limits a reload may change (SetLimits); read per connection.
 	readTimeout atomic.Int64 // time.Duration
@@ -78,6 +83,7 @@ func NewServer(engine func() *policy.Engine, opts Options) *Server {
 		OnAnswer:     opts.OnAnswer,
 		engine:       engine,
 		log:          logger,
+		onPanic:      opts.OnPanic,
 		writeTimeout: WriteTimeout,
 		listeners:    map[net.Listener]struct{}{},
 		conns:        map[*conn]struct{}{},
@@ -220,6 +226,13 @@ func (s *Server) closeIdle() int {
 	return len(s.conns)
 }
 
+// panicked counts a recovered panic.
+func (s *Server) panicked() {
+	if s.onPanic != nil {
+		s.onPanic()
+	}
+}
+
 func (s *Server) remove(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
@@ -300,6 +313,14 @@ func (c *conn) serve() {
 		c.w.Reset(nil)
 		writerPool.Put(c.w)
 		s.remove(c)
+	}()
+	// A panic outside a check (decide has its own) ends this connection
+	// only; Postfix opens another.
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("policy connection panicked; closed it", "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
+			s.panicked()
+		}
 	}()
 	for {
 		// The order matters for Shutdown: mark idle, then look at the flag.

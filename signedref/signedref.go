@@ -17,7 +17,7 @@
 //	node (length 1, bytes) | hit count 1 | hits | MAC 16
 //
 // flags hold the address family, the action and whether Sign left anything
-// out. Each hit is a flags byte (dry run, degraded, has a code), the last
+// out. Each hit is a flags byte (dry run, degraded, unproven, has a code), the last
 // three octets of its 127.0.0.0/8 answer code when it has one, its weight
 // (a signed varint, hundredths), its list's display name (length, bytes)
 // and its category: one byte for the usual ones, else length and bytes.
@@ -108,7 +108,8 @@ type Hit struct {
 	Code     netip.Addr // the DNS answer in 127.0.0.0/8; invalid for file and store lists
 	Weight   float64    // what the hit added to the score; 0 when it did not count
 	DryRun   bool
-	Degraded bool
+	Degraded bool // the list failed its health checks
+	Unproven bool // the list had not passed a health check yet
 }
 
 // Key signs references with its first key and accepts references signed
@@ -336,6 +337,7 @@ const (
 	hitDryRun   = 1 << 0
 	hitDegraded = 1 << 1
 	hitCode     = 1 << 2
+	hitUnproven = 1 << 3
 )
 
 // hasCode reports whether a hit's code is written: only 127.0.0.0/8 codes
@@ -388,6 +390,9 @@ func (k *Key) encode(d *Decision, action int) []byte {
 		}
 		if hasCode(h.Code) {
 			hf |= hitCode
+		}
+		if h.Unproven {
+			hf |= hitUnproven
 		}
 		b = append(b, hf)
 		if hasCode(h.Code) {
@@ -519,10 +524,10 @@ func decode(body []byte) (Decision, error) {
 	for i := 0; i < n && r.err == nil; i++ {
 		var h Hit
 		hf := r.byte()
-		if hf&^(hitDryRun|hitDegraded|hitCode) != 0 {
+		if hf&^(hitDryRun|hitDegraded|hitCode|hitUnproven) != 0 {
 			r.fail("unknown hit flags %#x", hf)
 		}
-		h.DryRun, h.Degraded = hf&hitDryRun != 0, hf&hitDegraded != 0
+		h.DryRun, h.Degraded, h.Unproven = hf&hitDryRun != 0, hf&hitDegraded != 0, hf&hitUnproven != 0
 		if hf&hitCode != 0 {
 			if c := r.bytes(3); c != nil {
 				h.Code = netip.AddrFrom4([4]byte{127, c[0], c[1], c[2]})

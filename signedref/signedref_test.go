@@ -36,6 +36,7 @@ func TestRoundTrip(t *testing.T) {
 				{List: "local file", Category: "my-own-category", Weight: 1.5},
 				{List: "Trial list", Category: "dynamic", Code: netip.MustParseAddr("127.0.0.10"), DryRun: true},
 				{List: "Broken list", Category: "listed", Code: netip.MustParseAddr("127.0.0.2"), Degraded: true},
+				{List: "New list", Category: "zombie", Code: netip.MustParseAddr("127.0.0.4"), Unproven: true},
 				{List: "Allow list", Category: "allow", Weight: -5},
 			}}},
 		{"no hits, tag", Decision{Time: when, IP: netip.MustParseAddr("198.51.100.1"), Action: "tag", Score: 0, Threshold: 1}},

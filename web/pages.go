@@ -170,7 +170,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		Window:       windowWords(cfg.RemovalWindow),
 	}
 	for _, l := range rep.Lists {
-		body.Unchecked = body.Unchecked || l.Result == ResultError || l.Result == ResultDegraded
+		body.Unchecked = body.Unchecked || l.Result == ResultError || l.Result == ResultDegraded || l.Result == ResultUnproven
 	}
 	if rep.SiteListing != nil {
 		body.CSRF = s.csrf.token("removal", rep.IP)

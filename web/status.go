@@ -53,6 +53,7 @@ const (
 	ResultNotListed = "not_listed"
 	ResultError     = "list_error"    // the list did not give a usable answer
 	ResultDegraded  = "list_degraded" // the list fails its health checks; its answers are not used
+	ResultUnproven  = "list_unproven" // the list has not been health-checked yet; its answers are not used
 	ResultSkipped   = "skipped"       // the list does not take this kind of address (e.g. IPv6)
 )
 
@@ -128,7 +129,7 @@ type HitInfo struct {
 	CategoryText string `json:"category_text,omitempty"`
 	Code         string `json:"code,omitempty"`
 	Reason       string `json:"reason,omitempty"`
-	NotCounted   bool   `json:"not_counted,omitempty"` // dry-run or degraded list: logged, not scored
+	NotCounted   bool   `json:"not_counted,omitempty"` // dry-run, degraded or unproven list: logged, not scored
 }
 
 // parseIP reads the IP of a URL, or says in words why it is not one.
@@ -225,7 +226,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 				listed = true
 			}
 		}
-		if li.Result == ResultError || li.Result == ResultDegraded {
+		if li.Result == ResultError || li.Result == ResultDegraded || li.Result == ResultUnproven {
 			incomplete = true
 		}
 		if li.Result == ResultSkipped {
@@ -280,6 +281,8 @@ func resultCode(status string) string {
 		return ResultNotListed
 	case "degraded":
 		return ResultDegraded
+	case "unproven":
+		return ResultUnproven
 	case "skipped":
 		return ResultSkipped
 	default:
@@ -373,7 +376,7 @@ func (s *Server) decision(ctx context.Context, ref string, ip netip.Addr) *Decis
 	di.Action = string(d.Action)
 	di.Score, di.Threshold = &d.Score, &d.Threshold
 	for _, h := range d.Hits {
-		di.Hits = append(di.Hits, hitInfo(h.List, h.Category, h.Code, h.Reason, h.DryRun || h.Degraded))
+		di.Hits = append(di.Hits, hitInfo(h.List, h.Category, h.Code, h.Reason, h.DryRun || h.Degraded || h.Unproven))
 	}
 	for _, e := range d.Errors {
 		di.Errors = append(di.Errors, e.List)
@@ -406,7 +409,7 @@ func (s *Server) signedDecision(ctx context.Context, ref string, d signedref.Dec
 				}
 			}
 		}
-		di.Hits = append(di.Hits, hitInfo(h.List, h.Category, h.Code, reason, h.DryRun || h.Degraded || h.Weight == 0))
+		di.Hits = append(di.Hits, hitInfo(h.List, h.Category, h.Code, reason, h.DryRun || h.Degraded || h.Unproven || h.Weight == 0))
 	}
 	if rec != nil && rec.Reply.Code != 0 {
 		di.Reply = &ReplyInfo{Code: rec.Reply.Code, Enhanced: rec.Reply.Enhanced, Text: rec.Reply.Text}
@@ -453,6 +456,8 @@ func resultWords(result string) string {
 		return "not listed"
 	case ResultDegraded:
 		return "could not check (list failing its health checks)"
+	case ResultUnproven:
+		return "not yet checked (the list has not passed its first health check since it was configured)"
 	case ResultSkipped:
 		return "not asked"
 	default:

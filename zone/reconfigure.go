@@ -67,3 +67,15 @@ func (n *notifier) addrs() []string {
 	}
 	return out
 }
+
+// SetPublished tells a server that was not fed yet what the zone published
+// last, as Options.Serial and Digest tell New: for a daemon whose store,
+// which keeps them, opened after the server was made. Once the server has
+// been fed it changes nothing.
+func (s *Server) SetPublished(serial uint32, digest string) {
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	if s.snap.Load() == nil {
+		s.opts.Serial, s.opts.Digest = serial, digest
+	}
+}

@@ -91,3 +91,25 @@ func TestReconfigure(t *testing.T) {
 		t.Error("a refused change changed the zone")
 	}
 }
+
+// A serial learnt after New stands as New's would; after the first Update
+// it is too late to change it.
+func TestSetPublished(t *testing.T) {
+	s, err := New(testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := s.Update(serverListings)
+	s2, err := New(testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.SetPublished(first, s.snap.Load().b.digest)
+	if serial, changed := s2.Update(serverListings); serial != first || !changed {
+		t.Errorf("serial %d (changed %v), want the published %d", serial, changed, first)
+	}
+	s2.SetPublished(first+100, "other")
+	if serial, _ := s2.Update(serverListings[1:]); serial == first+100 || serial == first+101 {
+		t.Errorf("SetPublished after the first Update moved the serial to %d", serial)
+	}
+}

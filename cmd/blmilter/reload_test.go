@@ -172,6 +172,7 @@ func TestReloadNamesRestartSettings(t *testing.T) {
 		"web.listen":             {"[web]", `listen = "127.0.0.1:1"`},
 		"metrics.listen":         {"[metrics]", `listen = "127.0.0.1:1"`},
 		"store.path":             {"[store]", fmt.Sprintf("path = %q", filepath.Join(dir, "other.db"))},
+		"store.required":         {"[store]", `required = false`},
 		"log.format":             {"[log]", `format = "json"`},
 		"log.file":               {"[log]", fmt.Sprintf("file = %q", filepath.Join(dir, "blmilter.log"))},
 		"health.interval":        {"[health]", `interval = "12h"`},

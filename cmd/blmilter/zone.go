@@ -219,41 +219,48 @@ func (z *zoneServer) Shutdown(ctx context.Context) error {
 	return z.srv.Shutdown(ctx)
 }
 
-// buildZone makes the zone server: loaded from the store before it
-// answers, with the serial the store kept, fed on every change.
+// buildZone makes the zone server, fed from the store with the serial the
+// store kept. Until the store is open (with [store] required = false it
+// may open later) the zone answers SERVFAIL: never an empty zone, which
+// secondaries would take for the list.
 func buildZone(d *daemon, cfg *config.Config) (server, func(*config.Config), error) {
-	if d.store == nil {
-		return nil, nil, errors.New("the zone is served from the store, which is not open")
-	}
 	tsig, err := zoneTSIG(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	ctx := context.Background()
 	name := cfg.Zone.Name
-	serial, digest, err := d.store.ZoneSerial(ctx, name)
-	if err != nil {
-		return nil, nil, err
-	}
-	st := d.store
 	srv, err := zone.New(zone.Options{
 		Zone:     zoneContent(cfg),
 		Transfer: cfg.Zone.TransferNets(),
 		Notify:   cfg.Zone.NotifyAddrs(),
 		TSIG:     tsig,
-		Serial:   serial,
-		Digest:   digest,
-		OnSerial: func(serial uint32, digest string) error { return st.SetZoneSerial(ctx, name, serial, digest) },
-		Logger:   d.logger,
+		OnSerial: func(serial uint32, digest string) error {
+			if st := d.store.Load(); st != nil {
+				return st.SetZoneSerial(ctx, name, serial, digest)
+			}
+			return errors.New("the store is not open")
+		},
+		Logger: d.logger,
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	feed := zone.NewFeeder(srv, func() []zone.Listing { return zoneListings(st) })
-	st.OnChange(func(netip.Prefix) { feed.Changed() })
-	feed.Sync()
+	// The feeder loads only once the store is open: its first Sync is in
+	// whenStore, and the changes that wake it come from the store.
+	feed := zone.NewFeeder(srv, func() []zone.Listing { return zoneListings(d.store.Load()) })
 	feedCtx, stop := context.WithCancel(ctx)
 	zsrv := &zoneServer{srv: srv, stopFeeder: stop, feederDone: make(chan struct{})}
+	d.whenStore(func(st *store.Store) {
+		serial, digest, err := st.ZoneSerial(ctx, name)
+		if err != nil {
+			// The serial moves on from the clock instead.
+			d.logger.Error("the zone's last serial could not be read", slog.Any("err", err))
+		}
+		srv.SetPublished(serial, digest)
+		st.OnChange(func(netip.Prefix) { feed.Changed() })
+		feed.Sync()
+	})
 	go func() {
 		defer close(zsrv.feederDone)
 		feed.Run(feedCtx)
@@ -269,6 +276,20 @@ func buildZone(d *daemon, cfg *config.Config) (server, func(*config.Config), err
 		}
 	}
 	return zsrv, live, nil
+}
+
+// whenStore calls f with the store: now when it is open, else when it
+// opens.
+func (d *daemon) whenStore(f func(*store.Store)) {
+	d.storeMu.Lock()
+	st := d.store.Load()
+	if st == nil {
+		d.storeWaiters = append(d.storeWaiters, f)
+	}
+	d.storeMu.Unlock()
+	if st != nil {
+		f(st)
+	}
 }
 
 var zoneCommands = []*command{

@@ -284,3 +284,42 @@ func TestFleetExamples(t *testing.T) {
 		})
 	}
 }
+
+// With [store] required = false and the store unreadable at start, the zone
+// answers SERVFAIL (never an empty zone, which secondaries would take for
+// the list) until the store opens; then it serves the list.
+func TestZoneWaitsForTheStore(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.db")
+	if code, _, errs := runCLI("list", "add", "-create", "-db", good, "-category", "zombie", "198.51.100.7"); code != 0 {
+		t.Fatal(errs)
+	}
+	db := filepath.Join(dir, "blmilter.db")
+	writeFile(t, db, strings.Repeat("a disk fault left this behind\n", 200))
+	addr := freeDNSAddr(t)
+	cfg := zoneTestConfig(dir, "").with("[zone]", fmt.Sprintf("listen = [%q]", addr)).with("[store]", "required = false")
+	td := startTestDaemon(t, filepath.Join(dir, "blmilter.toml"), cfg.String(), 2)
+	const name = "7.100.51.198.bl.test."
+	if r := askZone(t, addr, name, dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("without the store: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	if err := os.Rename(good, db); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(db + "-wal")
+	os.Remove(db + "-shm")
+	if _, err := td.reload(t, cfg.String()); err != nil { // a SIGHUP retries the store at once
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "the zone to serve the store's listing", 5*time.Second, func() error {
+		return testkit.Unless(zoneA(askZone(t, addr, name, dns.TypeA)) == "127.0.0.4", "not yet")
+	})
+	st, err := store.Open(db, store.Options{ReadOnly: true, PollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if kept, _, _ := st.ZoneSerial(context.Background(), "bl.test"); kept == 0 || kept != zoneSerial(t, addr) {
+		t.Errorf("the store keeps serial %d, the zone serves %d", kept, zoneSerial(t, addr))
+	}
+}
