@@ -2,7 +2,7 @@
 GO ?= go
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: all build test unit deps vet fmt-check lint bench
+.PHONY: all build test unit deps vet fmt-check lint bench deb deb-test
 
 all: build
 
@@ -17,6 +17,7 @@ build:
 # (e2e/load.sh and e2e/zoneperf.sh run them at full size for figures).
 test: deps
 	$(GO) test -race -count=1 -timeout 15m -tags e2e ./...
+	$(GO) -C contrib/deb test -count=1 ./...
 
 # The Go tests without the end-to-end ones: nothing to install.
 unit:
@@ -28,6 +29,7 @@ deps:
 vet:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
+	$(GO) -C contrib/deb vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -37,6 +39,19 @@ fmt-check:
 lint:
 	$(STATICCHECK) ./...
 	$(STATICCHECK) -tags e2e ./...
+	cd contrib/deb && $(STATICCHECK) ./...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./iplist/ ./dnsbl/ ./policy/ ./milter/ ./policyd/ ./web/ ./store/ ./zone/
+
+# The Debian package, built with nfpm by contrib/deb (a module of its own,
+# so nfpm's dependencies stay out of blmilter's): a static binary with the
+# version from git (VERSION=v1.2.3 to give one), into dist/.
+DIST ?= $(CURDIR)/dist
+deb:
+	$(GO) -C contrib/deb run . -root $(CURDIR) -out $(DIST) $(if $(VERSION),-version $(VERSION))
+
+# Installs the package with dpkg, checks it, and purges it: root only, and
+# it changes the machine (CI runs it).
+deb-test:
+	contrib/deb/test.sh

@@ -78,6 +78,8 @@ type Config struct {
 	Web     WebConfig     `toml:"web"`
 	Metrics MetricsConfig `toml:"metrics"`
 	Store   StoreConfig   `toml:"store"`
+	Zone    ZoneConfig    `toml:"zone"`
+	Fleet   FleetConfig   `toml:"fleet"`
 	Log     LogConfig     `toml:"log"`
 	DNS     DNSConfig     `toml:"dns"`
 	Cache   CacheConfig   `toml:"cache"`
@@ -208,6 +210,12 @@ type StoreConfig struct {
 	// The database file; relative to the daemon's working directory. The
 	// list and requests commands use it too.
 	Path string `toml:"path" reload:"restart"`
+	// Whether serve refuses to start when the store cannot be opened (a
+	// lock held by another process, a read-only file, a disk fault).
+	// false: it starts without the site's own list, says so on /healthz
+	// (503) and blmilter_store_up, and keeps trying to open the store
+	// (backing off up to a minute); the list is used the moment it opens.
+	Required bool `toml:"required" reload:"restart"`
 	// Recorded decisions older than this are deleted.
 	DecisionMaxAge Duration `toml:"decision_max_age" reload:"live"`
 	// At most this many recorded decisions are kept; the oldest go first.
@@ -222,6 +230,102 @@ type StoreConfig struct {
 	// the first level of escalation). At least evidence_max_age and
 	// web.removal_window.
 	HistoryMaxAge Duration `toml:"history_max_age" reload:"live"`
+}
+
+// ZoneConfig is the [zone] section: the site's own list published as an
+// authoritative DNS block list zone (RFC 5782), which other mail servers,
+// the other blmilter nodes of a fleet and secondaries (NSD, Knot, BIND)
+// ask or transfer. It is served when name and listen are set, from the
+// store; every change to the list, an expiry included, is served within
+// 2 s. With a name alone, "blmilter zone export" writes it for rbldnsd or
+// a primary name server.
+type ZoneConfig struct {
+	// The zone's apex, such as "bl.example.org"; "" turns the zone off.
+	Name string `toml:"name" reload:"restart"`
+	// Addresses the zone is served on, each over UDP and TCP, as IP:PORT
+	// ("[::1]:53" for IPv6). In production a public address, port 53. Empty:
+	// not served (export only).
+	Listen []string `toml:"listen" reload:"restart"`
+	// TTL of the A and TXT answers; a name that is not listed is cached for
+	// soa.minimum instead. Mail servers see a removal at most this late.
+	TTL Duration `toml:"ttl" reload:"live"`
+	// The zone's name servers, fully qualified and outside the zone; at
+	// least one.
+	NS  []string      `toml:"ns" reload:"live"`
+	SOA ZoneSOAConfig `toml:"soa"`
+	// The A record of each category's listings, inside 127.0.0.0/8 (not
+	// 127.0.0.1, not 127.255.255.0/24). A category without one answers
+	// 127.0.0.2. The [[list]] codes of the nodes that ask the zone map
+	// them back.
+	Codes map[string]string `toml:"codes" reload:"live"`
+	// The TXT answer. Placeholders: {ip} (the listed address or network),
+	// {category}, {reason}, {url} ([web] public_url/ip/IP). Cut to 255 bytes.
+	TXT string `toml:"txt" reload:"live"`
+	// Networks (or addresses) that may transfer the zone (AXFR, IXFR); empty:
+	// nobody.
+	Transfer []string `toml:"transfer" reload:"live"`
+	// Secondaries told of every change by NOTIFY, as IP:PORT (port 53 when
+	// left out).
+	Notify []string       `toml:"notify" reload:"live"`
+	TSIG   ZoneTSIGConfig `toml:"tsig"`
+
+	// parsed by validation
+	codes    map[string]netip.Addr
+	transfer []netip.Prefix
+	notify   []string
+}
+
+// ZoneSOAConfig is the [zone.soa] section: the SOA record's fields but the
+// serial, which grows with every change and is kept in the store.
+type ZoneSOAConfig struct {
+	// The primary name server; "" is the first of zone.ns.
+	MName string `toml:"mname" reload:"live"`
+	// The zone's contact as a name ("hostmaster.example.org.") or a mail
+	// address; "" is hostmaster.<zone>.
+	RName string `toml:"rname" reload:"live"`
+	// How often secondaries check the serial (NOTIFY tells them sooner).
+	Refresh Duration `toml:"refresh" reload:"live"`
+	// How soon a secondary retries a failed check.
+	Retry Duration `toml:"retry" reload:"live"`
+	// How long a secondary serves the zone without reaching this server.
+	Expire Duration `toml:"expire" reload:"live"`
+	// How long resolvers keep "not listed" (the negative TTL).
+	Minimum Duration `toml:"minimum" reload:"live"`
+}
+
+// ZoneTSIGConfig is the [zone.tsig] section: the key that signs transfers
+// and NOTIFY (RFC 8945). With it, transfers must be signed, besides coming
+// from a transfer network.
+type ZoneTSIGConfig struct {
+	// The key's name, as the secondaries know it, such as "xfr.example.org.";
+	// "" turns TSIG off.
+	Name string `toml:"name" reload:"restart"`
+	// hmac-sha256, hmac-sha1, hmac-sha224, hmac-sha384 or hmac-sha512.
+	Algorithm string `toml:"algorithm" reload:"restart"`
+	// File holding the secret: what tsig-keygen or keymgr writes (a key
+	// clause with secret "…"), or the base64 secret alone on a line (head -c
+	// 32 /dev/urandom | base64). Relative to the config file.
+	SecretFile string `toml:"secret_file" reload:"restart"`
+}
+
+// FleetConfig is the [fleet] section: what the blmilter nodes of a site
+// share so that a bounce from any of them opens its decision on the lookup
+// service of another, with no shared database.
+type FleetConfig struct {
+	// File holding the key the fleet shares, as base64 text (head -c 32
+	// /dev/urandom | base64 > fleet.key), the same on every node; relative
+	// to the config file. With it each reply's {ref} is the decision itself
+	// (time, address, the lists that hit with their codes and categories,
+	// score, action), signed, and {url} carries it as ?ref=; the lookup page
+	// shows such a decision when it verifies, and refuses it otherwise.
+	// "": refs are short ids of the decisions this node's store keeps.
+	KeyFile string `toml:"key_file" reload:"live"`
+	// Files of keys the lookup page still accepts, for a change of key:
+	// give the old key's file here while the nodes move to the new one.
+	PreviousKeyFiles []string `toml:"previous_key_files" reload:"live"`
+	// This node's name in its signed refs (at most 32 characters), shown on
+	// the lookup page; "" leaves it out.
+	Node string `toml:"node" reload:"live"`
 }
 
 // LogConfig is the [log] section: what blmilter logs, and where. Every
@@ -297,7 +401,8 @@ type PolicyConfig struct {
 	// longer.
 	Deadline Duration `toml:"deadline" reload:"live"`
 	// Reply to a refused client. Placeholders: {ip} {list} {category}
-	// {url} {ref}.
+	// {url} {ref}. {url} is [web] public_url/ip/IP; with [fleet] key_file it
+	// ends in ?ref= and the signed decision, as does {ref}.
 	RejectText string `toml:"reject_text" reload:"live"`
 	// Reply when the action is tempfail.
 	TempfailText string `toml:"tempfail_text" reload:"live"`

@@ -32,8 +32,8 @@ func Default() *Config {
 	return cfg
 }
 
-// LoadFile reads and parses a config file. Relative list file paths are
-// taken relative to the config file's directory.
+// LoadFile reads and parses a config file. Relative paths of list files
+// and key files are taken relative to the config file's directory.
 func LoadFile(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -44,10 +44,18 @@ func LoadFile(path string) (*Config, error) {
 		return nil, err
 	}
 	dir := filepath.Dir(path)
-	for i := range cfg.Lists {
-		if f := cfg.Lists[i].File; f != "" && !filepath.IsAbs(f) {
-			cfg.Lists[i].File = filepath.Join(dir, f)
+	abs := func(f *string) {
+		if *f != "" && !filepath.IsAbs(*f) {
+			*f = filepath.Join(dir, *f)
 		}
+	}
+	for i := range cfg.Lists {
+		abs(&cfg.Lists[i].File)
+	}
+	abs(&cfg.Zone.TSIG.SecretFile)
+	abs(&cfg.Fleet.KeyFile)
+	for i := range cfg.Fleet.PreviousKeyFiles {
+		abs(&cfg.Fleet.PreviousKeyFiles[i])
 	}
 	return cfg, nil
 }

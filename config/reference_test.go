@@ -8,6 +8,7 @@ import (
 	"go/token"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unicode"
@@ -269,6 +270,18 @@ func typeName(t reflect.Type) string {
 
 func defaultText(v reflect.Value) string {
 	if v.Kind() == reflect.Map {
+		if m, ok := v.Interface().(map[string]string); ok && len(m) > 0 {
+			keys := make([]string, 0, len(m))
+			for k := range m {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			var parts []string
+			for _, k := range keys {
+				parts = append(parts, fmt.Sprintf("%s = %q", joinKey("", k), m[k]))
+			}
+			return "{ " + strings.Join(parts, ", ") + " }"
+		}
 		return "{}"
 	}
 	return format(v)

@@ -138,6 +138,9 @@ func (p *parser) validate(c *Config) {
 
 	p.validateTraps(c)
 
+	p.validateZone(&c.Zone)
+	p.validateFleet(&c.Fleet)
+
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		p.addf("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
 	}

@@ -35,6 +35,8 @@ type blmilterOpts struct {
 	NoPolicyd   bool
 	Extra       string // more TOML, appended
 	MilterAddr  string // listen here instead of a free port ("127.0.0.1:port")
+	MilterUnix  string // listen on this unix socket instead of TCP
+	MilterTOML  string // more [milter] lines
 	LogLevel    string // default "debug"
 	LogFile     bool   // log to a file in the temp dir, not to the test's pipe
 	Web         bool   // serve the lookup service on a free port
@@ -60,6 +62,10 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 	if b.Milter == "" {
 		b.Milter = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
 	}
+	milterListen := "inet:" + b.Milter
+	if o.MilterUnix != "" {
+		b.Milter, milterListen = "", "unix:"+o.MilterUnix
+	}
 	policyd := ""
 	if !o.NoPolicyd {
 		b.Policy = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "tcp"))
@@ -75,7 +81,8 @@ func startBlmilter(t testing.TB, o blmilterOpts) *blmilter {
 	}
 	cfg := fmt.Sprintf(`# blmilter end-to-end test config
 [milter]
-listen = "inet:%s"
+listen = %q
+%s
 
 [policyd]
 listen = %q
@@ -108,12 +115,16 @@ action = "reject"
 reject_at = "rcpt"
 allow = []
 %s
-`, b.Milter, policyd, webListen, publicURL, o.WebExtra, b.db, logLevel, logFile, o.DNS, o.PolicyExtra)
+`, milterListen, o.MilterTOML, policyd, webListen, publicURL, o.WebExtra, b.db, logLevel, logFile, o.DNS, o.PolicyExtra)
 	cfg += listsTOML(o.WithError) + o.Extra
 	writeFile(t, b.config, cfg)
 
 	b.p = startProc(t, bin, "serve", "-config", b.config)
-	waitTCP(t, "blmilter milter", b.Milter, b.p)
+	if o.MilterUnix != "" {
+		waitUnix(t, "blmilter milter", o.MilterUnix, b.p)
+	} else {
+		waitTCP(t, "blmilter milter", b.Milter, b.p)
+	}
 	if b.Policy != "" {
 		waitTCP(t, "blmilter policy server", b.Policy, b.p)
 	}
@@ -131,23 +142,6 @@ func (b *blmilter) logSize(t testing.TB) int64 {
 		t.Fatal(err)
 	}
 	return fi.Size()
-}
-
-// logSettled waits until blmilter's log file stops growing (decision lines
-// are written a few milliseconds after the reply that they are about, so a
-// session can end before its line is in the file) and returns its size.
-func (b *blmilter) logSettled(t testing.TB) int64 {
-	t.Helper()
-	size := b.logSize(t)
-	for range 40 {
-		time.Sleep(50 * time.Millisecond)
-		next := b.logSize(t)
-		if next == size {
-			return size
-		}
-		size = next
-	}
-	return size
 }
 
 // checkTimes returns the time each check took that was not answered from

@@ -8,6 +8,7 @@
 #   swaks dnsutils  for poking at the setup by hand (dig, swaks)
 #   chromium     headless browser for the lookup site's page tests (web/)
 #   rspamd       the load comparison's other milter, with only its RBL module on the test lists
+#   groff-base   renders the manual page (cmd/blmilter) to check it
 #   sendmail     the sendmail binary from sendmail-bin, unpacked into
 #                /opt/blmilter-e2e/sendmail: Debian's postfix and sendmail-bin
 #                packages conflict (both are "the" MTA), so sendmail is not
@@ -20,7 +21,7 @@
 set -euo pipefail
 
 SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
-PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium rspamd
+PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium rspamd groff-base
 	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
 
 skip() {

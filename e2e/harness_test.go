@@ -290,6 +290,21 @@ func waitTCP(t testing.TB, what, addr string, p *proc) {
 	})
 }
 
+// waitUnix waits until the unix socket at path accepts connections.
+func waitUnix(t testing.TB, what, path string, p *proc) {
+	t.Helper()
+	testkit.WaitFor(t, what, 15*time.Second, func() error {
+		if p != nil && !p.running() {
+			t.Fatalf("%s exited: %v\n%s", what, p.err, tail(p.out.String(), 40))
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
 // run runs a command to completion and fails t with its output on error.
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()

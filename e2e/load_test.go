@@ -193,7 +193,15 @@ func TestLoad(t *testing.T) {
 			v.run(coldWarmup, coldPoolSize-coldWarmup)
 		}
 	}
-	slowLogFrom := slow.logSettled(t) // the warm-up's last decision lines in, before the rounds
+	// The decision log is written in batches: wait for the warm-up's lines,
+	// so none of them is counted as a check of the rounds.
+	testkit.WaitFor(t, "the slow blmilter's warm-up decisions in its log", 5*time.Second, func() error {
+		if n := len(slow.checkTimes(t, 0)); n < c {
+			return fmt.Errorf("%d of %d warm-up checks logged", n, c)
+		}
+		return nil
+	})
+	slowLogFrom := slow.logSize(t)
 	slowAnswersFrom := len(slowDNS.answerTimes())
 	nextCold := 0
 	for round := range rounds {
@@ -259,8 +267,13 @@ func TestLoad(t *testing.T) {
 	// The slow list's own answer times, as its server saw them, show how
 	// much of a check's time is the list's and how much blmilter's.
 	l := byKey["l"]
-	slow.logSettled(t) // the last sessions' decision lines come after their replies
-	checks := slow.checkTimes(t, slowLogFrom)
+	var checks []time.Duration
+	testkit.WaitFor(t, "the slow blmilter's decisions in its log", 5*time.Second, func() error {
+		if checks = slow.checkTimes(t, slowLogFrom); len(checks) < l.sessions*rounds {
+			return fmt.Errorf("%d of %d checks logged", len(checks), l.sessions*rounds)
+		}
+		return nil
+	})
 	answers := slowDNS.answerTimes()[slowAnswersFrom:]
 	pct := func(ds []time.Duration, q float64) float64 {
 		if len(ds) == 0 {

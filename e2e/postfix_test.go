@@ -37,6 +37,9 @@ type postfixOpts struct {
 	Policy string // check_policy_service target, e.g. "inet:127.0.0.1:10045", with contrib/postfix/main.cf.policy
 	Extra  string // more main.cf lines
 	Master string // more master.cf lines
+	// Postscreen puts postscreen in front of smtpd (its DNS list settings
+	// go in Extra); it sees the TCP peer, so clients bind their address.
+	Postscreen bool
 }
 
 // masterCF is master.cf without the smtpd line; nothing is chrooted.
@@ -121,8 +124,14 @@ smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, rej
 	}
 	main += o.Extra
 	writeFile(t, filepath.Join(p.dir, "main.cf"), main)
-	writeFile(t, filepath.Join(p.dir, "master.cf"),
-		p.Addr+" inet n - n - - smtpd\n"+masterCF+o.Master)
+	master := p.Addr + " inet n - n - - smtpd\n" + masterCF
+	if o.Postscreen {
+		master = p.Addr + " inet n - n - 1 postscreen\n" +
+			"smtpd pass - - n - - smtpd\n" +
+			"dnsblog unix - - n - 0 dnsblog\n" +
+			"tlsproxy unix - - n - 0 tlsproxy\n" + masterCF
+	}
+	writeFile(t, filepath.Join(p.dir, "master.cf"), master+o.Master)
 	if err := os.Chown(filepath.Join(root, "data"), postfixUID(t), -1); err != nil {
 		t.Fatal(err)
 	}

@@ -135,19 +135,20 @@ func TestSendmail(t *testing.T) {
 	})
 }
 
-// runInNetNS re-executes this test in new network and UTS namespaces and
-// reports its outcome as t's.
-func runInNetNS(t *testing.T, blmilterBin string) {
+// runInNetNS re-executes this test in new network and UTS namespaces (and
+// the extra ones named, such as "--mount") and reports its outcome as t's.
+func runInNetNS(t *testing.T, blmilterBin string, extra ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, tool("unshare"), "--net", "--uts", "--",
+	args := append(append([]string{"--net", "--uts"}, extra...), "--",
 		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
+	cmd := exec.CommandContext(ctx, tool("unshare"), args...)
 	cmd.Env = append(os.Environ(), envNetNS+"=1", envBlmilterBin+"="+blmilterBin)
 	out, err := cmd.CombinedOutput()
 	text := string(out)
 	for _, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, "--- ") || strings.Contains(l, "sendmail_test.go:") {
+		if strings.Contains(l, "--- ") || strings.Contains(l, "sendmail_test.go:") || strings.Contains(l, "fleet_test.go:") {
 			t.Log(strings.TrimSpace(l))
 		}
 	}

@@ -9,6 +9,12 @@
 // the hosts that really connect, so a list that suddenly does is answering
 // everything. A list that fails is degraded until it passes again; the
 // probes of a degraded list back off.
+//
+// A list the monitor has not checked yet (new at start, or new or changed
+// by a reload) is unproven: like a degraded list, its hits are logged but
+// do not count until it passes a probe round. The state outlives engines:
+// a reloaded engine's list keeps it while its zone, servers, address
+// families and health setting stay the same.
 package health
 
 import (
@@ -18,6 +24,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -36,7 +43,7 @@ type Resolver interface {
 // target function returns nil while there is none.
 type Target interface {
 	Lists() []policy.ListInfo
-	SetListHealthy(name string, healthy bool)
+	SetListState(name string, s policy.ListState)
 }
 
 // Options tune the monitor. cmd/blmilter fills the first six from the
@@ -50,9 +57,14 @@ type Options struct {
 	RatioWindow time.Duration // the ratio's window
 	MinBackoff  time.Duration // first re-probe of a degraded list; 0 is DefaultMinBackoff
 	Logger      *slog.Logger
-	// OnChange is called once per state change, for metrics.
-	OnChange func(list string, healthy bool, reason string)
-	Now      func() time.Time
+	// OnChange is called once per state change, for metrics; a list the
+	// monitor starts watching is reported too.
+	OnChange func(list string, state policy.ListState, reason string)
+	// OnRemove is called when a list is no longer configured.
+	OnRemove func(list string)
+	// OnPanic is called when a probe panicked (and was recovered).
+	OnPanic func()
+	Now     func() time.Time
 }
 
 // Reason words for a failed list; the text for admins is in Status.Reason.
@@ -66,7 +78,9 @@ const (
 
 // Status is one list's health as the monitor sees it.
 type Status struct {
-	List      string    `json:"list"`
+	List string `json:"list"`
+	// State is "healthy", "degraded" or "unproven" (not yet checked).
+	State     string    `json:"state"`
 	Healthy   bool      `json:"healthy"`
 	Code      string    `json:"reason_code,omitempty"`
 	Reason    string    `json:"reason,omitempty"`
@@ -76,6 +90,16 @@ type Status struct {
 
 type listState struct {
 	Status
+	state policy.ListState
+	// ident is what the state is about: a list of the same name with
+	// another zone, servers, address families or health setting is
+	// another list, unproven.
+	ident  string
+	probed bool // health = true: the test points are asked
+	proven bool // has passed a probe round since ident was set
+	rounds int  // probe rounds finished since ident was set
+
+	inFlight       bool
 	transientFails int
 	nextProbe      time.Time
 	backoff        time.Duration
@@ -86,15 +110,18 @@ type listState struct {
 }
 
 // Monitor probes lists and keeps their state across engine reloads: lists
-// are known by name.
+// are known by name, and a list keeps its state while its zone, servers,
+// address families and health setting stay the same.
 type Monitor struct {
 	target   func() Target
 	resolver func() Resolver
 	opts     Options
 	log      *slog.Logger
+	kick     chan struct{} // wakes Run: a reload brought lists to probe
 
-	mu    sync.Mutex
-	lists map[string]*listState
+	mu      sync.Mutex
+	lists   map[string]*listState
+	changed chan struct{} // closed and replaced when a probe ends
 }
 
 // DefaultMinBackoff is the first re-probe of a degraded list when
@@ -112,22 +139,132 @@ func New(target func() Target, resolver func() Resolver, opts Options) *Monitor 
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Monitor{target: target, resolver: resolver, opts: opts, log: opts.Logger, lists: map[string]*listState{}}
+	return &Monitor{target: target, resolver: resolver, opts: opts, log: opts.Logger,
+		lists: map[string]*listState{}, kick: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
-// Run probes every list at once and then as each is due, until ctx ends.
-func (m *Monitor) Run(ctx context.Context) {
-	for {
-		next := m.ProbeDue(ctx)
-		wait := time.Until(next)
-		if wait < time.Second {
-			wait = time.Second
+// identity is what a list's health is about. Its name is not part of it:
+// the state is kept by name, and a renamed list is a new one.
+func identity(l policy.ListInfo) string {
+	return fmt.Sprintf("%s|%s|v4=%t|v6=%t|health=%t", l.Zone, strings.Join(l.Servers, ","), l.IPv4, l.IPv6, l.Health)
+}
+
+// ListState is the state a new engine's list starts in (policy.HealthSource):
+// what the monitor knows of the same list, else unproven, or healthy for a
+// list that is not probed (health = false is trusted as configured).
+func (m *Monitor) ListState(l policy.ListInfo) policy.ListState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st, ok := m.lists[l.Name]; ok && st.ident == identity(l) {
+		return st.state
+	}
+	if l.Kind != policy.KindDNS || !l.Health {
+		return policy.ListHealthy
+	}
+	return policy.ListUnproven
+}
+
+// Sync makes the monitor watch the lists of the current target: it starts
+// a new or changed list unproven, forgets lists no longer configured, tells
+// the target every list's state, and has Run probe the unproven lists at
+// once. Call it after installing a new engine: a probe that ended while
+// the engine was being built told the old one.
+func (m *Monitor) Sync() {
+	m.mu.Lock()
+	target := m.target()
+	due := false
+	if target != nil {
+		now := m.opts.Now()
+		lists := target.Lists()
+		m.reconcile(target, lists, now)
+		for _, l := range lists {
+			if st, ok := m.lists[l.Name]; ok {
+				target.SetListState(l.Name, st.state)
+				due = due || st.probed && !st.inFlight && !now.Before(st.nextProbe)
+			}
 		}
+	}
+	m.mu.Unlock()
+	if due {
+		m.wake()
+	}
+}
+
+// reconcile brings the watched lists in line with the target's DNS lists.
+// m.mu is held.
+func (m *Monitor) reconcile(target Target, lists []policy.ListInfo, now time.Time) {
+	seen := make(map[string]bool, len(lists))
+	for _, l := range lists {
+		if l.Kind != policy.KindDNS {
+			continue
+		}
+		seen[l.Name] = true
+		id := identity(l)
+		if st, ok := m.lists[l.Name]; ok && st.ident == id {
+			continue
+		}
+		st := &listState{Status: Status{List: l.Name, Since: now}, ident: id, probed: l.Health, windowStart: now}
+		m.lists[l.Name] = st
+		if l.Health {
+			st.state = policy.ListUnproven
+			m.log.Info("list not yet checked: its hits do not count until it passes a probe round", "list", l.Name)
+		}
+		st.State, st.Healthy = st.state.String(), st.state == policy.ListHealthy
+		if m.opts.OnChange != nil {
+			m.opts.OnChange(l.Name, st.state, "")
+		}
+	}
+	for name := range m.lists {
+		if !seen[name] {
+			delete(m.lists, name)
+			if m.opts.OnRemove != nil {
+				m.opts.OnRemove(name)
+			}
+		}
+	}
+}
+
+// wake has Run look for due probes now.
+func (m *Monitor) wake() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run probes every list at once and then as each is due, until ctx ends,
+// and then waits for the probes in flight. A probe cut short by ctx is
+// not a failure: its result is dropped.
+func (m *Monitor) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		m.mu.Lock()
+		target := m.target()
+		if target != nil {
+			m.reconcile(target, target.Lists(), m.opts.Now())
+		}
+		due := m.takeDue(target)
+		m.mu.Unlock()
+		for _, p := range due {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m.finish(ctx, p, m.safeProbe(ctx, p.list))
+				m.wake()
+			}()
+		}
+		m.mu.Lock()
+		wait := m.nextDue().Sub(m.opts.Now())
+		m.mu.Unlock()
+		wait = max(wait, 50*time.Millisecond)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
+		case <-m.kick:
+			t.Stop()
 		case <-t.C:
 		}
 	}
@@ -135,64 +272,138 @@ func (m *Monitor) Run(ctx context.Context) {
 
 // ProbeDue probes the lists whose probe is due (all of them the first
 // time), applies the results to the target, and returns when the next
-// probe is due.
+// probe is due. Run does the same without waiting for the probes.
 func (m *Monitor) ProbeDue(ctx context.Context) time.Time {
-	target := m.target()
-	now := m.opts.Now()
-	if target == nil {
-		return now.Add(m.opts.Interval)
-	}
-	var due []policy.ListInfo
 	m.mu.Lock()
-	for _, l := range target.Lists() {
-		if l.Kind != "dns" || !l.Health {
-			continue
-		}
-		st := m.state(l.Name, now)
-		if !now.Before(st.nextProbe) {
-			due = append(due, l)
-		}
+	target := m.target()
+	if target == nil {
+		m.mu.Unlock()
+		return m.opts.Now().Add(m.opts.Interval)
 	}
+	m.reconcile(target, target.Lists(), m.opts.Now())
+	due := m.takeDue(target)
 	m.mu.Unlock()
 
 	// Probe outside the lock, lists in parallel: a dead list must not hold
 	// the others' probes.
 	results := make([]probeResult, len(due))
 	var wg sync.WaitGroup
-	for i, l := range due {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = m.probe(ctx, l)
-		}()
+	for i, p := range due {
+		wg.Go(func() { results[i] = m.safeProbe(ctx, p.list) })
 	}
 	wg.Wait()
-
+	for i, p := range due {
+		m.finish(ctx, p, results[i])
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for i, l := range due {
-		m.apply(target, l.Name, results[i], now)
+	return m.nextDue()
+}
+
+// dueProbe is a probe taken from the schedule: the list as the target has
+// it, and the state's identity when it was taken.
+type dueProbe struct {
+	list  policy.ListInfo
+	ident string
+	at    time.Time
+}
+
+// takeDue marks the due lists of target in flight and returns them. m.mu
+// is held.
+func (m *Monitor) takeDue(target Target) []dueProbe {
+	if target == nil {
+		return nil
 	}
-	next := now.Add(m.opts.Interval)
+	now := m.opts.Now()
+	var due []dueProbe
 	for _, l := range target.Lists() {
-		if st, ok := m.lists[l.Name]; ok && st.nextProbe.Before(next) {
-			next = st.nextProbe
+		st, ok := m.lists[l.Name]
+		if !ok || !st.probed || st.inFlight || now.Before(st.nextProbe) || st.ident != identity(l) {
+			continue
 		}
-		// A reloaded engine starts with every list healthy: tell it again.
-		if st, ok := m.lists[l.Name]; ok && !st.Healthy {
-			target.SetListHealthy(l.Name, false)
+		st.inFlight = true
+		due = append(due, dueProbe{list: l, ident: st.ident, at: now})
+	}
+	return due
+}
+
+// nextDue is when the next probe is due (lists in flight aside). m.mu is held.
+func (m *Monitor) nextDue() time.Time {
+	next := m.opts.Now().Add(m.opts.Interval)
+	for _, st := range m.lists {
+		if st.probed && !st.inFlight && st.nextProbe.Before(next) {
+			next = st.nextProbe
 		}
 	}
 	return next
 }
 
-func (m *Monitor) state(name string, now time.Time) *listState {
-	st, ok := m.lists[name]
-	if !ok {
-		st = &listState{Status: Status{List: name, Healthy: true, Since: now}, windowStart: now}
-		m.lists[name] = st
+// finish applies a probe's result, unless ctx ended (a cancelled probe
+// says nothing about the list) or the list changed meanwhile.
+func (m *Monitor) finish(ctx context.Context, p dueProbe, r probeResult) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	defer m.notify()
+	st, ok := m.lists[p.list.Name]
+	if !ok || st.ident != p.ident {
+		return // a reload changed or removed the list: the new one has its own probe
 	}
-	return st
+	st.inFlight = false
+	if ctx.Err() != nil {
+		return
+	}
+	m.apply(st, r, m.opts.Now())
+}
+
+// notify wakes WaitChecked. m.mu is held.
+func (m *Monitor) notify() {
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// WaitChecked waits until every unproven list of the target has had its
+// first probe round, or ctx ends, and returns the lists still unproven.
+func (m *Monitor) WaitChecked(ctx context.Context) []string {
+	for {
+		m.mu.Lock()
+		var waiting, unproven []string
+		for _, st := range m.lists {
+			if st.state != policy.ListUnproven {
+				continue
+			}
+			unproven = append(unproven, st.List)
+			if st.rounds == 0 {
+				waiting = append(waiting, st.List)
+			}
+		}
+		changed := m.changed
+		m.mu.Unlock()
+		if len(waiting) == 0 {
+			slices.Sort(unproven)
+			return unproven
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			slices.Sort(unproven)
+			return unproven
+		}
+	}
+}
+
+// safeProbe is probe, but a panic in it is a failed probe of one list,
+// not the end of the process.
+func (m *Monitor) safeProbe(ctx context.Context, l policy.ListInfo) (r probeResult) {
+	defer func() {
+		if p := recover(); p != nil {
+			m.log.Error("list health probe panicked", "list", l.Name, "panic", p, "stack", string(debug.Stack()))
+			if m.opts.OnPanic != nil {
+				m.opts.OnPanic()
+			}
+			r = probeResult{transient: true, code: ReasonUnreachable, reason: fmt.Sprintf("probe failed: %v", p)}
+		}
+	}()
+	return m.probe(ctx, l)
 }
 
 type probeResult struct {
@@ -257,18 +468,20 @@ func randomDocAddr() netip.Addr {
 	return netip.AddrFrom4([4]byte{n[0], n[1], n[2], byte(1 + rand.IntN(254))})
 }
 
-func (m *Monitor) apply(target Target, name string, r probeResult, now time.Time) {
-	st := m.state(name, now)
+func (m *Monitor) apply(st *listState, r probeResult, now time.Time) {
 	st.LastProbe = now
+	st.rounds++
 	switch {
 	case r.ok:
 		st.transientFails = 0
 		st.backoff = 0
 		st.nextProbe = now.Add(m.jitter(m.opts.Interval))
-		if !st.Healthy && st.Code != ReasonHitRatio {
-			m.set(target, st, true, "", "", now)
+		st.proven = true
+		if st.state != policy.ListHealthy && st.Code != ReasonHitRatio {
+			m.set(st, policy.ListHealthy, "", "", now)
 		}
 	case r.transient && st.transientFails+1 < m.opts.FailAfter:
+		// An unproven list stays unproven until a round passes.
 		st.transientFails++
 		st.nextProbe = now.Add(m.opts.MinBackoff)
 	default:
@@ -279,8 +492,8 @@ func (m *Monitor) apply(target Target, name string, r probeResult, now time.Time
 			st.backoff = m.opts.Interval
 		}
 		st.nextProbe = now.Add(st.backoff)
-		if st.Healthy || st.Code != r.code {
-			m.set(target, st, false, r.code, r.reason, now)
+		if st.state != policy.ListDegraded || st.Code != r.code {
+			m.set(st, policy.ListDegraded, r.code, r.reason, now)
 		}
 	}
 }
@@ -289,18 +502,37 @@ func (m *Monitor) jitter(d time.Duration) time.Duration {
 	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
 }
 
-func (m *Monitor) set(target Target, st *listState, healthy bool, code, reason string, now time.Time) {
-	st.Healthy, st.Code, st.Reason, st.Since = healthy, code, reason, now
-	if target != nil {
-		target.SetListHealthy(st.List, healthy)
-	}
-	if healthy {
+// set changes a list's state and tells the target, the log and OnChange.
+// m.mu is held.
+func (m *Monitor) set(st *listState, s policy.ListState, code, reason string, now time.Time) {
+	was := st.state
+	st.state, st.Code, st.Reason, st.Since = s, code, reason, now
+	st.State, st.Healthy = s.String(), s == policy.ListHealthy
+	m.push(m.target(), st)
+	switch {
+	case s == policy.ListHealthy && was == policy.ListUnproven:
+		m.log.Info("list checked: its hits count from now on", "list", st.List)
+	case s == policy.ListHealthy:
 		m.log.Warn("list healthy again", "list", st.List)
-	} else {
+	case s == policy.ListDegraded:
 		m.log.Warn("list degraded: its answers no longer count", "list", st.List, "reason_code", code, "reason", reason)
 	}
 	if m.opts.OnChange != nil {
-		m.opts.OnChange(st.List, healthy, reason)
+		m.opts.OnChange(st.List, s, reason)
+	}
+}
+
+// push tells target a list's state, if the target's list of that name is
+// the one the state is about. m.mu is held.
+func (m *Monitor) push(target Target, st *listState) {
+	if target == nil {
+		return
+	}
+	for _, l := range target.Lists() {
+		if l.Name == st.List && identity(l) == st.ident {
+			target.SetListState(st.List, st.state)
+			return
+		}
 	}
 }
 
@@ -318,11 +550,19 @@ func (m *Monitor) ObserveAnswer(list, result string, _ bool, _ time.Duration) {
 	now := m.opts.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := m.state(list, now)
+	st, ok := m.lists[list]
+	if !ok {
+		return // not watched yet: Sync has not seen the engine
+	}
 	if now.Sub(st.windowStart) > m.opts.RatioWindow {
-		// A window that ends without tripping clears a ratio alarm.
-		if !st.Healthy && st.Code == ReasonHitRatio && !m.tripped(st) {
-			m.set(m.target(), st, true, "", "", now)
+		// A window that ends without tripping clears a ratio alarm; a
+		// list no probe round has passed goes back to unproven.
+		if st.state == policy.ListDegraded && st.Code == ReasonHitRatio && !m.tripped(st) {
+			s := policy.ListHealthy
+			if st.probed && !st.proven {
+				s = policy.ListUnproven
+			}
+			m.set(st, s, "", "", now)
 		}
 		st.windowStart, st.checks, st.listed = now, 0, 0
 	}
@@ -330,8 +570,8 @@ func (m *Monitor) ObserveAnswer(list, result string, _ bool, _ time.Duration) {
 	if listed {
 		st.listed++
 	}
-	if st.Healthy && m.tripped(st) {
-		m.set(m.target(), st, false, ReasonHitRatio, fmt.Sprintf(
+	if st.state != policy.ListDegraded && m.tripped(st) {
+		m.set(st, policy.ListDegraded, ReasonHitRatio, fmt.Sprintf(
 			"listed %d of the last %d clients, more than %.0f%%: the list looks broken", st.listed, st.checks, m.opts.MaxHitRatio*100), now)
 	}
 }

@@ -32,6 +32,9 @@ type Output struct {
 	f      *os.File
 }
 
+// File is the log file; "" when the log goes to stderr.
+func (o *Output) File() string { return o.path }
+
 // SetLevel changes the lowest level the logger writes, at once.
 func (o *Output) SetLevel(l slog.Level) { o.level.Set(l) }
 

@@ -34,6 +34,8 @@ type Metrics struct {
 	policydReqs    *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	panics         *prometheus.CounterVec
+	listState      *prometheus.GaugeVec
+	storeUp        prometheus.Gauge
 	evidence       *evidence
 
 	mu        sync.RWMutex
@@ -71,8 +73,11 @@ func New(version string) *Metrics {
 		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5},
 	}, []string{"list"})
 	m.listHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "blmilter_list_healthy", Help: "1 when the list passes its health checks, 0 when it is degraded.",
+		Name: "blmilter_list_healthy", Help: "1 when the list passes its health checks, 0 when it is degraded or not yet checked (unproven).",
 	}, []string{"list"})
+	m.listState = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "blmilter_list_state", Help: "1 for the list's health state now (healthy, degraded or unproven: not yet checked), 0 for the others.",
+	}, []string{"list", "state"})
 	m.wouldReject = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "blmilter_list_would_reject_total", Help: "Checks a list would have refused on its own weight, dry-run and degraded lists included.",
 	}, []string{"list"})
@@ -94,8 +99,12 @@ func New(version string) *Metrics {
 	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "blmilter_panics_total", Help: "Panics recovered while serving a client: that client was let go, the process lived on.",
 	}, []string{"server"})
+	m.storeUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "blmilter_store_up", Help: "1 when the store (the site's own list) is open, 0 while blmilter runs without it.",
+	})
 	for _, c := range []prometheus.Collector{m.checks, m.checkDuration, m.listResults, m.listDuration,
-		m.listHealthy, m.wouldReject, m.wouldRejectOne, m.allowOverrides, m.milterSessions, m.policydReqs, m.reloads, m.panics} {
+		m.listHealthy, m.wouldReject, m.wouldRejectOne, m.allowOverrides, m.milterSessions, m.policydReqs, m.reloads,
+		m.panics, m.listState, m.storeUp} {
 		f(c)
 	}
 	for _, a := range []policy.Action{policy.ActionAccept, policy.ActionReject, policy.ActionTempfail, policy.ActionTag, policy.ActionLog} {
@@ -104,7 +113,9 @@ func New(version string) *Metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
-	m.panics.WithLabelValues("milter")
+	for _, s := range PanicServers {
+		m.panics.WithLabelValues(s)
+	}
 	m.evidence = newEvidence(f)
 	f(newCacheCollector(m))
 	f(collectors.NewGoCollector())
@@ -219,6 +230,43 @@ func (m *Metrics) SetListHealthy(list string, healthy bool) {
 	m.listHealthy.WithLabelValues(list).Set(v)
 }
 
+// SetListState exports a list's health state: blmilter_list_healthy, and
+// blmilter_list_state with 1 for the state it is in.
+func (m *Metrics) SetListState(list string, state policy.ListState) {
+	m.SetListHealthy(list, state == policy.ListHealthy)
+	for _, s := range []policy.ListState{policy.ListHealthy, policy.ListDegraded, policy.ListUnproven} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.listState.WithLabelValues(list, s.String()).Set(v)
+	}
+}
+
+// ForgetList drops the health series of a list no longer configured, so
+// an alert on a renamed list does not fire forever.
+func (m *Metrics) ForgetList(list string) {
+	m.listHealthy.DeleteLabelValues(list)
+	m.listState.DeletePartialMatch(prometheus.Labels{"list": list})
+}
+
+// SetStoreUp exports whether the store is open.
+func (m *Metrics) SetStoreUp(up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.storeUp.Set(v)
+}
+
+// PanicServers are the servers blmilter_panics_total counts, each present
+// from the start with 0.
+var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store"}
+
+// Panic counts one panic recovered in a goroutine serving a client of
+// server (one of PanicServers).
+func (m *Metrics) Panic(server string) { m.panics.WithLabelValues(server).Inc() }
+
 // PolicydRequest counts one policy delegation answer by its action word
 // (DUNNO, REJECT for 5xx, DEFER for 4xx, PREPEND).
 func (m *Metrics) PolicydRequest(action string) { m.policydReqs.WithLabelValues(action).Inc() }
@@ -231,10 +279,6 @@ func (m *Metrics) ConfigReload(ok bool) {
 		m.reloads.WithLabelValues("error").Inc()
 	}
 }
-
-// Panic counts one panic recovered in a goroutine serving a client of
-// server ("milter", "policyd", "web").
-func (m *Metrics) Panic(server string) { m.panics.WithLabelValues(server).Inc() }
 
 // CountSessions wraps a milter listener so blmilter_milter_sessions_in_flight
 // follows the connections it accepts.

@@ -198,3 +198,54 @@ func TestStatsSummary(t *testing.T) {
 		t.Errorf("Allow %+v", allow)
 	}
 }
+
+// A list's state is one gauge per state with 1 for the current one; a list
+// no longer configured loses its state series; the store and the panics
+// are there from the start.
+func TestStateSeries(t *testing.T) {
+	m := New("test")
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	for _, s := range PanicServers {
+		if got := scrape(t, srv.URL, `blmilter_panics_total{server="`+s+`"}`); got != 0 {
+			t.Errorf("panics of %s before any: %v, want 0 (present)", s, got)
+		}
+	}
+	m.Panic("policyd")
+	if got := scrape(t, srv.URL, `blmilter_panics_total{server="policyd"}`); got != 1 {
+		t.Errorf("policyd panics: %v, want 1", got)
+	}
+	m.SetStoreUp(false)
+	if got := scrape(t, srv.URL, "blmilter_store_up"); got != 0 {
+		t.Errorf("blmilter_store_up = %v, want 0", got)
+	}
+	m.SetStoreUp(true)
+	if got := scrape(t, srv.URL, "blmilter_store_up"); got != 1 {
+		t.Errorf("blmilter_store_up = %v, want 1", got)
+	}
+	for _, tc := range []struct {
+		state   policy.ListState
+		healthy float64
+	}{{policy.ListUnproven, 0}, {policy.ListHealthy, 1}, {policy.ListDegraded, 0}} {
+		m.SetListState("BL", tc.state)
+		if got := scrape(t, srv.URL, `blmilter_list_healthy{list="BL"}`); got != tc.healthy {
+			t.Errorf("%s: blmilter_list_healthy = %v, want %v", tc.state, got, tc.healthy)
+		}
+		for _, s := range []policy.ListState{policy.ListHealthy, policy.ListDegraded, policy.ListUnproven} {
+			want := 0.0
+			if s == tc.state {
+				want = 1
+			}
+			if got := scrape(t, srv.URL, `blmilter_list_state{list="BL",state="`+s.String()+`"}`); got != want {
+				t.Errorf("%s: state %s = %v, want %v", tc.state, s, got, want)
+			}
+		}
+	}
+	m.ForgetList("BL")
+	if got := scrape(t, srv.URL, `blmilter_list_healthy{list="BL"}`); got != -1 {
+		t.Errorf("a forgotten list's blmilter_list_healthy is still there: %v", got)
+	}
+	if got := scrape(t, srv.URL, `blmilter_list_state{list="BL",state="degraded"}`); got != -1 {
+		t.Errorf("a forgotten list's blmilter_list_state is still there: %v", got)
+	}
+}

@@ -199,7 +199,9 @@ func TestReadDeadlineClosesIdleConnection(t *testing.T) {
 }
 
 func TestReadDeadlineRearmedWhileBusy(t *testing.T) {
-	e := serverEnv(t, "tcp", 200*time.Millisecond)
+	// Generous against the scheduling delays of a loaded machine: a
+	// gap of a tenth of the timeout must never end the session.
+	e := serverEnv(t, "tcp", time.Second)
 	network, addr := e.network, e.addr
 	cs, err := newClient(network, addr).Session()
 	if err != nil {
@@ -212,12 +214,12 @@ func TestReadDeadlineRearmedWhileBusy(t *testing.T) {
 	if act, err := cs.Mail("sender@example.org", nil); err != nil || act.Code != gomilter.ActContinue {
 		t.Fatalf("Mail = %+v, %v", act, err)
 	}
-	// Commands every 50 ms for three times the read timeout: each gap is
+	// Commands every 100 ms for three times the read timeout: each gap is
 	// well inside the timeout, so the session must live on.
-	for i := 0; i < 12; i++ {
-		time.Sleep(50 * time.Millisecond)
+	for i := 0; i < 30; i++ {
+		time.Sleep(100 * time.Millisecond)
 		if act, err := cs.Rcpt("user@example.net", nil); err != nil || act.Code != gomilter.ActContinue {
-			t.Fatalf("command %d, %v into the session: %+v, %v", i, time.Duration(i+1)*50*time.Millisecond, act, err)
+			t.Fatalf("command %d, %v into the session: %+v, %v", i, time.Duration(i+1)*100*time.Millisecond, act, err)
 		}
 	}
 }

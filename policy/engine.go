@@ -21,11 +21,26 @@ import (
 	"github.com/blmilter/blmilter/cache"
 	"github.com/blmilter/blmilter/dnsbl"
 	"github.com/blmilter/blmilter/iplist"
+	"github.com/blmilter/blmilter/signedref"
 )
 
-// StoreList is the site's own list; Lookup must be fast (in memory).
+// StoreList is the site's own list; Lookup must be fast (in memory). A
+// StoreList that can be missing for a while (a store that is not open
+// yet) also has an Available() bool method, so that Inspect says the list
+// could not be asked rather than that it does not list the IP.
 type StoreList interface {
 	Lookup(ip netip.Addr) (category, reason string, listed bool)
+}
+
+// storeAvailable reports whether the store list can be asked now.
+func (e *Engine) storeAvailable() bool {
+	if e.opts.StoreList == nil {
+		return false
+	}
+	if a, ok := e.opts.StoreList.(interface{ Available() bool }); ok {
+		return a.Available()
+	}
+	return true
 }
 
 // Deferrer is a StoreList that supports delist-and-deliver
@@ -67,12 +82,14 @@ type Observer interface {
 // ListInfo describes one configured list, for the health monitor and metrics.
 type ListInfo struct {
 	Name    string
-	Zone    string // DNS lists only; never show it to SMTP clients
-	Kind    string // KindDNS, KindFile, KindStore
+	Zone    string   // DNS lists only; never show it to SMTP clients
+	Servers []string // DNS lists only: the resolvers it is asked through (none: the system's)
+	Kind    string   // KindDNS, KindFile, KindStore
 	IPv4    bool
 	IPv6    bool
-	Health  bool // probed with the RFC 5782 test points
-	Healthy bool // passing its health checks now (hits count)
+	Health  bool      // probed with the RFC 5782 test points
+	State   ListState // what the probes last found
+	Healthy bool      // State is ListHealthy: its hits count
 	DryRun  bool
 	Weight  float64
 }
@@ -81,11 +98,13 @@ type ListInfo struct {
 const fileWatchInterval = 5 * time.Second
 
 type list struct {
-	cfg     *List
-	kind    string
-	healthy atomic.Bool
-	file    *iplist.File
+	cfg   *List
+	kind  string
+	state atomic.Int32 // a ListState
+	file  *iplist.File
 }
+
+func (l *list) health() ListState { return ListState(l.state.Load()) }
 
 // Engine checks client IPs. It is safe for concurrent use; build a new one
 // to change the configuration.
@@ -157,7 +176,9 @@ func NewEngine(opts Options) (*Engine, error) {
 	for i := range opts.Lists {
 		lc := &opts.Lists[i]
 		l := &list{cfg: lc, kind: lc.Kind}
-		l.healthy.Store(true)
+		if opts.Health != nil && lc.Kind == KindDNS {
+			l.state.Store(int32(opts.Health.ListState(e.info(l))))
+		}
 		switch l.kind {
 		case KindFile:
 			f, err := iplist.OpenFile(lc.File)
@@ -218,6 +239,9 @@ func (e *Engine) Threshold() float64 { return e.opts.Threshold }
 // Deadline bounds one check.
 func (e *Engine) Deadline() time.Duration { return e.opts.Deadline }
 
+// RefKey is the fleet's key that signs and opens refs; nil without one.
+func (e *Engine) RefKey() *signedref.Key { return e.opts.RefKey }
+
 // Close stops the list file watcher. Checks still work after Close.
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
@@ -273,35 +297,53 @@ func (e *Engine) CacheStats() cache.Stats { return e.cache.Stats() }
 func (e *Engine) Lists() []ListInfo {
 	out := make([]ListInfo, 0, len(e.lists))
 	for _, l := range e.lists {
-		out = append(out, ListInfo{
-			Name:    l.cfg.Name,
-			Zone:    l.cfg.Zone,
-			Kind:    l.kind,
-			IPv4:    l.cfg.IPv4,
-			IPv6:    l.cfg.IPv6,
-			Health:  l.kind == KindDNS && l.cfg.Health,
-			Healthy: l.healthy.Load(),
-			DryRun:  l.cfg.DryRun,
-			Weight:  l.cfg.Weight,
-		})
+		out = append(out, e.info(l))
 	}
 	return out
 }
 
-// SetListHealthy marks a list as passing or failing its health checks. A
-// degraded list's hits are logged but not scored, its errors never
+func (e *Engine) info(l *list) ListInfo {
+	li := ListInfo{
+		Name:    l.cfg.Name,
+		Zone:    l.cfg.Zone,
+		Kind:    l.kind,
+		IPv4:    l.cfg.IPv4,
+		IPv6:    l.cfg.IPv6,
+		Health:  l.kind == KindDNS && l.cfg.Health,
+		State:   l.health(),
+		Healthy: l.health() == ListHealthy,
+		DryRun:  l.cfg.DryRun,
+		Weight:  l.cfg.Weight,
+	}
+	if l.kind == KindDNS {
+		li.Servers = e.opts.DNSServers
+	}
+	return li
+}
+
+// SetListState sets what the health probes found of a list. The hits of a
+// list that is not ListHealthy are logged but not scored, its errors never
 // tempfail, and checks do not wait for it. A change purges the cache so no
 // verdict made under the old state survives.
-func (e *Engine) SetListHealthy(name string, healthy bool) {
+func (e *Engine) SetListState(name string, s ListState) {
 	l, ok := e.byName[name]
 	if !ok {
 		return
 	}
-	if l.healthy.Swap(healthy) != healthy {
+	if ListState(l.state.Swap(int32(s))) != s {
 		e.cache.Purge()
 		// The health monitor logs the change with its reason, once.
-		e.log.Debug("list health changed", "list", name, "healthy", healthy)
+		e.log.Debug("list health changed", "list", name, "state", s.String())
 	}
+}
+
+// SetListHealthy is SetListState with ListHealthy or ListDegraded.
+func (e *Engine) SetListHealthy(name string, healthy bool) {
+	s := ListDegraded
+	if healthy {
+		s = ListHealthy
+	}
+	e.SetListState(name, s)
 }
 
 // Exempt reports why ip is never looked up, or SkipNone.
@@ -409,10 +451,13 @@ func (e *Engine) dns(ctx context.Context, ip netip.Addr) (*dnsResult, bool) {
 
 // outcome is one DNS list's answer to one query.
 type outcome struct {
-	l        *list
-	res      dnsbl.Result
-	degraded bool
+	l     *list
+	res   dnsbl.Result
+	state ListState // the list's health when it was asked
 }
+
+// counted reports whether the answer may score.
+func (o *outcome) counted() bool { return o.state.Counts() }
 
 var errDeadline = errors.New("no answer before the check deadline")
 
@@ -441,8 +486,8 @@ func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bo
 	ch := make(chan answer, len(lists))
 	waiting := 0
 	for i, l := range lists {
-		outs[i] = outcome{l: l, degraded: !l.healthy.Load()}
-		if all || !outs[i].degraded {
+		outs[i] = outcome{l: l, state: l.health()}
+		if all || outs[i].counted() {
 			waiting++
 		}
 		go func() {
@@ -454,7 +499,7 @@ func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bo
 		outs[a.i].res = a.res
 		got[a.i] = true
 		received++
-		if all || !outs[a.i].degraded {
+		if all || outs[a.i].counted() {
 			waiting--
 		}
 	}
@@ -503,7 +548,7 @@ wait:
 	if !all {
 		for _, o := range outs {
 			for _, obs := range e.opts.Observers {
-				obs.ObserveAnswer(o.l.cfg.Name, o.res.Status.String(), o.degraded, o.res.Duration)
+				obs.ObserveAnswer(o.l.cfg.Name, o.res.Status.String(), !o.counted(), o.res.Duration)
 			}
 		}
 	}
@@ -530,7 +575,7 @@ func (e *Engine) score(outs []outcome) (*dnsResult, time.Duration) {
 		lc := o.l.cfg
 		switch o.res.Status {
 		case dnsbl.Listed:
-			h := e.hit(lc, o.res, o.degraded)
+			h := e.hit(lc, o.res, o.state)
 			r.hits = append(r.hits, h)
 			r.score += h.Weight
 			ttl = min(ttl, cache.Clamp(o.res.TTL, c.MinTTL, c.MaxTTL))
@@ -538,7 +583,7 @@ func (e *Engine) score(outs []outcome) (*dnsResult, time.Duration) {
 			ttl = min(ttl, c.NegativeTTL)
 		default:
 			onErr := lc.OnError
-			if o.degraded || lc.DryRun {
+			if !o.counted() || lc.DryRun {
 				onErr = "ignore"
 			}
 			msg := "list error"
@@ -551,7 +596,7 @@ func (e *Engine) score(outs []outcome) (*dnsResult, time.Duration) {
 			}
 			// A degraded list's error counts for nothing, so it must not
 			// shorten the entry either; recovery purges the cache.
-			if !o.degraded {
+			if o.counted() {
 				ttl = min(ttl, c.ErrorTTL)
 			}
 		}
@@ -559,10 +604,11 @@ func (e *Engine) score(outs []outcome) (*dnsResult, time.Duration) {
 	return r, ttl
 }
 
-func (e *Engine) hit(lc *List, res dnsbl.Result, degraded bool) Hit {
+func (e *Engine) hit(lc *List, res dnsbl.Result, state ListState) Hit {
 	m := lc.match(res.Codes)
-	h := Hit{List: lc.Name, Category: m.category, Code: m.code, Reason: res.Reason, Weight: m.weight, ListWeight: m.weight, DryRun: lc.DryRun, Degraded: degraded}
-	if h.DryRun || h.Degraded {
+	h := Hit{List: lc.Name, Category: m.category, Code: m.code, Reason: res.Reason, Weight: m.weight, ListWeight: m.weight, DryRun: lc.DryRun,
+		Degraded: state == ListDegraded, Unproven: state == ListUnproven}
+	if h.DryRun || h.Degraded || h.Unproven {
 		h.Weight = 0
 	}
 	return h

@@ -13,7 +13,7 @@ import (
 type ListResult struct {
 	List     string
 	Kind     string
-	Status   string // listed | clean | error | degraded | skipped
+	Status   string // listed | clean | error | degraded | unproven | skipped
 	Codes    []netip.Addr
 	Category string
 	Reason   string
@@ -82,7 +82,7 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 			lr.Duration = o.res.Duration
 			switch o.res.Status {
 			case dnsbl.Listed:
-				h := e.hit(l.cfg, o.res, o.degraded)
+				h := e.hit(l.cfg, o.res, o.state)
 				lr.Status, lr.Codes, lr.Category, lr.Reason, lr.Weight = "listed", o.res.Codes, h.Category, h.Reason, h.Weight
 				lr.TTL = cache.Clamp(o.res.TTL, c.MinTTL, c.MaxTTL)
 			case dnsbl.NotListed:
@@ -93,14 +93,19 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 					lr.Err = o.res.Err.Error()
 				}
 			}
-			if o.degraded {
+			switch o.state {
+			case ListDegraded:
 				lr.Status = "degraded"
+			case ListUnproven:
+				lr.Status = "unproven"
 			}
 			if lr.TTL > 0 {
 				lr.Expires = now.Add(lr.TTL)
 			}
 		case l.kind == KindStore && e.opts.StoreList == nil:
 			lr.Status, lr.Reason = "skipped", "no store"
+		case l.kind == KindStore && !e.storeAvailable():
+			lr.Status, lr.Err = "error", "the store is not open"
 		default:
 			if !(ip.Is4() && l.cfg.IPv4 || ip.Is6() && l.cfg.IPv6) {
 				lr.Status = "skipped"
@@ -125,7 +130,7 @@ func (e *Engine) Inspect(ctx context.Context, ip netip.Addr) Inspection {
 	e.finish(&in.Verdict, r)
 	in.Verdict.Duration = time.Since(start)
 	if in.Verdict.Action.Applies() {
-		rep := e.reply(&in.Verdict, "")
+		rep := e.reply(&in.Verdict, "", false)
 		in.Reply = &rep
 	}
 	return in

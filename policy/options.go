@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/blmilter/blmilter/signedref"
 )
 
 // Options are an engine's settings. NewEngine takes them as they are: the
@@ -35,6 +37,13 @@ type Options struct {
 	// PublicURL is the lookup service's base URL: {url} is PublicURL/ip/IP.
 	// Empty leaves {url} empty.
 	PublicURL string
+	// RefKey, the key a fleet shares, makes each reply's ref the decision
+	// itself, signed (package signedref), and {url} carries it:
+	// PublicURL/ip/IP?ref=REF. Nil: the ref is a short id of the decision
+	// as the Recorder keeps it, and {url} is the plain link.
+	RefKey *signedref.Key
+	// Node names this blmilter in signed refs; "" leaves the name out.
+	Node string
 
 	Cache CacheOptions
 	// DNSServers are "IP" or "IP:port"; none means the system's resolvers.
@@ -53,6 +62,9 @@ type Deps struct {
 	// Observers see every DNS answer and every verdict: the metrics and the
 	// health monitor's hit-ratio alarm.
 	Observers []Observer
+	// Health gives each probed DNS list its starting state; without it
+	// every list starts healthy (one-off commands and tests).
+	Health HealthSource
 }
 
 // CacheOptions bound how long DNS answers are kept.

@@ -37,6 +37,7 @@ type Hit struct {
 	ListWeight float64
 	DryRun     bool // the list is in dry run: logged, not scored
 	Degraded   bool // the list failed its health check: logged, not scored
+	Unproven   bool // the list has not yet passed a health check: logged, not scored
 }
 
 // ListError is a list that could not answer for this IP. It is never a listing.

@@ -71,6 +71,7 @@ func (c *conn) decide() (action string) {
 			c.s.log.Error("policy check panicked; answered DUNNO", "panic", r,
 				"client_address", c.req.ClientAddress, "queue_id", c.req.QueueID,
 				"stack", string(debug.Stack()))
+			c.s.panicked()
 			action = actionDunno
 		}
 	}()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,9 @@ type Options struct {
 	// Traps, when set, returns the current spam traps and delist
 	// addresses (nil: none), asked at each recipient.
 	Traps func() *traps.Traps
+	// OnPanic, when set, is told of each panic the server recovered from
+	// while serving a connection, for metrics.
+	OnPanic func()
 }
 
 // Server is a policy delegation server. Create it with NewServer; it may
@@ -52,6 +56,7 @@ type Server struct {
 	engine       func() *policy.Engine
 	traps        func() *traps.Traps
 	log          *slog.Logger
+	onPanic      func()
 	writeTimeout time.Duration
 	// The limits a reload may change (SetLimits); read per connection.
 	readTimeout atomic.Int64 // time.Duration
@@ -84,6 +89,7 @@ func NewServer(engine func() *policy.Engine, opts Options) *Server {
 		engine:       engine,
 		traps:        opts.Traps,
 		log:          logger,
+		onPanic:      opts.OnPanic,
 		writeTimeout: WriteTimeout,
 		listeners:    map[net.Listener]struct{}{},
 		conns:        map[*conn]struct{}{},
@@ -226,6 +232,13 @@ func (s *Server) closeIdle() int {
 	return len(s.conns)
 }
 
+// panicked counts a recovered panic.
+func (s *Server) panicked() {
+	if s.onPanic != nil {
+		s.onPanic()
+	}
+}
+
 func (s *Server) remove(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
@@ -306,6 +319,14 @@ func (c *conn) serve() {
 		c.w.Reset(nil)
 		writerPool.Put(c.w)
 		s.remove(c)
+	}()
+	// A panic outside a check (decide has its own) ends this connection
+	// only; Postfix opens another.
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("policy connection panicked; closed it", "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
+			s.panicked()
+		}
 	}()
 	for {
 		// The order matters for Shutdown: mark idle, then look at the flag.

@@ -845,7 +845,8 @@ func TestPanicFailsOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	lb := &logBuffer{}
-	srv := NewServer(func() *policy.Engine { return broken }, limits(Options{Logger: slog.New(slog.NewTextHandler(lb, nil))}))
+	var panics atomic.Int64
+	srv := NewServer(func() *policy.Engine { return broken }, limits(Options{Logger: slog.New(slog.NewTextHandler(lb, nil)), OnPanic: func() { panics.Add(1) }}))
 	go srv.Serve(ln)
 	defer srv.Close()
 	ts := &testServer{srv: srv, network: "tcp", addr: ln.Addr().String(), log: lb}
@@ -856,6 +857,46 @@ func TestPanicFailsOpen(t *testing.T) {
 		}
 	}
 	lb.waitFor(t, "policy check panicked")
+	if panics.Load() != 2 {
+		t.Errorf("panics counted: %d, want 2", panics.Load())
+	}
+}
+
+// A panic outside the check (here in the answer hook) ends that
+// connection alone: it is counted, and the server takes the next one.
+func TestConnectionPanicEndsOneConnection(t *testing.T) {
+	e := newEngine(t, newDNS(t), "reject", "")
+	ln, err := Listen("127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &logBuffer{}
+	var panics, answers atomic.Int64
+	srv := NewServer(func() *policy.Engine { return e }, limits(Options{
+		Logger:  slog.New(slog.NewTextHandler(lb, nil)),
+		OnPanic: func() { panics.Add(1) },
+		OnAnswer: func(kind string) {
+			if answers.Add(1) == 1 {
+				panic("metrics bug")
+			}
+		},
+	}))
+	go srv.Serve(ln)
+	defer srv.Close()
+	ts := &testServer{srv: srv, network: "tcp", addr: ln.Addr().String(), log: lb}
+	c := ts.dial(t)
+	if got := c.ask(rcpt(listedIP, "u@example.org")); !strings.HasPrefix(got, "550 ") {
+		t.Fatalf("first answer %q, want 550 (written before the hook panicked)", got)
+	}
+	c.closed(5 * time.Second)
+	lb.waitFor(t, "policy connection panicked")
+	if panics.Load() != 1 {
+		t.Errorf("panics counted: %d, want 1", panics.Load())
+	}
+	c2 := ts.dial(t)
+	if got := c2.ask(rcpt(cleanIP, "u@example.org")); got != "DUNNO" {
+		t.Errorf("next connection: %q, want DUNNO", got)
+	}
 }
 
 // panicList is a site list whose lookup panics.

@@ -55,6 +55,7 @@ type hitJSON struct {
 	Weight   float64 `json:"weight"`
 	DryRun   bool    `json:"dry_run,omitempty"`
 	Degraded bool    `json:"degraded,omitempty"`
+	Unproven bool    `json:"unproven,omitempty"`
 }
 
 type listErrorJSON struct {
@@ -148,7 +149,7 @@ SELECT ref, at, ip, action, score, threshold, hits, errors, reply FROM decisions
 	for _, h := range hj {
 		code, _ := netip.ParseAddr(h.Code) // "" for file and store lists: the zero Addr
 		r.Hits = append(r.Hits, policy.Hit{List: h.List, Category: h.Category, Code: code, Reason: h.Reason,
-			Weight: h.Weight, DryRun: h.DryRun, Degraded: h.Degraded})
+			Weight: h.Weight, DryRun: h.DryRun, Degraded: h.Degraded, Unproven: h.Unproven})
 	}
 	for _, e := range ej {
 		r.Errors = append(r.Errors, policy.ListError{List: e.List, Err: e.Err, OnError: e.OnError})
@@ -165,7 +166,7 @@ func encodeDecision(d policy.Decision) (hits, errs, reply []byte, err error) {
 			c = h.Code.String()
 		}
 		hj = append(hj, hitJSON{List: h.List, Category: h.Category, Code: c, Reason: h.Reason,
-			Weight: h.Weight, DryRun: h.DryRun, Degraded: h.Degraded})
+			Weight: h.Weight, DryRun: h.DryRun, Degraded: h.Degraded, Unproven: h.Unproven})
 	}
 	ej := make([]listErrorJSON, 0, len(d.Verdict.Errors))
 	for _, e := range d.Verdict.Errors {

@@ -22,6 +22,7 @@ import (
 	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/internal/testkit/testengine"
 	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/signedref"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -59,6 +60,7 @@ type envOpts struct {
 	delist      string // [web] delist_domain
 	operator    string // [web] operator_email
 	deferFirst  time.Duration
+	refKey      *signedref.Key // the fleet's key: the engine signs refs, the pages open them
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -145,7 +147,18 @@ category = "local"
 	// which passes list queries on to the list server.
 	cfg := testengine.Config(t, nil, conf)
 	cfg.DNS.Servers = []string{e.ptr.addr}
-	eng := testengine.From(t, cfg, deps)
+	var eng *policy.Engine
+	if o.refKey == nil {
+		eng = testengine.From(t, cfg, deps)
+	} else {
+		eopts := cfg.EngineOptions()
+		eopts.Deps, eopts.RefKey, eopts.Node = deps, o.refKey, "lookup"
+		var err error
+		if eng, err = policy.NewEngine(eopts); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { eng.Close() })
+	}
 	e.eng = eng
 	wopts := Options{Engine: func() *policy.Engine { return eng }, Settings: func() *Settings { return e.cfg }, Logger: log, Stats: o.stats}
 	if e.st != nil {

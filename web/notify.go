@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -56,7 +57,9 @@ func (s *Server) sendNotices(ctx context.Context) {
 	}
 	ns, err := s.store.PendingNotices(ctx, s.now().Add(-noticeMaxAge), cfg.OperatorEmail != "")
 	if err != nil {
-		s.log.Warn("web: pending notices", "err", err)
+		if !errors.Is(err, errStoreUnavailable) {
+			s.log.Warn("web: pending notices", "err", err)
+		}
 		return
 	}
 	var relay *relayConn

@@ -32,7 +32,17 @@ var funcs = template.FuncMap{
 		}
 		return ""
 	},
-	"score":  scoreText,
+	"score": func(f any) string {
+		switch v := f.(type) {
+		case float64:
+			return scoreText(v)
+		case *float64:
+			if v != nil {
+				return scoreText(*v)
+			}
+		}
+		return ""
+	},
 	"result": resultWords,
 	"day":    daySentence,
 	"event":  eventSentence,
@@ -170,7 +180,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		Window:       windowWords(cfg.RemovalWindow),
 	}
 	for _, l := range rep.Lists {
-		body.Unchecked = body.Unchecked || l.Result == ResultError || l.Result == ResultDegraded
+		body.Unchecked = body.Unchecked || l.Result == ResultError || l.Result == ResultDegraded || l.Result == ResultUnproven
 	}
 	if rep.SiteListing != nil {
 		body.CSRF = s.csrf.token("removal", rep.IP)

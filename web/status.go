@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/signedref"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -57,6 +58,7 @@ const (
 	ResultNotListed = "not_listed"
 	ResultError     = "list_error"    // the list did not give a usable answer
 	ResultDegraded  = "list_degraded" // the list fails its health checks; its answers are not used
+	ResultUnproven  = "list_unproven" // the list has not been health-checked yet; its answers are not used
 	ResultSkipped   = "skipped"       // the list does not take this kind of address (e.g. IPv6)
 )
 
@@ -100,16 +102,40 @@ type SiteListing struct {
 	DelistExpires *time.Time `json:"delist_expires,omitempty"`
 }
 
-// DecisionInfo is a recorded decision, found by the ref of a bounce.
+// DecisionInfo is the decision behind the ref of a bounce: recorded in
+// this site's store under a short ref, or carried, signed, by the ref
+// itself (a fleet's refs, see package signedref). A ref that is neither is
+// never echoed: Ref is set only for one that was found.
 type DecisionInfo struct {
-	Ref    string     `json:"ref"`
-	Found  bool       `json:"found"`
-	Time   *time.Time `json:"time,omitempty"`
-	Action string     `json:"action,omitempty"`
-	Hits   []HitInfo  `json:"hits,omitempty"`
-	Errors []string   `json:"list_errors,omitempty"` // names of lists that could not answer then
-	Reply  *ReplyInfo `json:"reply,omitempty"`
+	Ref   string `json:"ref,omitempty"`
+	Found bool   `json:"found"`
+	// Signed: the decision came from the ref itself, whose signature this
+	// service verified with the fleet's key.
+	Signed bool `json:"signed,omitempty"`
+	// Node is the mail server that decided, when its signed ref names it.
+	Node      string     `json:"node,omitempty"`
+	Time      *time.Time `json:"time,omitempty"`
+	Action    string     `json:"action,omitempty"`
+	Score     *float64   `json:"score,omitempty"`
+	Threshold *float64   `json:"threshold,omitempty"`
+	Hits      []HitInfo  `json:"hits,omitempty"`
+	Errors    []string   `json:"list_errors,omitempty"` // names of lists that could not answer then
+	Reply     *ReplyInfo `json:"reply,omitempty"`
+	// Truncated: the signed ref left out details that did not fit in the
+	// reply line (hits of least weight, the end of long names).
+	Truncated bool `json:"truncated,omitempty"`
+	// Note says why a ref was not shown: "not_found" (not recorded here,
+	// or pruned), "not_verified" (a signed ref altered, or made with
+	// another key), "invalid" (not a reference at all).
+	Note string `json:"note,omitempty"`
 }
+
+// Why a ref shows no decision (DecisionInfo.Note).
+const (
+	RefNotFound    = "not_found"
+	RefNotVerified = "not_verified"
+	RefInvalid     = "invalid"
+)
 
 // HitInfo is one list that listed the IP at the time of a decision.
 type HitInfo struct {
@@ -118,7 +144,7 @@ type HitInfo struct {
 	CategoryText string `json:"category_text,omitempty"`
 	Code         string `json:"code,omitempty"`
 	Reason       string `json:"reason,omitempty"`
-	NotCounted   bool   `json:"not_counted,omitempty"` // dry-run or degraded list: logged, not scored
+	NotCounted   bool   `json:"not_counted,omitempty"` // dry-run, degraded or unproven list: logged, not scored
 }
 
 // parseIP reads the IP of a URL, or says in words why it is not one.
@@ -216,7 +242,7 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 				listed = true
 			}
 		}
-		if li.Result == ResultError || li.Result == ResultDegraded {
+		if li.Result == ResultError || li.Result == ResultDegraded || li.Result == ResultUnproven {
 			incomplete = true
 		}
 		if li.Result == ResultSkipped {
@@ -240,7 +266,9 @@ func (s *Server) report(ctx context.Context, ip netip.Addr, ref string) (*Report
 			listed = true
 		}
 		if h, err := s.history(ctx, ip, cfg); err != nil {
-			s.log.Warn("web: history", "ip", ip, "err", err)
+			if !errors.Is(err, errStoreUnavailable) {
+				s.log.Warn("web: history", "ip", ip, "err", err)
+			}
 		} else {
 			rep.History = h
 		}
@@ -309,6 +337,8 @@ func resultCode(status string) string {
 		return ResultNotListed
 	case "degraded":
 		return ResultDegraded
+	case "unproven":
+		return ResultUnproven
 	case "skipped":
 		return ResultSkipped
 	default:
@@ -340,8 +370,8 @@ func siteListing(l store.Listing, base string, ip netip.Addr) *SiteListing {
 	return sl
 }
 
-// validRef reports whether ref can be a decision reference; others are
-// not looked up (and never echoed into a query).
+// validRef reports whether ref can be a short decision reference of the
+// store; others are not looked up (and never echoed into a query).
 func validRef(ref string) bool {
 	if ref == "" || len(ref) > 64 {
 		return false
@@ -354,11 +384,36 @@ func validRef(ref string) bool {
 	return true
 }
 
-// decision looks up a recorded decision. One recorded for another IP is
-// reported as not found, so a ref never tells about other addresses.
+// decision finds the decision behind ref: a signed ref is opened with the
+// fleet's key, a short one looked up in the store. One made for another
+// IP is reported as not found, so a ref never tells about other
+// addresses; one that fails its signature is refused, and the page shows
+// the IP's current status with a note.
 func (s *Server) decision(ctx context.Context, ref string, ip netip.Addr) *DecisionInfo {
-	di := &DecisionInfo{Ref: ref}
-	if s.store == nil || !validRef(ref) {
+	var key *signedref.Key
+	if eng := s.engine(); eng != nil {
+		key = eng.RefKey()
+	}
+	if signedref.Looks(ref) {
+		if key == nil {
+			// Not this site's kind of ref; a store ref is far shorter.
+			return &DecisionInfo{Note: RefNotVerified}
+		}
+		d, err := key.Open(ref)
+		if err != nil {
+			s.log.Info("web: a decision reference was refused", "ip", ip, "err", err)
+			return &DecisionInfo{Note: RefNotVerified}
+		}
+		if d.IP != ip {
+			return &DecisionInfo{Note: RefNotFound}
+		}
+		return s.signedDecision(ctx, ref, d)
+	}
+	if !validRef(ref) {
+		return &DecisionInfo{Note: RefInvalid}
+	}
+	di := &DecisionInfo{Note: RefNotFound}
+	if s.store == nil {
 		return di
 	}
 	d, err := s.store.Decision(ctx, ref)
@@ -371,17 +426,13 @@ func (s *Server) decision(ctx context.Context, ref string, ip netip.Addr) *Decis
 	if d.IP.Unmap() != ip {
 		return di
 	}
-	di.Found = true
+	di = &DecisionInfo{Ref: ref, Found: true}
 	t := d.Time.UTC()
 	di.Time = &t
 	di.Action = string(d.Action)
+	di.Score, di.Threshold = &d.Score, &d.Threshold
 	for _, h := range d.Hits {
-		hi := HitInfo{List: h.List, Category: h.Category, CategoryText: categoryTitle(h.Category), Reason: h.Reason,
-			NotCounted: h.DryRun || h.Degraded}
-		if h.Code.IsValid() {
-			hi.Code = h.Code.String()
-		}
-		di.Hits = append(di.Hits, hi)
+		di.Hits = append(di.Hits, hitInfo(h.List, h.Category, h.Code, h.Reason, h.DryRun || h.Degraded || h.Unproven))
 	}
 	for _, e := range d.Errors {
 		di.Errors = append(di.Errors, e.List)
@@ -390,6 +441,44 @@ func (s *Server) decision(ctx context.Context, ref string, ip netip.Addr) *Decis
 		di.Reply = &ReplyInfo{Code: d.Reply.Code, Enhanced: d.Reply.Enhanced, Text: d.Reply.Text}
 	}
 	return di
+}
+
+// signedDecision is what a verified signed ref carries. When this node
+// made it, its store also has the reply text and the lists' reasons.
+func (s *Server) signedDecision(ctx context.Context, ref string, d signedref.Decision) *DecisionInfo {
+	di := &DecisionInfo{Ref: ref, Found: true, Signed: true, Node: d.Node, Action: d.Action, Truncated: d.Truncated}
+	t := d.Time.UTC()
+	di.Time = &t
+	di.Score, di.Threshold = &d.Score, &d.Threshold
+	var rec *store.DecisionRecord
+	if s.store != nil {
+		if r, err := s.store.Decision(ctx, ref); err == nil && r.IP.Unmap() == d.IP {
+			rec = &r
+		}
+	}
+	for _, h := range d.Hits {
+		reason := ""
+		if rec != nil {
+			for _, rh := range rec.Hits {
+				if rh.List == h.List {
+					reason = rh.Reason
+				}
+			}
+		}
+		di.Hits = append(di.Hits, hitInfo(h.List, h.Category, h.Code, reason, h.DryRun || h.Degraded || h.Unproven || h.Weight == 0))
+	}
+	if rec != nil && rec.Reply.Code != 0 {
+		di.Reply = &ReplyInfo{Code: rec.Reply.Code, Enhanced: rec.Reply.Enhanced, Text: rec.Reply.Text}
+	}
+	return di
+}
+
+func hitInfo(list, category string, code netip.Addr, reason string, notCounted bool) HitInfo {
+	hi := HitInfo{List: list, Category: category, CategoryText: categoryTitle(category), Reason: reason, NotCounted: notCounted}
+	if code.IsValid() {
+		hi.Code = code.String()
+	}
+	return hi
 }
 
 // verdictWords says the verdict in a sentence for the page.
@@ -441,6 +530,8 @@ func resultWords(result string) string {
 		return "not listed"
 	case ResultDegraded:
 		return "could not check (list failing its health checks)"
+	case ResultUnproven:
+		return "not yet checked (the list has not passed its first health check since it was configured)"
 	case ResultSkipped:
 		return "not asked"
 	default:

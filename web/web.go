@@ -41,6 +41,17 @@ type Options struct {
 	// Store is the site's own list. Nil: the pages work, but there is no
 	// site listing section, no removal requests and no admin API.
 	Store *store.Store
+	// LateStore, when set instead of Store, returns the store as it is
+	// now: nil while a daemon that started without it retries opening it.
+	// Meanwhile the pages show no site listing and the store's endpoints
+	// answer that it is unavailable.
+	LateStore func() *store.Store
+	// Health, when set, is asked by /healthz: an error is a 503 with the
+	// error's text (the store is not open, say).
+	Health func() error
+	// OnPanic, when set, is told of each handler panic the server
+	// recovered from (for blmilter_panics_total).
+	OnPanic func()
 	// Settings returns the current settings; it is called per request, so
 	// a reload that swaps them takes effect at once. Required.
 	Settings func() *Settings
@@ -122,6 +133,8 @@ type Server struct {
 	handler    http.Handler
 	metrics    http.Handler
 	stats      func() any
+	health     func() error
+	onPanic    func()
 	http       *http.Server
 
 	rdns      atomic.Pointer[rdnsResolver]
@@ -154,9 +167,13 @@ func New(opts Options) (*Server, error) {
 	if opts.Settings == nil {
 		return nil, errors.New("web: Options.Settings is required")
 	}
-	s := &Server{engine: opts.Engine, config: opts.Settings, log: opts.Logger, now: opts.Now, metrics: opts.Metrics, stats: opts.Stats}
-	if opts.Store != nil {
+	s := &Server{engine: opts.Engine, config: opts.Settings, log: opts.Logger, now: opts.Now, metrics: opts.Metrics, stats: opts.Stats,
+		health: opts.Health, onPanic: opts.OnPanic}
+	switch {
+	case opts.Store != nil:
 		s.store = opts.Store
+	case opts.LateStore != nil:
+		s.store = lateStore{opts.LateStore}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -208,11 +225,18 @@ func (s *Server) Serve(ln net.Listener) error {
 	return s.http.Serve(ln)
 }
 
-// newHTTPServer sets the timeouts a public service needs: a slow or idle
-// client holds a connection for seconds, not forever.
-func (s *Server) newHTTPServer() *http.Server {
+func (s *Server) newHTTPServer() *http.Server { return NewHTTPServer(s.handler, s.log) }
+
+// NewHTTPServer is an http.Server for h with the limits a public service
+// needs: a slow or idle client holds a connection for seconds, not
+// forever, and a request's header is small. The metrics listener uses it
+// too.
+func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &http.Server{
-		Handler:           s.handler,
+		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		// Long enough for a status page whose lists time out and for sending
@@ -220,7 +244,7 @@ func (s *Server) newHTTPServer() *http.Server {
 		WriteTimeout:   60 * time.Second,
 		IdleTimeout:    60 * time.Second,
 		MaxHeaderBytes: 16 << 10,
-		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 }
 
@@ -274,7 +298,7 @@ func (s *Server) routes() http.Handler {
 		}
 		s.errorPage(w, r, http.StatusNotFound, "Page not found", "There is no page at this address.")
 	})
-	return securityHeaders(mux)
+	return RecoverPanics(securityHeaders(mux), s.log, s.onPanic)
 }
 
 // securityHeaders forbids everything the pages do not need: they load only
@@ -325,6 +349,13 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "no engine")
 		return
+	}
+	if s.health != nil {
+		if err := s.health(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, err)
+			return
+		}
 	}
 	fmt.Fprintln(w, "ok")
 }

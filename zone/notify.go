@@ -28,10 +28,10 @@ type notifyTarget struct {
 	kick chan struct{}
 }
 
-func newNotifier(s *Server) *notifier {
+func newNotifier(s *Server, addrs []string) *notifier {
 	n := &notifier{s: s}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	for _, a := range s.opts.Notify {
+	for _, a := range addrs {
 		n.targets = append(n.targets, &notifyTarget{addr: a, kick: make(chan struct{}, 1)})
 	}
 	return n

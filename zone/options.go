@@ -277,14 +277,21 @@ func (o *Options) normalize() error {
 		}
 		o.Transfer[i] = p.Masked()
 	}
-	for _, a := range o.Notify {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			errs = append(errs, fmt.Errorf("notify %q: %w", a, err))
-		}
-	}
+	errs = append(errs, o.normalizeNotify())
 	if o.TSIG != nil {
 		if err := o.TSIG.normalize(); err != nil {
 			errs = append(errs, fmt.Errorf("tsig: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// normalizeNotify checks the notify addresses.
+func (o *Options) normalizeNotify() error {
+	var errs []error
+	for _, a := range o.Notify {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("notify %q: %w", a, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -31,7 +32,9 @@ type Server struct {
 	updateMu sync.Mutex
 	listings []Listing // as last given, for rebuilding at an expiry
 	expiry   *time.Timer
-	notify   *notifier
+	// notify and transferNets change with Reconfigure.
+	notify       atomic.Pointer[notifier]
+	transferNets atomic.Pointer[[]netip.Prefix]
 
 	stats stats
 
@@ -66,7 +69,8 @@ func New(opts Options) (*Server, error) {
 	if opts.TSIG != nil {
 		s.tsig = tsigKey{opts.TSIG}
 	}
-	s.notify = newNotifier(s)
+	s.notify.Store(newNotifier(s, opts.Notify))
+	s.transferNets.Store(&opts.Transfer)
 	return s, nil
 }
 
@@ -129,7 +133,7 @@ func (s *Server) rebuild() (uint32, bool) {
 	s.log.Info("zone updated", "serial", serial, "listings", b.listings, "names", names, "records", rrs,
 		"took", time.Since(start).Round(time.Millisecond))
 	if old != nil || serial != s.opts.Serial {
-		s.notify.kick()
+		s.notify.Load().kick()
 	}
 	return serial, true
 }
@@ -205,7 +209,7 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	s.notify.start()
+	s.notify.Load().start()
 
 	errs := make(chan error, s.opts.Workers)
 	var wg sync.WaitGroup
@@ -262,7 +266,7 @@ func (s *Server) ServeTCP(l net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	s.notify.start()
+	s.notify.Load().start()
 	err := srv.ActivateAndServe()
 	s.mu.Lock()
 	delete(s.tcp, srv)
@@ -318,7 +322,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.expiry.Stop()
 	}
 	s.updateMu.Unlock()
-	s.notify.stop()
+	s.notify.Load().stop()
 
 	var errs []error
 	for _, pc := range pcs {
@@ -354,7 +358,7 @@ func (s *Server) wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
-		s.notify.wait()
+		s.notify.Load().wait()
 		close(done)
 	}()
 	select {

@@ -21,7 +21,7 @@ func (s *Server) mayTransfer(remote netip.Addr, signed bool) bool {
 	if s.opts.TSIG != nil && !signed {
 		return false
 	}
-	for _, p := range s.opts.Transfer {
+	for _, p := range *s.transferNets.Load() {
 		if p.Contains(remote) {
 			return true
 		}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/blmilter/blmilter/config"
+	"github.com/blmilter/blmilter/internal/sockets"
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
@@ -256,7 +257,7 @@ local list files it names, and reports every problem at once, one a line:
 
   FILE:LINE: key: problem
 
-Exits 1 when there is any problem, 0 when the file is good.`,
+It reads the fleet's key files and the zone's TSIG secret too. Exits 1 when there is any problem, 0 when the file is good.`,
 	setup: func(*flag.FlagSet) func(c *cmdCtx, args []string) error { return runConfigCheck },
 }
 
@@ -272,13 +273,20 @@ func runConfigCheck(c *cmdCtx, args []string) error {
 	}
 	cfg, err := config.LoadFile(path)
 	if err == nil {
-		// Building the engine opens the list files, which parsing does not.
+		// Building the engine opens the list files and the fleet's key,
+		// which parsing does not; the zone's TSIG secret is read too.
 		var e *policy.Engine
 		e, err = newEngine(cfg, policy.Deps{Logger: slog.New(slog.DiscardHandler)})
 		if err == nil {
 			e.Close()
+			err = socketProblems(cfg)
+			if err == nil {
+				_, err = zoneTSIG(cfg)
+			}
+		}
+		if err == nil {
 			fmt.Fprintf(c.stdout, "%s: OK (%d lists)\n", path, len(cfg.Lists))
-			if !cfg.StoreListed() {
+			if storeUnused(cfg, storeListings(cfg)) {
 				fmt.Fprintf(c.stderr, "%s: warning: %s\n", path, storeUnusedWarning)
 			}
 			return nil
@@ -292,4 +300,52 @@ func runConfigCheck(c *cmdCtx, args []string) error {
 		fmt.Fprintf(c.stderr, "%s: %v\n", path, err)
 	}
 	return exitCode(1)
+}
+
+// socketProblems checks, when run as root on the daemon's machine, that
+// the MTA's group (socket_group) can reach each unix socket as serve will
+// make it: the directories on its path searchable, the socket writable.
+// Elsewhere the machine's users, groups and directories are not the
+// daemon's, so nothing is checked.
+func socketProblems(cfg *config.Config) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	var problems []config.Problem
+	for _, s := range []struct {
+		key, listen, group, mode string
+		parse                    func(string) (string, string, error)
+	}{
+		{"milter", cfg.Milter.Listen, cfg.Milter.SocketGroup, cfg.Milter.SocketMode, sockets.ParseMilterSpec},
+		{"policyd", cfg.Policyd.Listen, cfg.Policyd.SocketGroup, cfg.Policyd.SocketMode, sockets.ParsePolicySpec},
+	} {
+		if s.listen == "" || s.group == "" {
+			continue
+		}
+		network, path, err := s.parse(s.listen)
+		if err != nil || network != "unix" {
+			continue
+		}
+		if err := sockets.Access(path, s.group, socketMode(s.mode)); err != nil {
+			problems = append(problems, cfg.Errorf(s.key+".socket_group", "%v", err).Problems...)
+		}
+	}
+	if len(problems) > 0 {
+		return &config.Error{File: cfg.File, Problems: problems}
+	}
+	return nil
+}
+
+// storeListings counts the listings of the store when it exists (read
+// only); 0 when it cannot be read.
+func storeListings(cfg *config.Config) int {
+	if _, err := os.Stat(cfg.Store.Path); err != nil {
+		return 0
+	}
+	st, err := store.Open(cfg.Store.Path, store.Options{ReadOnly: true, PollInterval: -1})
+	if err != nil {
+		return 0
+	}
+	defer st.Close()
+	return st.Len()
 }

@@ -17,9 +17,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
+	"time"
 )
 
 // command is one subcommand; commands are a table, each with its own help.
@@ -231,11 +233,13 @@ func unknownCommand(args []string, stderr io.Writer) int {
 
 var helpCommand = &command{
 	name:     "help",
-	args:     "[COMMAND | config]",
+	args:     "[COMMAND | config | man]",
 	synopsis: "describe the commands, one command, or every config key",
 	help: `Without an argument, lists the commands. With a command, describes it and
 its flags. "blmilter help config" prints the configuration reference: every
-key with its type, default, meaning and whether a reload applies it.`,
+key with its type, default, meaning and whether a reload applies it.
+"blmilter help man" prints the commands as a manual page (roff), as the
+Debian package installs it for "man blmilter".`,
 	setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
 		return func(c *cmdCtx, args []string) error {
 			switch {
@@ -245,6 +249,8 @@ key with its type, default, meaning and whether a reload applies it.`,
 			case len(args) == 1 && args[0] == "config":
 				_, err := io.WriteString(c.stdout, configReference())
 				return err
+			case len(args) == 1 && args[0] == "man":
+				return writeManPage(c.stdout)
 			}
 			cmd, rest := findCommand(args)
 			if cmd == nil && len(args) == 1 && len(group(args[0])) > 0 {
@@ -308,47 +314,66 @@ func noArgs(run func(c *cmdCtx) error) func(fs *flag.FlagSet) func(c *cmdCtx, ar
 var versionCommand = &command{
 	name:     "version",
 	synopsis: "print the version",
-	help:     "Prints blmilter's version and the Go version it was built with.",
+	help: `Prints blmilter's version, the Go version it was built with and the
+platform. The version is the one the build was given (the Debian package
+stamps it), else the module version "go install ...@VERSION" records, else
+a pseudo-version made from the revision and time of the checkout it was
+built from, with "+dirty" when that checkout had changes.`,
 	setup: noArgs(func(c *cmdCtx) error {
-		fmt.Fprintln(c.stdout, versionString())
+		fmt.Fprintf(c.stdout, "blmilter %s (%s, %s/%s)\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
 	}),
 }
 
-// version is set at build time with -ldflags "-X main.version=1.2.3";
-// otherwise the module version or VCS revision from the build info is used.
+// version is set at build time with -ldflags "-X main.version=v1.2.3";
+// otherwise the build info says which version this is.
 var version = ""
 
+// versionString is the version blmilter reports: in "blmilter version", in
+// the start-up log line and in the blmilter_build_info metric.
 func versionString() string {
-	v := version
-	goVersion := ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		goVersion = bi.GoVersion
-		if v == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-			v = bi.Main.Version
-		}
-		if v == "" {
-			var rev, modified string
-			for _, s := range bi.Settings {
-				switch s.Key {
-				case "vcs.revision":
-					rev = s.Value
-				case "vcs.modified":
-					if s.Value == "true" {
-						modified = "+dirty"
-					}
-				}
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	return buildVersion(bi)
+}
+
+// buildVersion is the module version "go install ...@v1.2.3" records (or
+// the pseudo-version Go 1.24 and later record for a build in a checkout);
+// else, from an older toolchain's VCS stamp, a pseudo-version of the same
+// shape, v0.0.0-TIME-REVISION, with "+dirty" for uncommitted changes; else
+// "devel".
+func buildVersion(bi *debug.BuildInfo) string {
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, when, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			if t, err := time.Parse(time.RFC3339, s.Value); err == nil {
+				when = t.UTC().Format("20060102150405")
 			}
-			if len(rev) > 12 {
-				rev = rev[:12]
-			}
-			if rev != "" {
-				v = "devel-" + rev + modified
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
 			}
 		}
 	}
-	if v == "" {
-		v = "devel"
+	if rev == "" {
+		return "devel"
 	}
-	return strings.TrimSpace("blmilter " + v + " " + goVersion)
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if when == "" {
+		return "devel-" + rev + dirty
+	}
+	return "v0.0.0-" + when + "-" + rev + dirty
 }

@@ -207,6 +207,9 @@ func TestReloadKeepsOldEngineOnBadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := d.watch(cfg); err != nil {
+		t.Fatal(err)
+	}
 	first, err := newEngine(cfg, d.deps)
 	if err != nil {
 		t.Fatal(err)
@@ -463,7 +466,11 @@ func TestServeWarnsAboutUnusedStore(t *testing.T) {
 	}
 	logs := &testkit.Buffer{}
 	d := newDaemon(path, slog.New(slog.NewTextHandler(logs, nil)))
-	d.openStore(cfg)()
+	closeStore, err := d.openStore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeStore()
 	if !strings.Contains(logs.String(), "the site's own list refuses no mail") {
 		t.Errorf("no warning at start: %s", logs.String())
 	}

@@ -144,16 +144,19 @@ func TestReloadNamesRestartSettings(t *testing.T) {
 	dir := t.TempDir()
 	s := dnstest.Start(t)
 	base := reloadConfig{
-		"[milter]":  {`listen = "inet:127.0.0.1:0"`},
-		"[web]":     {`listen = ""`},
-		"[store]":   {fmt.Sprintf("path = %q", filepath.Join(dir, "blmilter.db"))},
-		"[dns]":     {fmt.Sprintf("servers = [%q]", s.Addr)},
-		"[health]":  {`interval = "24h"`},
-		"[[list]]":  {`name = "Test ZEN"`, `zone = "zen.test"`},
-		"[policyd]": {},
-		"[metrics]": {},
-		"[log]":     {},
+		"[milter]":    {`listen = "inet:127.0.0.1:0"`},
+		"[web]":       {`listen = ""`},
+		"[store]":     {fmt.Sprintf("path = %q", filepath.Join(dir, "blmilter.db"))},
+		"[dns]":       {fmt.Sprintf("servers = [%q]", s.Addr)},
+		"[health]":    {`interval = "24h"`},
+		"[[list]]":    {`name = "Test ZEN"`, `zone = "zen.test"`},
+		"[policyd]":   {},
+		"[metrics]":   {},
+		"[log]":       {},
+		"[zone]":      {`name = "bl.test"`, `listen = ["127.0.0.1:0"]`, `ns = ["ns1.example.org."]`},
+		"[zone.tsig]": {`name = "xfr.test."`, fmt.Sprintf("secret_file = %q", filepath.Join(dir, "xfr.key"))},
 	}
+	writeFile(t, filepath.Join(dir, "xfr.key"), "c2VjcmV0IG9mIGVub3VnaCBieXRlcyBmb3IgdHNpZyE=\n")
 	// A valid new value for every restart-only setting, in its section.
 	changes := map[string][2]string{
 		"milter.listen":          {"[milter]", `listen = "inet:127.0.0.1:1"`},
@@ -169,6 +172,7 @@ func TestReloadNamesRestartSettings(t *testing.T) {
 		"web.listen":             {"[web]", `listen = "127.0.0.1:1"`},
 		"metrics.listen":         {"[metrics]", `listen = "127.0.0.1:1"`},
 		"store.path":             {"[store]", fmt.Sprintf("path = %q", filepath.Join(dir, "other.db"))},
+		"store.required":         {"[store]", `required = false`},
 		"log.format":             {"[log]", `format = "json"`},
 		"log.file":               {"[log]", fmt.Sprintf("file = %q", filepath.Join(dir, "blmilter.log"))},
 		"health.interval":        {"[health]", `interval = "12h"`},
@@ -177,6 +181,11 @@ func TestReloadNamesRestartSettings(t *testing.T) {
 		"health.max_hit_ratio":   {"[health]", `max_hit_ratio = 0.8`},
 		"health.min_checks":      {"[health]", `min_checks = 300`},
 		"health.ratio_window":    {"[health]", `ratio_window = "20m"`},
+		"zone.name":              {"[zone]", `name = "bl2.test"`},
+		"zone.listen":            {"[zone]", `listen = ["127.0.0.1:1"]`},
+		"zone.tsig.name":         {"[zone.tsig]", `name = "other.test."`},
+		"zone.tsig.algorithm":    {"[zone.tsig]", `algorithm = "hmac-sha512"`},
+		"zone.tsig.secret_file":  {"[zone.tsig]", fmt.Sprintf("secret_file = %q", filepath.Join(dir, "other.key"))},
 	}
 	var restart []string
 	for _, k := range config.Keys() {
@@ -188,7 +197,7 @@ func TestReloadNamesRestartSettings(t *testing.T) {
 			t.Errorf("no change in this test for the restart-only setting %s: add one", k.Name)
 		}
 	}
-	td := startTestDaemon(t, filepath.Join(dir, "blmilter.toml"), base.String(), 1)
+	td := startTestDaemon(t, filepath.Join(dir, "blmilter.toml"), base.String(), 2)
 	for _, key := range restart {
 		ch, ok := changes[key]
 		if !ok {

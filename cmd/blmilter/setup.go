@@ -34,11 +34,17 @@ func loadConfig(path string) (*config.Config, error) {
 	return config.LoadFile(path)
 }
 
-// newEngine builds the policy engine of cfg. A list file that cannot be
-// read comes back as a config problem naming list[N].file and its line.
+// newEngine builds the policy engine of cfg, with the fleet's key. A list
+// or key file that cannot be read comes back as a config problem naming
+// its key and line.
 func newEngine(cfg *config.Config, deps policy.Deps) (*policy.Engine, error) {
 	opts := cfg.EngineOptions()
 	opts.Deps = deps
+	key, err := fleetKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts.RefKey, opts.Node = key, cfg.Fleet.Node
 	e, err := policy.NewEngine(opts)
 	if err == nil {
 		return e, nil

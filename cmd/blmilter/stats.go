@@ -107,9 +107,12 @@ func printStats(w io.Writer, r statsReport) {
 	fmt.Fprintf(w, "checks: %s\n\n", strings.Join(actions, ", "))
 	health := map[string]string{}
 	for _, h := range r.Health {
-		if h.Healthy {
+		switch {
+		case h.Healthy:
 			health[h.List] = "healthy"
-		} else {
+		case h.State == "unproven":
+			health[h.List] = "NOT YET CHECKED: its hits do not count until it passes a probe"
+		default:
 			health[h.List] = "DEGRADED: " + h.Reason
 		}
 	}

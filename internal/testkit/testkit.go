@@ -1,8 +1,9 @@
 // Package testkit is what the tests of every package share: WaitFor, the
 // query names of DNS lists, the blmilter binary built once per test run,
-// free loopback ports and a buffer goroutines may write while a test reads
-// it. Its subpackage testengine builds a policy engine from TOML against
-// the in-process DNS server. testkit imports no blmilter package but dnsbl,
+// free loopback ports, a buffer goroutines may write while a test reads
+// it, and a real group with a client in it for unix socket tests. Its
+// subpackage testengine builds a policy engine from TOML against the
+// in-process DNS server. testkit imports no blmilter package but dnsbl,
 // so the tests of the lowest packages (cache) can use it too.
 package testkit
 
