@@ -346,35 +346,39 @@ func (b *blmilter) confirm(t *testing.T, mail string) string {
 // and the page says so.
 func TestDelistAndDeliverThroughPostfix(t *testing.T) {
 	need(t, "postfix", "rbldnsd")
-	rl := startRelay(t)
-	b, pf := startEvidence(t, "milter", blmilterOpts{PolicyExtra: `defer_first = "4h"`, Extra: relayTOML(rl)})
-	const client = "198.18.5.10"
-	hitTrap(t, pf, client, "milter")
+	for i, fe := range frontEnds {
+		t.Run(fe, func(t *testing.T) {
+			rl := startRelay(t)
+			b, pf := startEvidence(t, fe, blmilterOpts{PolicyExtra: `defer_first = "4h"`, Extra: relayTOML(rl)})
+			client := "198.18.5." + strconv.Itoa(10+i)
+			hitTrap(t, pf, client, fe)
 
-	r, err := session(pf.Addr, sessionOpts{XClient: client, Messages: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Stage != "rcpt" || r.Code != 451 || r.Enhanced != "4.7.1" || !strings.Contains(r.Text, publicURL+"/ip/"+client) {
-		t.Fatalf("first refusal: %v, want 451 4.7.1 with the link", r)
-	}
+			r, err := session(pf.Addr, sessionOpts{XClient: client, Messages: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Stage != "rcpt" || r.Code != 451 || r.Enhanced != "4.7.1" || !strings.Contains(r.Text, publicURL+"/ip/"+client) {
+				t.Fatalf("first refusal: %v, want 451 4.7.1 with the link", r)
+			}
 
-	page := b.requestRemoval(t, client, "owner@"+requesterDomain)
-	if !strings.Contains(page, "Check your mailbox") {
-		t.Fatalf("the form:\n%s", page)
-	}
-	mail := rl.wait(t, "Confirm the removal of "+client)
-	if page := b.confirm(t, mail); !strings.Contains(page, "Removed") {
-		t.Fatalf("confirming:\n%s", page)
-	}
+			page := b.requestRemoval(t, client, "owner@"+requesterDomain)
+			if !strings.Contains(page, "Check your mailbox") {
+				t.Fatalf("the form:\n%s", page)
+			}
+			mail := rl.wait(t, "Confirm the removal of "+client)
+			if page := b.confirm(t, mail); !strings.Contains(page, "Removed") {
+				t.Fatalf("confirming:\n%s", page)
+			}
 
-	r, err = session(pf.Addr, sessionOpts{XClient: client, Messages: 1})
-	if err != nil || r.Stage != "data" || r.Code != 250 {
-		t.Fatalf("the retry: %v %v, want the message delivered", r, err)
-	}
-	page = b.get(t, "/ip/"+client)
-	if !strings.Contains(page, "1 attempt deferred since") || !strings.Contains(page, "the next retry will be accepted") {
-		t.Errorf("the page after the removal:\n%s", page)
+			r, err = session(pf.Addr, sessionOpts{XClient: client, Messages: 1})
+			if err != nil || r.Stage != "data" || r.Code != 250 {
+				t.Fatalf("the retry: %v %v, want the message delivered", r, err)
+			}
+			page = b.get(t, "/ip/"+client)
+			if !strings.Contains(page, "1 attempt deferred since") || !strings.Contains(page, "the next retry will be accepted") {
+				t.Errorf("the page after the removal:\n%s", page)
+			}
+		})
 	}
 }
 
