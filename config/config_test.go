@@ -30,8 +30,13 @@ func TestDefaultConfigValid(t *testing.T) {
 	if p := cfg.Policy; p.Threshold != 3 || p.Action != "reject" || p.RejectAt != "rcpt" || p.Deadline.Duration != 2*time.Second || len(p.Allow) != 0 || p.RejectText != DefaultRejectText {
 		t.Errorf("policy: %+v", p)
 	}
-	if len(cfg.Lists) != 1 {
-		t.Fatalf("lists: %d", len(cfg.Lists))
+	if len(cfg.Lists) != 2 {
+		t.Fatalf("lists: %d, want Spamhaus ZEN and the site's own list", len(cfg.Lists))
+	}
+	// The site's own list refuses mail out of the box: what list add,
+	// traps and the zone work with is used by the filter too.
+	if site := cfg.Lists[1]; site.Kind() != policy.KindStore || site.Weight != 3 {
+		t.Errorf("site list: %+v", site)
 	}
 	l := cfg.Lists[0]
 	if l.Name != "Spamhaus ZEN" || l.Zone != "zen.spamhaus.org" || l.Weight != 3 || l.Kind() != policy.KindDNS || !l.UsesIPv4() || !l.UsesIPv6() || l.OnError != "ignore" || !l.HealthChecked() {
