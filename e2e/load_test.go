@@ -49,6 +49,8 @@ const slowListDelay = 250 * time.Millisecond
 //	(c) blmilter as milter, warm cache
 //	(d) blmilter as policy server (check_policy_service)
 //	(e) no policy service, the same restrictions otherwise (the same Postfix as a)
+//	(j) policyd-weight as policy server, its DNS list checks only, on the
+//	    same lists with the same weights (see policydWeight)
 //	(f) blmilter as milter, cold cache: every session a new client, with a message
 //	(g) rspamd as milter, its RBL module only, the same clients and messages as f
 //
@@ -62,26 +64,31 @@ const slowListDelay = 250 * time.Millisecond
 //	    of a session is the time of its check
 //
 // Every filter asks the same rbldnsd about the same three lists (bl, wl,
-// pbl); half the cold clients are listed. rspamd decides at the end of the
+// pbl), except policyd-weight, which can only ask port 53: it asks a second
+// rbldnsd serving the same zone files there. Half the cold clients are
+// listed. rspamd decides at the end of the
 // message, so the cold rows send one (-data) for every filter alike;
 // blmilter refuses at RCPT, which is where an MTA would stop.
 //
 // It reports c/b (target 0.95 or more: blmilter costs next to nothing on
-// top of having a milter at all), d/e (0.90 or more), f/g, h/i (1.3 or
+// top of having a milter at all), d/e (0.90 or more), d/j (blmilter's
+// policy server against policyd-weight), f/g, h/i (1.3 or
 // more: the cold path ahead of rspamd), and for l the p50 and p99 of a
 // session, which should be within a millisecond of 250 ms, and the longest,
 // which must stay under the policy deadline. Each round runs every variant,
 // in reverse order every other round, so drift and other load on the
 // machine hit all alike; each variant's figure is its median round. Figures
 // go to the log, not into assertions: the test fails only if sessions fail,
-// a filter does not judge, or a session outlasts the deadline.
+// a filter does not judge (policyd-weight must refuse as many of the warm
+// sessions as blmilter's policy server), or a session outlasts the
+// deadline.
 //
 // With -tags e2e it runs one short round, so its whole path is exercised;
 // e2e/load.sh runs it at full size for figures. BLMILTER_LOAD_N (sessions
 // per round, default 300), BLMILTER_LOAD_C (workers, default 16) and
 // BLMILTER_LOAD_ROUNDS (default 1) size it.
 func TestLoad(t *testing.T) {
-	need(t, "postfix", "rbldnsd", "rspamd")
+	need(t, "postfix", "rbldnsd", "rspamd", "policyd-weight", "unshare")
 	n := envInt("BLMILTER_LOAD_N", 300)
 	c := envInt("BLMILTER_LOAD_C", 16)
 	rounds := envInt("BLMILTER_LOAD_ROUNDS", 1)
@@ -104,6 +111,7 @@ func TestLoad(t *testing.T) {
 	slow := startBlmilter(t, blmilterOpts{DNS: slowDNS.Addr, LogLevel: "info", LogFile: true, NoPolicyd: true, Extra: dynListTOML})
 	noop := startNoopMilter(t)
 	rs := startRspamd(t, dns)
+	pw := startPolicydWeight(t, startRbldnsdPort53(t))
 
 	// Postfix opens a milter connection for the TCP peer and another after
 	// XCLIENT; real traffic has one per session. smtpd_milter_maps turns
@@ -157,6 +165,7 @@ func TestLoad(t *testing.T) {
 		max       float64
 		last      loadReport
 		codes     map[string]int
+		done      int // sessions completed in the rounds
 	}
 	vs := []*variant{
 		{key: "a", name: "Postfix, no milter", run: warm(plain.Addr)},
@@ -164,6 +173,7 @@ func TestLoad(t *testing.T) {
 		{key: "c", name: "Postfix + blmilter milter (warm cache)", run: warm(pfBlmilter.Addr)},
 		{key: "d", name: "Postfix + blmilter policy server", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy}).Addr)},
 		{key: "e", name: "Postfix, no policy service", run: warm(plain.Addr)},
+		{key: "j", name: "Postfix + policyd-weight (DNS lists only)", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + pw.Addr}).Addr)},
 		{key: "f", name: "Postfix + blmilter milter, cold, message", run: cold(pfBlmilter.Addr, "-data"), coldPair: "g"},
 		{key: "g", name: "Postfix + rspamd milter (RBL only), cold, message", run: cold(pfRspamd.Addr, "-data"), coldPair: "f"},
 		{key: "h", name: "blmilter milter, cold, message", run: cold(b.Milter, "-milter", "-data"), coldPair: "i", filter: b.p},
@@ -225,6 +235,7 @@ func TestLoad(t *testing.T) {
 			v.p99 = append(v.p99, r.P99)
 			v.max = max(v.max, r.Max)
 			v.last = r
+			v.done += r.Sessions
 			for code, k := range r.Codes {
 				v.codes[code] += k
 			}
@@ -255,8 +266,8 @@ func TestLoad(t *testing.T) {
 		}
 		return median(r)
 	}
-	fmt.Fprintf(&report, "  median of per-round ratios: c/b = %.3f (target >= 0.95)   d/e = %.3f (target >= 0.90)\n",
-		pairRatio("c", "b"), pairRatio("d", "e"))
+	fmt.Fprintf(&report, "  median of per-round ratios: c/b = %.3f (target >= 0.95)   d/e = %.3f (target >= 0.90)   d/j = %.3f (blmilter policy server / policyd-weight)\n",
+		pairRatio("c", "b"), pairRatio("d", "e"), pairRatio("d", "j"))
 	fmt.Fprintf(&report, "  cold, against rspamd, median of per-round ratios: h/i = %.3f at the milter protocol (target >= 1.3)   f/g = %.3f through Postfix\n",
 		pairRatio("h", "i"), pairRatio("f", "g"))
 	// CPU time is steadier than a rate on a machine shared with other work.
@@ -286,9 +297,9 @@ func TestLoad(t *testing.T) {
 	fmt.Fprintf(&report, "  one list at %v (l): checks p50 %.2f ms, p99 %.2f ms, longest %.2f ms (target: within 1 ms of %v); the slow list's answers p50 %.2f ms, p99 %.2f ms; sessions p50 %.2f ms, p99 %.2f ms, longest %.2f ms (deadline %v)\n",
 		slowListDelay, pct(checks, 0.50), pct(checks, 0.99), pct(checks, 1), slowListDelay, pct(answers, 0.50), pct(answers, 0.99),
 		median(l.p50), median(l.p99), l.max, policyDeadline)
-	fmt.Fprintf(&report, "  ratios of medians:          c/b = %.3f   d/e = %.3f   b/a = %.3f (what any milter costs)\n",
+	fmt.Fprintf(&report, "  ratios of medians:          c/b = %.3f   d/e = %.3f   d/j = %.3f   b/a = %.3f (what any milter costs)\n",
 		median(byKey["c"].rates)/median(byKey["b"].rates), median(byKey["d"].rates)/median(byKey["e"].rates),
-		median(byKey["b"].rates)/median(byKey["a"].rates))
+		median(byKey["d"].rates)/median(byKey["j"].rates), median(byKey["b"].rates)/median(byKey["a"].rates))
 	t.Log(report.String())
 	if out := os.Getenv("BLMILTER_LOAD_REPORT"); out != "" {
 		os.WriteFile(out, []byte(report.String()), 0o644)
@@ -296,17 +307,18 @@ func TestLoad(t *testing.T) {
 
 	// Every filter must have judged: the listed clients refused, the others
 	// let through. A filter that accepts everything is fast for nothing.
-	for _, k := range []string{"c", "d", "f", "g", "h", "i", "l"} {
+	for _, k := range []string{"c", "d", "j", "f", "g", "h", "i", "l"} {
 		v := byKey[k]
-		refused := 0
-		for code, k := range v.codes {
-			if strings.HasPrefix(code, "5") {
-				refused += k
-			}
-		}
-		if refused == 0 || v.codes["250"] == 0 {
+		if refusals(v.codes) == 0 || v.codes["250"] == 0 {
 			t.Errorf("(%s) %s: replies %v, want both refusals and 250", v.key, v.name, v.codes)
 		}
+	}
+	// The policy servers see the same clients in every round (blmload
+	// takes the warm pool's addresses in order): policyd-weight must refuse
+	// as many as blmilter, unless -duration cut a run short.
+	if d, j := byKey["d"], byKey["j"]; d.done == j.done && refusals(d.codes) != refusals(j.codes) {
+		t.Errorf("(j) %s refused %d sessions, (d) %s %d: replies %v and %v",
+			j.name, refusals(j.codes), d.name, refusals(d.codes), j.codes, d.codes)
 	}
 	// Half the cold clients are listed: the cold rows must refuse half.
 	for _, k := range []string{"f", "g", "h", "i", "l"} {
@@ -321,6 +333,17 @@ func TestLoad(t *testing.T) {
 	if l.max >= float64(policyDeadline.Milliseconds()) {
 		t.Errorf("(l) a session took %.2f ms with one list at %v, longer than the policy deadline %v", l.max, slowListDelay, policyDeadline)
 	}
+}
+
+// refusals counts the 5xx replies among codes.
+func refusals(codes map[string]int) int {
+	n := 0
+	for code, k := range codes {
+		if strings.HasPrefix(code, "5") {
+			n += k
+		}
+	}
+	return n
 }
 
 // policyDeadline is [policy] deadline in the test config: the default.
