@@ -316,7 +316,12 @@ func lines(s string) []string {
 
 // execOut runs a command to completion and returns its combined output.
 func execOut(name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	return execOutWithin(time.Minute, name, args...)
+}
+
+// execOutWithin is execOut with a time limit of d.
+func execOutWithin(d time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	return string(out), err

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -108,7 +109,6 @@ smtpd_relay_restrictions = reject_unauth_destination
 # cleanup service would run out of in-flow tokens: without this, every
 # session under load waits a second for one.
 in_flow_delay = 0s
-smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
 `, root)
 	// The snippets admins are told to use, pointed at the test's ports: the
 	// tests check them along with blmilter.
@@ -116,7 +116,10 @@ smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, rej
 		main += contribSnippet(t, "postfix/main.cf.milter", "inet:127.0.0.1:8895", o.Milter)
 	}
 	if o.Policy != "" {
+		// It sets smtpd_recipient_restrictions itself.
 		main += contribSnippet(t, "postfix/main.cf.policy", "inet:127.0.0.1:10045", o.Policy)
+	} else {
+		main += "smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination\n"
 	}
 	main += o.Extra
 	writeFile(t, filepath.Join(p.dir, "main.cf"), main)
@@ -125,11 +128,12 @@ smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, rej
 	if err := os.Chown(filepath.Join(root, "data"), postfixUID(t), -1); err != nil {
 		t.Fatal(err)
 	}
+	checkNoWarnings(t, p.dir)
 
 	bin := tool("postfix")
 	// start creates the queue directories with their owners and modes.
 	run(t, bin, "-c", p.dir, "start")
-	unregister := onEmergency(func() { execOut(bin, "-c", p.dir, "stop") })
+	unregister := onEmergency(func() { p.shutdown() })
 	t.Cleanup(func() {
 		unregister()
 		p.stop(t)
@@ -156,25 +160,70 @@ func contribSnippet(t testing.TB, name, from, to string) string {
 	return "\n# contrib/" + name + "\n" + strings.ReplaceAll(string(b), from, to) + "\n"
 }
 
+// checkNoWarnings fails t if Postfix warns about the main.cf in dir. Every
+// Postfix process logs such a warning when it starts, and one of them can
+// stop the whole instance: postlogd sends its own start-up messages to the
+// postlog socket it is about to read, so when that socket's queue is full
+// (net.unix.max_dgram_qlen datagrams, 10 where nothing raised it), with the
+// warnings of the processes starting beside it, postlogd waits on itself,
+// and then so does every process that logs: the master stops answering and
+// smtpd never sends its greeting.
+func checkNoWarnings(t testing.TB, dir string) {
+	t.Helper()
+	out := run(t, tool("postconf"), "-c", dir, "-n")
+	var warnings []string
+	for _, l := range lines(out) {
+		if strings.Contains(l, "warning:") {
+			warnings = append(warnings, l)
+		}
+	}
+	if len(warnings) > 0 {
+		t.Fatalf("the test's Postfix config draws warnings, which each Postfix process would log at start:\n%s",
+			strings.Join(warnings, "\n"))
+	}
+}
+
 // stop stops the instance and waits until its master has exited.
 func (p *postfix) stop(t testing.TB) {
+	if notes := p.shutdown(); notes != "" {
+		t.Log(notes)
+	}
+}
+
+// shutdown stops the instance with postfix stop, and kills its master's
+// process group (the master and its children) if that does not end the
+// master in time: postfix stop itself logs, so it hangs on a stuck
+// instance. It returns what went wrong, if anything.
+func (p *postfix) shutdown() string {
 	pidFile := filepath.Join(filepath.Dir(p.dir), "queue", "pid", "master.pid")
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
-		return // not running
+		return "" // not running
 	}
-	// postfix stop waits for the master to terminate.
-	out, err := execOut(tool("postfix"), "-c", p.dir, "stop")
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		t.Logf("postfix stop: %v\n%s", err, out)
-		execOut(tool("postfix"), "-c", p.dir, "abort")
+		return fmt.Sprintf("postfix master.pid: %v", err)
 	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-		deadline := time.Now().Add(10 * time.Second)
-		for processAlive(pid) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
+	var notes []string
+	// postfix stop waits for the master to terminate.
+	if out, err := execOutWithin(20*time.Second, tool("postfix"), "-c", p.dir, "stop"); err != nil {
+		notes = append(notes, fmt.Sprintf("postfix stop: %v\n%s", err, out))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for processAlive(pid) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if processAlive(pid) {
+		// The master runs in a session and process group of its own (it
+		// detaches); its children are in that group.
+		if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
+			syscall.Kill(-pid, syscall.SIGKILL)
+			notes = append(notes, fmt.Sprintf("the Postfix master (pid %d) did not stop: killed its process group", pid))
+		} else {
+			notes = append(notes, fmt.Sprintf("the Postfix master (pid %d) did not stop, and leads no process group to kill", pid))
 		}
 	}
+	return strings.Join(notes, "\n")
 }
 
 func postfixUID(t testing.TB) int {
