@@ -65,14 +65,27 @@ func checkReply(t *testing.T, c mtaCase, r reply) {
 func runPostfixCases(t *testing.T, addr string) {
 	t.Helper()
 	for _, c := range postfixCases {
+		var failed error
 		t.Run(c.name, func(t *testing.T) {
 			r, err := session(addr, sessionOpts{XClient: c.client, Rcpt: c.rcpt})
 			if err != nil {
+				failed = err
 				t.Fatalf("session from %s: %v", c.client, err)
 			}
 			t.Logf("%s rcpt %s: %v", c.client, c.rcpt, r)
 			checkReply(t, c, r)
 		})
+		stopIfNoReply(t, failed)
+	}
+}
+
+// stopIfNoReply ends t after a session that got no reply (err from
+// session): the MTA is stuck or gone, and every later session would wait
+// for it as long. t's cleanups then log the MTA's and blmilter's output.
+func stopIfNoReply(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("the MTA did not answer a session (%v); the remaining cases are not run", err)
 	}
 }
 

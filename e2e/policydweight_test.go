@@ -154,15 +154,18 @@ func TestPolicydWeightComparable(t *testing.T) {
 		{"in no list (warm pool)", "198.19.0.100", 250},
 	}
 	for _, tt := range tests {
+		var failed error
 		t.Run(tt.name, func(t *testing.T) {
 			r, err := session(pf.Addr, sessionOpts{XClient: tt.ip})
 			if err != nil {
+				failed = err
 				t.Fatalf("session from %s: %v", tt.ip, err)
 			}
 			if r.Stage != "rcpt" || r.Code != tt.want {
 				t.Fatalf("client %s: got %v, want %d at RCPT", tt.ip, r, tt.want)
 			}
 		})
+		stopIfNoReply(t, failed)
 	}
 	// Its refusal came from the block list, not from some other check.
 	testkit.WaitFor(t, "policyd-weight's decision about a listed client in its log", 5*time.Second, func() error {

@@ -261,10 +261,21 @@ func (r reply) String() string {
 	return fmt.Sprintf("%s: %d %s %s", r.Stage, r.Code, r.Enhanced, r.Text)
 }
 
+// sessionTimeout bounds one whole test session, from connect to QUIT. The
+// longest a working MTA here makes a client wait is Postfix on a policy
+// server that takes the connection and never answers: two tries of
+// timeout=10s a second apart (smtpd_policy_service_try_limit), then
+// default_action. A session stuck for longer fails with the stage it was
+// in, and the test ends with the MTA's and blmilter's logs, instead of
+// every later session waiting too until the suite's -timeout kills it
+// without them.
+const sessionTimeout = 30 * time.Second
+
 // session drives one SMTP session against addr with emersion/go-smtp:
 // greeting, EHLO, XCLIENT, EHLO again, MAIL, RCPT, QUIT. XCLIENT is sent
 // on the raw connection first, because Postfix answers it with a new
-// greeting, which the go-smtp client then reads as its own.
+// greeting, which the go-smtp client then reads as its own. The whole
+// session has sessionTimeout; an error names the stage that failed.
 func session(addr string, o sessionOpts) (reply, error) {
 	if o.From == "" {
 		o.From = "sender@example.org"
@@ -272,26 +283,29 @@ func session(addr string, o sessionOpts) (reply, error) {
 	if o.Rcpt == "" {
 		o.Rcpt = "user@e2e.test"
 	}
-	d := net.Dialer{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(sessionTimeout)
+	d := net.Dialer{Deadline: deadline}
 	if o.Local != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(o.Local)}
 	}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
-		return reply{}, err
+		return reply{}, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	conn.SetDeadline(deadline)
 
 	br := bufio.NewReader(conn)
-	smtpConn := bufferedConn{br, conn}
+	// go-smtp sets a deadline for each command and clears it afterwards;
+	// bufferedConn keeps them all within the session's.
+	smtpConn := bufferedConn{r: br, Conn: conn, deadline: deadline}
 	if o.XClient != "" {
-		tp := textproto.NewConn(bufferedConn{br, conn})
+		tp := textproto.NewConn(smtpConn)
 		if code, msg, err := tp.ReadResponse(220); err != nil {
 			return replyOf("greeting", code, msg, err)
 		}
 		if err := tp.PrintfLine("EHLO client.example.org"); err != nil {
-			return reply{}, err
+			return reply{}, stageError("ehlo", err)
 		}
 		code, msg, err := tp.ReadResponse(250)
 		if err != nil {
@@ -309,13 +323,14 @@ func session(addr string, o sessionOpts) (reply, error) {
 			a = "IPV6:" + a
 		}
 		if err := tp.PrintfLine("XCLIENT NAME=[UNAVAILABLE] ADDR=%s", a); err != nil {
-			return reply{}, err
+			return reply{}, stageError("xclient", err)
 		}
 		// The reply to XCLIENT is a new greeting; go-smtp reads it.
 	}
 
 	c := smtp.NewClient(smtpConn)
-	c.CommandTimeout = 30 * time.Second
+	c.CommandTimeout = sessionTimeout
+	c.SubmissionTimeout = sessionTimeout
 	defer c.Close()
 	if err := c.Hello("client.example.org"); err != nil {
 		return smtpReply("ehlo", err)
@@ -339,12 +354,14 @@ func session(addr string, o sessionOpts) (reply, error) {
 		if err != nil {
 			return smtpReply("data", err)
 		}
-		fmt.Fprintf(w, "From: <%s>\r\nTo: <%s>\r\nSubject: end-to-end message %d\r\n\r\nHello.\r\n", o.From, o.Rcpt, i+1)
+		if _, err := fmt.Fprintf(w, "From: <%s>\r\nTo: <%s>\r\nSubject: end-to-end message %d\r\n\r\nHello.\r\n", o.From, o.Rcpt, i+1); err != nil {
+			return reply{}, stageError("data", err)
+		}
 		if err := w.Close(); err != nil {
 			return smtpReply("data", err)
 		}
 	}
-	c.Quit()
+	c.Quit() // the reply that counts came before; QUIT too ends by the deadline
 	if o.Messages > 0 {
 		return reply{Stage: "data", Code: 250}, nil
 	}
@@ -352,18 +369,49 @@ func session(addr string, o sessionOpts) (reply, error) {
 }
 
 // bufferedConn reads through the bufio.Reader that may already hold the
-// server's next reply.
+// server's next reply, and keeps every deadline set on it at or before
+// deadline (a zero one, "none", included).
 type bufferedConn struct {
 	r *bufio.Reader
 	net.Conn
+	deadline time.Time
 }
 
 func (b bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b bufferedConn) capped(t time.Time) time.Time {
+	if t.IsZero() || t.After(b.deadline) {
+		return b.deadline
+	}
+	return t
+}
+
+func (b bufferedConn) SetDeadline(t time.Time) error { return b.Conn.SetDeadline(b.capped(t)) }
+
+func (b bufferedConn) SetReadDeadline(t time.Time) error {
+	return b.Conn.SetReadDeadline(b.capped(t))
+}
+
+func (b bufferedConn) SetWriteDeadline(t time.Time) error {
+	return b.Conn.SetWriteDeadline(b.capped(t))
+}
+
+// stageError says at which stage a session failed, and for a timeout that
+// it was the session's.
+func stageError(stage string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%s: no reply within the session's %v: %w", stage, sessionTimeout, err)
+	}
+	return fmt.Errorf("%s: %w", stage, err)
+}
 
 func replyOf(stage string, code int, msg string, err error) (reply, error) {
 	var te *textproto.Error
 	if errors.As(err, &te) {
 		return reply{Stage: stage, Code: te.Code, Text: te.Msg}, nil
+	}
+	if err != nil {
+		err = stageError(stage, err)
 	}
 	return reply{Stage: stage, Code: code, Text: msg}, err
 }
@@ -378,7 +426,7 @@ func smtpReply(stage string, err error) (reply, error) {
 		}
 		return r, nil
 	}
-	return reply{Stage: stage}, err
+	return reply{Stage: stage}, stageError(stage, err)
 }
 
 // TestPostfixXCLIENTReachesMilter checks what the whole suite rests on: a
