@@ -152,3 +152,37 @@ func TestPostfixPolicyServer(t *testing.T) {
 		}
 	})
 }
+
+// TestPostfixPolicyServerSilentList checks that a list that does not answer
+// cannot hold a policy request: blmilter answers Postfix when the list's
+// DNS timeout (1s in the test config) or at the latest the [policy]
+// deadline runs out, long before the list answers and before
+// check_policy_service's timeout=10s would have Postfix give up on it, and
+// lets the listed client through, since a DNS problem is never a reject.
+func TestPostfixPolicyServerSilentList(t *testing.T) {
+	need(t, "postfix", "rbldnsd")
+	const listDelay = 5 * time.Second // past the deadline, within Postfix's timeout
+	if listDelay <= policyDeadline {
+		t.Fatalf("the list's delay %v must be longer than the policy deadline %v", listDelay, policyDeadline)
+	}
+	silent := startSlowList(t, startRbldnsd(t), zoneBlock, listDelay)
+	b := startBlmilter(t, blmilterOpts{DNS: silent.Addr})
+	pf := startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy})
+
+	start := time.Now()
+	r, err := session(pf.Addr, sessionOpts{XClient: clientSpam})
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("session from %s: %v", clientSpam, err)
+	}
+	t.Logf("%s with its list silent for %v: %v after %v", clientSpam, listDelay, r, took.Round(time.Millisecond))
+	if r.Stage != "rcpt" || r.Code != 250 {
+		t.Errorf("listed client whose list did not answer: got %v, want 250 at RCPT", r)
+	}
+	if took >= listDelay {
+		t.Errorf("the session took %v: the policy answer waited for the list (%v), not for the deadline (%v)", took, listDelay, policyDeadline)
+	}
+	testkit.WaitFor(t, "blmilter's decision about "+clientSpam, 5*time.Second, func() error {
+		return testkit.Unless(len(b.logLines(clientSpam)) > 0, "no decision about %s in blmilter's log", clientSpam)
+	})
+}
