@@ -157,8 +157,8 @@ func TestLoad(t *testing.T) {
 		key, name string
 		run       func(sessions, first int) loadReport
 		sessions  int
-		coldPair  string // the variant using the same new addresses ("" if warm)
-		filter    *proc  // whose CPU time per session is reported (milter protocol rows)
+		coldPair  string               // the variant using the same new addresses ("" if warm)
+		cpuOf     func() time.Duration // the filter's CPU time so far, reported per session (nil: not reported)
 		cpu       []float64
 		rates     []float64
 		p50, p99  []float64
@@ -171,13 +171,17 @@ func TestLoad(t *testing.T) {
 		{key: "a", name: "Postfix, no milter", run: warm(plain.Addr)},
 		{key: "b", name: "Postfix + no-op milter", run: warm(startPostfix(t, postfixOpts{Milter: "inet:" + noop.addr, Extra: oneMilterConn}).Addr)},
 		{key: "c", name: "Postfix + blmilter milter (warm cache)", run: warm(pfBlmilter.Addr)},
-		{key: "d", name: "Postfix + blmilter policy server", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy}).Addr)},
+		{key: "d", name: "Postfix + blmilter policy server", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy}).Addr),
+			cpuOf: func() time.Duration { return groupCPU(t, b.p) }},
 		{key: "e", name: "Postfix, no policy service", run: warm(plain.Addr)},
-		{key: "j", name: "Postfix + policyd-weight (DNS lists only)", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + pw.Addr}).Addr)},
+		{key: "j", name: "Postfix + policyd-weight (DNS lists only)", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + pw.Addr}).Addr),
+			cpuOf: func() time.Duration { return pidNamespaceCPU(t, pw.p) }},
 		{key: "f", name: "Postfix + blmilter milter, cold, message", run: cold(pfBlmilter.Addr, "-data"), coldPair: "g"},
 		{key: "g", name: "Postfix + rspamd milter (RBL only), cold, message", run: cold(pfRspamd.Addr, "-data"), coldPair: "f"},
-		{key: "h", name: "blmilter milter, cold, message", run: cold(b.Milter, "-milter", "-data"), coldPair: "i", filter: b.p},
-		{key: "i", name: "rspamd milter (RBL only), cold, message", run: cold(rs.Milter, "-milter", "-data"), coldPair: "h", filter: rs.p},
+		{key: "h", name: "blmilter milter, cold, message", run: cold(b.Milter, "-milter", "-data"), coldPair: "i",
+			cpuOf: func() time.Duration { return groupCPU(t, b.p) }},
+		{key: "i", name: "rspamd milter (RBL only), cold, message", run: cold(rs.Milter, "-milter", "-data"), coldPair: "h",
+			cpuOf: func() time.Duration { return groupCPU(t, rs.p) }},
 		{key: "l", name: "blmilter milter, cold, one list at 250 ms", run: cold(slow.Milter, "-milter"), sessions: nSlow},
 	}
 	byKey := map[string]*variant{}
@@ -223,12 +227,12 @@ func TestLoad(t *testing.T) {
 		nextCold += 2 * n
 		for _, v := range order {
 			var cpu0 time.Duration
-			if v.filter != nil {
-				cpu0 = groupCPU(t, v.filter)
+			if v.cpuOf != nil {
+				cpu0 = v.cpuOf()
 			}
 			r := v.run(v.sessions, first[v.key])
-			if v.filter != nil {
-				v.cpu = append(v.cpu, float64((groupCPU(t, v.filter)-cpu0).Microseconds())/float64(r.Sessions))
+			if v.cpuOf != nil {
+				v.cpu = append(v.cpu, float64((v.cpuOf()-cpu0).Microseconds())/float64(r.Sessions))
 			}
 			v.rates = append(v.rates, r.Rate)
 			v.p50 = append(v.p50, r.P50)
@@ -273,6 +277,8 @@ func TestLoad(t *testing.T) {
 	// CPU time is steadier than a rate on a machine shared with other work.
 	fmt.Fprintf(&report, "  cold, CPU time per session of the filter itself (h/i, all its processes): blmilter %.0f µs, rspamd %.0f µs (rspamd/blmilter = %.3f)\n",
 		median(byKey["h"].cpu), median(byKey["i"].cpu), median(byKey["i"].cpu)/median(byKey["h"].cpu))
+	fmt.Fprintf(&report, "  warm, CPU time per session of the policy server itself (d/j, all its processes): blmilter %.0f µs, policyd-weight %.0f µs (policyd-weight/blmilter = %.3f)\n",
+		median(byKey["d"].cpu), median(byKey["j"].cpu), median(byKey["j"].cpu)/median(byKey["d"].cpu))
 	// The check itself, as blmilter timed it (from connect to verdict),
 	// without the milter round trips of a session.
 	// The slow list's own answer times, as its server saw them, show how
@@ -379,6 +385,56 @@ func groupCPU(t testing.TB, p *proc) time.Duration {
 		u, _ := strconv.ParseInt(f[11], 10, 64)
 		s, _ := strconv.ParseInt(f[12], 10, 64)
 		ticks += u + s
+	}
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// pidNamespaceCPU is the CPU time (user and system) used so far by the
+// processes in the PID namespace that p (unshare --pid --fork) made,
+// together with that of their children that exited and were waited for:
+// policyd-weight's master, its workers, which come and go, and its cache
+// process, which leaves the process group.
+func pidNamespaceCPU(t testing.TB, p *proc) time.Duration {
+	t.Helper()
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.cmd.Process.Pid, p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(strings.TrimSpace(string(children)), " ")
+	ns, err := os.Readlink("/proc/" + first + "/ns/pid")
+	if err != nil {
+		t.Fatalf("the PID namespace of %s's child: %v", p.name, err)
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ticks int64
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || l != ns {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		// utime(14) stime(15) cutime(16) cstime(17), after "pid (comm)".
+		f := strings.Fields(string(b)[i+1:])
+		if len(f) < 15 {
+			continue
+		}
+		for _, k := range f[11:15] {
+			n, _ := strconv.ParseInt(k, 10, 64)
+			ticks += n
+		}
 	}
 	const clockTicks = 100 // USER_HZ on Linux
 	return time.Duration(ticks) * time.Second / clockTicks
