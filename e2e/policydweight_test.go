@@ -38,12 +38,15 @@ import (
 //     for every client it gets to, as by blmilter.
 //   - What stays on, as in production: its cache process (a listed client
 //     is refused from it when it comes back; a clean one is asked about
-//     afresh each time, since in this mode it caches no pass), one log line
-//     per decision, a look at the config file's time every fifth request.
-//     It answers DUNNO, not PREPEND (as blmilter does).
+//     afresh each time, since in this mode it caches no pass), a syslog
+//     line per decision (two for a refusal), a look at the config file's
+//     time every fifth request, and its reply's link to robtex.com. It
+//     answers DUNNO, not PREPEND, as blmilter does.
 //
 // Its list lookups go to port 53 of the first address in $NS, with no way
-// to give another port, so rbldnsd serves the same zone files on port 53 of
+// to give another port (only its slower Net::DNS path, forced with
+// $USE_NET_DNS, would take one from RES_OPTIONS, and measuring that would
+// not be fair to it), so rbldnsd serves the same zone files on port 53 of
 // a loopback address of its own (startRbldnsdPort53). It runs in the
 // foreground (-D start), as the Debian package's user polw, with its pid
 // file, cache socket and lock directory in the test's temp dir, and logs to
