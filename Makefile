@@ -10,7 +10,8 @@ build:
 	$(GO) build -o blmilter ./cmd/blmilter
 
 # Everything, as CI runs it: installs what the end-to-end tests need
-# (Postfix, Sendmail, rbldnsd, NSD, Knot, dnsperf, rspamd, swaks, Chromium),
+# (Postfix, Sendmail, rbldnsd, NSD, Knot, dnsperf, rspamd, policyd-weight,
+# swaks, Chromium),
 # then runs every test with the race detector, the end-to-end ones (-tags e2e)
 # included. A missing package is a failure, never a skip; the load and zone
 # speed comparisons run one short round, so their whole path is exercised

@@ -8,6 +8,8 @@
 #   swaks dnsutils  for poking at the setup by hand (dig, swaks)
 #   chromium     headless browser for the lookup site's page tests (web/)
 #   rspamd       the load comparison's other milter, with only its RBL module on the test lists
+#   policyd-weight  the load comparison's other policy server (Perl), its DNS list checks only;
+#                the package also creates its system user polw, which the tests run it as
 #   groff-base   renders the manual page (cmd/blmilter) to check it
 #   sendmail     the sendmail binary from sendmail-bin, unpacked into
 #                /opt/blmilter-e2e/sendmail: Debian's postfix and sendmail-bin
@@ -21,7 +23,7 @@
 set -euo pipefail
 
 SENDMAIL_DIR=${BLMILTER_E2E_SENDMAIL_DIR:-/opt/blmilter-e2e/sendmail}
-PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium rspamd groff-base
+PKGS=(postfix rbldnsd nsd knot knot-dnsutils dnsperf swaks dnsutils m4 sendmail-cf procps iproute2 util-linux chromium rspamd policyd-weight groff-base
 	libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0)
 
 skip() {

@@ -24,20 +24,21 @@ import (
 // tools are the external programs the suite uses, by name, with where to
 // look for them (PATH first, then these places: CI's PATH may lack sbin).
 var tools = map[string][]string{
-	"postfix":       {"/usr/sbin/postfix"},
-	"postconf":      {"/usr/sbin/postconf"},
-	"rbldnsd":       {"/usr/sbin/rbldnsd"},
-	"nsd":           {"/usr/sbin/nsd"},
-	"nsd-checkconf": {"/usr/sbin/nsd-checkconf"},
-	"knotd":         {"/usr/sbin/knotd"},
-	"knotc":         {"/usr/sbin/knotc"},
-	"kdig":          {"/usr/bin/kdig"},
-	"dig":           {"/usr/bin/dig"},
-	"dnsperf":       {"/usr/bin/dnsperf"},
-	"rspamd":        {"/usr/bin/rspamd"},
-	"m4":            {"/usr/bin/m4"},
-	"unshare":       {"/usr/bin/unshare"},
-	"ip":            {"/usr/sbin/ip", "/sbin/ip", "/bin/ip"},
+	"postfix":        {"/usr/sbin/postfix"},
+	"postconf":       {"/usr/sbin/postconf"},
+	"rbldnsd":        {"/usr/sbin/rbldnsd"},
+	"nsd":            {"/usr/sbin/nsd"},
+	"nsd-checkconf":  {"/usr/sbin/nsd-checkconf"},
+	"knotd":          {"/usr/sbin/knotd"},
+	"knotc":          {"/usr/sbin/knotc"},
+	"kdig":           {"/usr/bin/kdig"},
+	"dig":            {"/usr/bin/dig"},
+	"dnsperf":        {"/usr/bin/dnsperf"},
+	"rspamd":         {"/usr/bin/rspamd"},
+	"policyd-weight": {"/usr/sbin/policyd-weight"},
+	"m4":             {"/usr/bin/m4"},
+	"unshare":        {"/usr/bin/unshare"},
+	"ip":             {"/usr/sbin/ip", "/sbin/ip", "/bin/ip"},
 	// Debian's sendmail-bin conflicts with postfix, so deps.sh unpacks it
 	// beside the system; a sendmail installed as a package works too.
 	"sendmail": {"/opt/blmilter-e2e/sendmail/usr/libexec/sendmail/sendmail", "/usr/libexec/sendmail/sendmail", "/usr/lib/sm.bin/sendmail"},
@@ -330,7 +331,12 @@ func lines(s string) []string {
 
 // execOut runs a command to completion and returns its combined output.
 func execOut(name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	return execOutWithin(time.Minute, name, args...)
+}
+
+// execOutWithin is execOut with a time limit of d.
+func execOutWithin(d time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	return string(out), err

@@ -2,7 +2,8 @@
 # Load comparison (see TestLoad in load_test.go), all in one run:
 #   through real Postfix instances, sessions/s for Postfix without milter,
 #   with a no-op milter, with blmilter as milter (warm cache), with blmilter
-#   as policy server and without policy service (ratios c/b and d/e), and
+#   as policy server and without policy service (ratios c/b and d/e), with
+#   policyd-weight as policy server on the same lists (j; ratio d/j), and
 #   blmilter against rspamd (RBL module only, same lists) with a cold cache
 #   (every session a new client, with a message): f/g;
 #   at the milter protocol, blmload playing the MTA, blmilter against

@@ -49,6 +49,8 @@ const slowListDelay = 250 * time.Millisecond
 //	(c) blmilter as milter, warm cache
 //	(d) blmilter as policy server (check_policy_service)
 //	(e) no policy service, the same restrictions otherwise (the same Postfix as a)
+//	(j) policyd-weight as policy server, its DNS list checks only, on the
+//	    same lists with the same weights (see policydWeight)
 //	(f) blmilter as milter, cold cache: every session a new client, with a message
 //	(g) rspamd as milter, its RBL module only, the same clients and messages as f
 //
@@ -62,26 +64,31 @@ const slowListDelay = 250 * time.Millisecond
 //	    of a session is the time of its check
 //
 // Every filter asks the same rbldnsd about the same three lists (bl, wl,
-// pbl); half the cold clients are listed. rspamd decides at the end of the
+// pbl), except policyd-weight, which can only ask port 53: it asks a second
+// rbldnsd serving the same zone files there. Half the cold clients are
+// listed. rspamd decides at the end of the
 // message, so the cold rows send one (-data) for every filter alike;
 // blmilter refuses at RCPT, which is where an MTA would stop.
 //
 // It reports c/b (target 0.95 or more: blmilter costs next to nothing on
-// top of having a milter at all), d/e (0.90 or more), f/g, h/i (1.3 or
+// top of having a milter at all), d/e (0.90 or more), d/j (blmilter's
+// policy server against policyd-weight), f/g, h/i (1.3 or
 // more: the cold path ahead of rspamd), and for l the p50 and p99 of a
 // session, which should be within a millisecond of 250 ms, and the longest,
 // which must stay under the policy deadline. Each round runs every variant,
 // in reverse order every other round, so drift and other load on the
 // machine hit all alike; each variant's figure is its median round. Figures
 // go to the log, not into assertions: the test fails only if sessions fail,
-// a filter does not judge, or a session outlasts the deadline.
+// a filter does not judge (policyd-weight must refuse as many of the warm
+// sessions as blmilter's policy server), or a session outlasts the
+// deadline.
 //
 // With -tags e2e it runs one short round, so its whole path is exercised;
 // e2e/load.sh runs it at full size for figures. BLMILTER_LOAD_N (sessions
 // per round, default 300), BLMILTER_LOAD_C (workers, default 16) and
 // BLMILTER_LOAD_ROUNDS (default 1) size it.
 func TestLoad(t *testing.T) {
-	need(t, "postfix", "rbldnsd", "rspamd")
+	need(t, "postfix", "rbldnsd", "rspamd", "policyd-weight", "unshare")
 	n := envInt("BLMILTER_LOAD_N", 300)
 	c := envInt("BLMILTER_LOAD_C", 16)
 	rounds := envInt("BLMILTER_LOAD_ROUNDS", 1)
@@ -104,6 +111,7 @@ func TestLoad(t *testing.T) {
 	slow := startBlmilter(t, blmilterOpts{DNS: slowDNS.Addr, LogLevel: "info", LogFile: true, NoPolicyd: true, Extra: dynListTOML})
 	noop := startNoopMilter(t)
 	rs := startRspamd(t, dns)
+	pw := startPolicydWeight(t, startRbldnsdPort53(t))
 
 	// Postfix opens a milter connection for the TCP peer and another after
 	// XCLIENT; real traffic has one per session. smtpd_milter_maps turns
@@ -149,25 +157,31 @@ func TestLoad(t *testing.T) {
 		key, name string
 		run       func(sessions, first int) loadReport
 		sessions  int
-		coldPair  string // the variant using the same new addresses ("" if warm)
-		filter    *proc  // whose CPU time per session is reported (milter protocol rows)
+		coldPair  string               // the variant using the same new addresses ("" if warm)
+		cpuOf     func() time.Duration // the filter's CPU time so far, reported per session (nil: not reported)
 		cpu       []float64
 		rates     []float64
 		p50, p99  []float64
 		max       float64
 		last      loadReport
 		codes     map[string]int
+		done      int // sessions completed in the rounds
 	}
 	vs := []*variant{
 		{key: "a", name: "Postfix, no milter", run: warm(plain.Addr)},
 		{key: "b", name: "Postfix + no-op milter", run: warm(startPostfix(t, postfixOpts{Milter: "inet:" + noop.addr, Extra: oneMilterConn}).Addr)},
 		{key: "c", name: "Postfix + blmilter milter (warm cache)", run: warm(pfBlmilter.Addr)},
-		{key: "d", name: "Postfix + blmilter policy server", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy}).Addr)},
+		{key: "d", name: "Postfix + blmilter policy server", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy}).Addr),
+			cpuOf: func() time.Duration { return groupCPU(t, b.p) }},
 		{key: "e", name: "Postfix, no policy service", run: warm(plain.Addr)},
+		{key: "j", name: "Postfix + policyd-weight (DNS lists only)", run: warm(startPostfix(t, postfixOpts{Policy: "inet:" + pw.Addr}).Addr),
+			cpuOf: func() time.Duration { return pidNamespaceCPU(t, pw.p) }},
 		{key: "f", name: "Postfix + blmilter milter, cold, message", run: cold(pfBlmilter.Addr, "-data"), coldPair: "g"},
 		{key: "g", name: "Postfix + rspamd milter (RBL only), cold, message", run: cold(pfRspamd.Addr, "-data"), coldPair: "f"},
-		{key: "h", name: "blmilter milter, cold, message", run: cold(b.Milter, "-milter", "-data"), coldPair: "i", filter: b.p},
-		{key: "i", name: "rspamd milter (RBL only), cold, message", run: cold(rs.Milter, "-milter", "-data"), coldPair: "h", filter: rs.p},
+		{key: "h", name: "blmilter milter, cold, message", run: cold(b.Milter, "-milter", "-data"), coldPair: "i",
+			cpuOf: func() time.Duration { return groupCPU(t, b.p) }},
+		{key: "i", name: "rspamd milter (RBL only), cold, message", run: cold(rs.Milter, "-milter", "-data"), coldPair: "h",
+			cpuOf: func() time.Duration { return groupCPU(t, rs.p) }},
 		{key: "l", name: "blmilter milter, cold, one list at 250 ms", run: cold(slow.Milter, "-milter"), sessions: nSlow},
 	}
 	byKey := map[string]*variant{}
@@ -213,18 +227,19 @@ func TestLoad(t *testing.T) {
 		nextCold += 2 * n
 		for _, v := range order {
 			var cpu0 time.Duration
-			if v.filter != nil {
-				cpu0 = groupCPU(t, v.filter)
+			if v.cpuOf != nil {
+				cpu0 = v.cpuOf()
 			}
 			r := v.run(v.sessions, first[v.key])
-			if v.filter != nil {
-				v.cpu = append(v.cpu, float64((groupCPU(t, v.filter)-cpu0).Microseconds())/float64(r.Sessions))
+			if v.cpuOf != nil {
+				v.cpu = append(v.cpu, float64((v.cpuOf()-cpu0).Microseconds())/float64(r.Sessions))
 			}
 			v.rates = append(v.rates, r.Rate)
 			v.p50 = append(v.p50, r.P50)
 			v.p99 = append(v.p99, r.P99)
 			v.max = max(v.max, r.Max)
 			v.last = r
+			v.done += r.Sessions
 			for code, k := range r.Codes {
 				v.codes[code] += k
 			}
@@ -255,13 +270,15 @@ func TestLoad(t *testing.T) {
 		}
 		return median(r)
 	}
-	fmt.Fprintf(&report, "  median of per-round ratios: c/b = %.3f (target >= 0.95)   d/e = %.3f (target >= 0.90)\n",
-		pairRatio("c", "b"), pairRatio("d", "e"))
+	fmt.Fprintf(&report, "  median of per-round ratios: c/b = %.3f (target >= 0.95)   d/e = %.3f (target >= 0.90)   d/j = %.3f (blmilter policy server / policyd-weight)\n",
+		pairRatio("c", "b"), pairRatio("d", "e"), pairRatio("d", "j"))
 	fmt.Fprintf(&report, "  cold, against rspamd, median of per-round ratios: h/i = %.3f at the milter protocol (target >= 1.3)   f/g = %.3f through Postfix\n",
 		pairRatio("h", "i"), pairRatio("f", "g"))
 	// CPU time is steadier than a rate on a machine shared with other work.
 	fmt.Fprintf(&report, "  cold, CPU time per session of the filter itself (h/i, all its processes): blmilter %.0f µs, rspamd %.0f µs (rspamd/blmilter = %.3f)\n",
 		median(byKey["h"].cpu), median(byKey["i"].cpu), median(byKey["i"].cpu)/median(byKey["h"].cpu))
+	fmt.Fprintf(&report, "  warm, CPU time per session of the policy server itself (d/j, all its processes): blmilter %.0f µs, policyd-weight %.0f µs (policyd-weight/blmilter = %.3f)\n",
+		median(byKey["d"].cpu), median(byKey["j"].cpu), median(byKey["j"].cpu)/median(byKey["d"].cpu))
 	// The check itself, as blmilter timed it (from connect to verdict),
 	// without the milter round trips of a session.
 	// The slow list's own answer times, as its server saw them, show how
@@ -286,9 +303,9 @@ func TestLoad(t *testing.T) {
 	fmt.Fprintf(&report, "  one list at %v (l): checks p50 %.2f ms, p99 %.2f ms, longest %.2f ms (target: within 1 ms of %v); the slow list's answers p50 %.2f ms, p99 %.2f ms; sessions p50 %.2f ms, p99 %.2f ms, longest %.2f ms (deadline %v)\n",
 		slowListDelay, pct(checks, 0.50), pct(checks, 0.99), pct(checks, 1), slowListDelay, pct(answers, 0.50), pct(answers, 0.99),
 		median(l.p50), median(l.p99), l.max, policyDeadline)
-	fmt.Fprintf(&report, "  ratios of medians:          c/b = %.3f   d/e = %.3f   b/a = %.3f (what any milter costs)\n",
+	fmt.Fprintf(&report, "  ratios of medians:          c/b = %.3f   d/e = %.3f   d/j = %.3f   b/a = %.3f (what any milter costs)\n",
 		median(byKey["c"].rates)/median(byKey["b"].rates), median(byKey["d"].rates)/median(byKey["e"].rates),
-		median(byKey["b"].rates)/median(byKey["a"].rates))
+		median(byKey["d"].rates)/median(byKey["j"].rates), median(byKey["b"].rates)/median(byKey["a"].rates))
 	t.Log(report.String())
 	if out := os.Getenv("BLMILTER_LOAD_REPORT"); out != "" {
 		os.WriteFile(out, []byte(report.String()), 0o644)
@@ -296,17 +313,18 @@ func TestLoad(t *testing.T) {
 
 	// Every filter must have judged: the listed clients refused, the others
 	// let through. A filter that accepts everything is fast for nothing.
-	for _, k := range []string{"c", "d", "f", "g", "h", "i", "l"} {
+	for _, k := range []string{"c", "d", "j", "f", "g", "h", "i", "l"} {
 		v := byKey[k]
-		refused := 0
-		for code, k := range v.codes {
-			if strings.HasPrefix(code, "5") {
-				refused += k
-			}
-		}
-		if refused == 0 || v.codes["250"] == 0 {
+		if refusals(v.codes) == 0 || v.codes["250"] == 0 {
 			t.Errorf("(%s) %s: replies %v, want both refusals and 250", v.key, v.name, v.codes)
 		}
+	}
+	// The policy servers see the same clients in every round (blmload
+	// takes the warm pool's addresses in order): policyd-weight must refuse
+	// as many as blmilter, unless -duration cut a run short.
+	if d, j := byKey["d"], byKey["j"]; d.done == j.done && refusals(d.codes) != refusals(j.codes) {
+		t.Errorf("(j) %s refused %d sessions, (d) %s %d: replies %v and %v",
+			j.name, refusals(j.codes), d.name, refusals(d.codes), j.codes, d.codes)
 	}
 	// Half the cold clients are listed: the cold rows must refuse half.
 	for _, k := range []string{"f", "g", "h", "i", "l"} {
@@ -321,6 +339,17 @@ func TestLoad(t *testing.T) {
 	if l.max >= float64(policyDeadline.Milliseconds()) {
 		t.Errorf("(l) a session took %.2f ms with one list at %v, longer than the policy deadline %v", l.max, slowListDelay, policyDeadline)
 	}
+}
+
+// refusals counts the 5xx replies among codes.
+func refusals(codes map[string]int) int {
+	n := 0
+	for code, k := range codes {
+		if strings.HasPrefix(code, "5") {
+			n += k
+		}
+	}
+	return n
 }
 
 // policyDeadline is [policy] deadline in the test config: the default.
@@ -356,6 +385,56 @@ func groupCPU(t testing.TB, p *proc) time.Duration {
 		u, _ := strconv.ParseInt(f[11], 10, 64)
 		s, _ := strconv.ParseInt(f[12], 10, 64)
 		ticks += u + s
+	}
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// pidNamespaceCPU is the CPU time (user and system) used so far by the
+// processes in the PID namespace that p (unshare --pid --fork) made,
+// together with that of their children that exited and were waited for:
+// policyd-weight's master, its workers, which come and go, and its cache
+// process, which leaves the process group.
+func pidNamespaceCPU(t testing.TB, p *proc) time.Duration {
+	t.Helper()
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.cmd.Process.Pid, p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(strings.TrimSpace(string(children)), " ")
+	ns, err := os.Readlink("/proc/" + first + "/ns/pid")
+	if err != nil {
+		t.Fatalf("the PID namespace of %s's child: %v", p.name, err)
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ticks int64
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || l != ns {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		// utime(14) stime(15) cutime(16) cstime(17), after "pid (comm)".
+		f := strings.Fields(string(b)[i+1:])
+		if len(f) < 15 {
+			continue
+		}
+		for _, k := range f[11:15] {
+			n, _ := strconv.ParseInt(k, 10, 64)
+			ticks += n
+		}
 	}
 	const clockTicks = 100 // USER_HZ on Linux
 	return time.Duration(ticks) * time.Second / clockTicks

@@ -65,14 +65,27 @@ func checkReply(t *testing.T, c mtaCase, r reply) {
 func runPostfixCases(t *testing.T, addr string) {
 	t.Helper()
 	for _, c := range postfixCases {
+		var failed error
 		t.Run(c.name, func(t *testing.T) {
 			r, err := session(addr, sessionOpts{XClient: c.client, Rcpt: c.rcpt})
 			if err != nil {
+				failed = err
 				t.Fatalf("session from %s: %v", c.client, err)
 			}
 			t.Logf("%s rcpt %s: %v", c.client, c.rcpt, r)
 			checkReply(t, c, r)
 		})
+		stopIfNoReply(t, failed)
+	}
+}
+
+// stopIfNoReply ends t after a session that got no reply (err from
+// session): the MTA is stuck or gone, and every later session would wait
+// for it as long. t's cleanups then log the MTA's and blmilter's output.
+func stopIfNoReply(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("the MTA did not answer a session (%v); the remaining cases are not run", err)
 	}
 }
 
@@ -137,5 +150,39 @@ func TestPostfixPolicyServer(t *testing.T) {
 		if r.Stage != "rcpt" || r.Code != 250 {
 			t.Fatalf("listed client with the policy server stopped: got %v, want 250 at RCPT", r)
 		}
+	})
+}
+
+// TestPostfixPolicyServerSilentList checks that a list that does not answer
+// cannot hold a policy request: blmilter answers Postfix when the list's
+// DNS timeout (1s in the test config) or at the latest the [policy]
+// deadline runs out, long before the list answers and before
+// check_policy_service's timeout=10s would have Postfix give up on it, and
+// lets the listed client through, since a DNS problem is never a reject.
+func TestPostfixPolicyServerSilentList(t *testing.T) {
+	need(t, "postfix", "rbldnsd")
+	const listDelay = 5 * time.Second // past the deadline, within Postfix's timeout
+	if listDelay <= policyDeadline {
+		t.Fatalf("the list's delay %v must be longer than the policy deadline %v", listDelay, policyDeadline)
+	}
+	silent := startSlowList(t, startRbldnsd(t), zoneBlock, listDelay)
+	b := startBlmilter(t, blmilterOpts{DNS: silent.Addr})
+	pf := startPostfix(t, postfixOpts{Policy: "inet:" + b.Policy})
+
+	start := time.Now()
+	r, err := session(pf.Addr, sessionOpts{XClient: clientSpam})
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("session from %s: %v", clientSpam, err)
+	}
+	t.Logf("%s with its list silent for %v: %v after %v", clientSpam, listDelay, r, took.Round(time.Millisecond))
+	if r.Stage != "rcpt" || r.Code != 250 {
+		t.Errorf("listed client whose list did not answer: got %v, want 250 at RCPT", r)
+	}
+	if took >= listDelay {
+		t.Errorf("the session took %v: the policy answer waited for the list (%v), not for the deadline (%v)", took, listDelay, policyDeadline)
+	}
+	testkit.WaitFor(t, "blmilter's decision about "+clientSpam, 5*time.Second, func() error {
+		return testkit.Unless(len(b.logLines(clientSpam)) > 0, "no decision about %s in blmilter's log", clientSpam)
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -112,7 +113,6 @@ smtpd_relay_restrictions = reject_unauth_destination
 # cleanup service would run out of in-flow tokens: without this, every
 # session under load waits a second for one.
 in_flow_delay = 0s
-smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
 `, root)
 	// The snippets admins are told to use, pointed at the test's ports: the
 	// tests check them along with blmilter.
@@ -120,7 +120,10 @@ smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, rej
 		main += contribSnippet(t, "postfix/main.cf.milter", "inet:127.0.0.1:8895", o.Milter)
 	}
 	if o.Policy != "" {
+		// It sets smtpd_recipient_restrictions itself.
 		main += contribSnippet(t, "postfix/main.cf.policy", "inet:127.0.0.1:10045", o.Policy)
+	} else {
+		main += "smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination\n"
 	}
 	main += o.Extra
 	writeFile(t, filepath.Join(p.dir, "main.cf"), main)
@@ -135,11 +138,12 @@ smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, rej
 	if err := os.Chown(filepath.Join(root, "data"), postfixUID(t), -1); err != nil {
 		t.Fatal(err)
 	}
+	checkNoWarnings(t, p.dir)
 
 	bin := tool("postfix")
 	// start creates the queue directories with their owners and modes.
 	run(t, bin, "-c", p.dir, "start")
-	unregister := onEmergency(func() { execOut(bin, "-c", p.dir, "stop") })
+	unregister := onEmergency(func() { p.shutdown() })
 	t.Cleanup(func() {
 		unregister()
 		p.stop(t)
@@ -166,25 +170,70 @@ func contribSnippet(t testing.TB, name, from, to string) string {
 	return "\n# contrib/" + name + "\n" + strings.ReplaceAll(string(b), from, to) + "\n"
 }
 
+// checkNoWarnings fails t if Postfix warns about the main.cf in dir. Every
+// Postfix process logs such a warning when it starts, and one of them can
+// stop the whole instance: postlogd sends its own start-up messages to the
+// postlog socket it is about to read, so when that socket's queue is full
+// (net.unix.max_dgram_qlen datagrams, 10 where nothing raised it), with the
+// warnings of the processes starting beside it, postlogd waits on itself,
+// and then so does every process that logs: the master stops answering and
+// smtpd never sends its greeting.
+func checkNoWarnings(t testing.TB, dir string) {
+	t.Helper()
+	out := run(t, tool("postconf"), "-c", dir, "-n")
+	var warnings []string
+	for _, l := range lines(out) {
+		if strings.Contains(l, "warning:") {
+			warnings = append(warnings, l)
+		}
+	}
+	if len(warnings) > 0 {
+		t.Fatalf("the test's Postfix config draws warnings, which each Postfix process would log at start:\n%s",
+			strings.Join(warnings, "\n"))
+	}
+}
+
 // stop stops the instance and waits until its master has exited.
 func (p *postfix) stop(t testing.TB) {
+	if notes := p.shutdown(); notes != "" {
+		t.Log(notes)
+	}
+}
+
+// shutdown stops the instance with postfix stop, and kills its master's
+// process group (the master and its children) if that does not end the
+// master in time: postfix stop itself logs, so it hangs on a stuck
+// instance. It returns what went wrong, if anything.
+func (p *postfix) shutdown() string {
 	pidFile := filepath.Join(filepath.Dir(p.dir), "queue", "pid", "master.pid")
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
-		return // not running
+		return "" // not running
 	}
-	// postfix stop waits for the master to terminate.
-	out, err := execOut(tool("postfix"), "-c", p.dir, "stop")
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		t.Logf("postfix stop: %v\n%s", err, out)
-		execOut(tool("postfix"), "-c", p.dir, "abort")
+		return fmt.Sprintf("postfix master.pid: %v", err)
 	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-		deadline := time.Now().Add(10 * time.Second)
-		for processAlive(pid) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
+	var notes []string
+	// postfix stop waits for the master to terminate.
+	if out, err := execOutWithin(20*time.Second, tool("postfix"), "-c", p.dir, "stop"); err != nil {
+		notes = append(notes, fmt.Sprintf("postfix stop: %v\n%s", err, out))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for processAlive(pid) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if processAlive(pid) {
+		// The master runs in a session and process group of its own (it
+		// detaches); its children are in that group.
+		if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
+			syscall.Kill(-pid, syscall.SIGKILL)
+			notes = append(notes, fmt.Sprintf("the Postfix master (pid %d) did not stop: killed its process group", pid))
+		} else {
+			notes = append(notes, fmt.Sprintf("the Postfix master (pid %d) did not stop, and leads no process group to kill", pid))
 		}
 	}
+	return strings.Join(notes, "\n")
 }
 
 func postfixUID(t testing.TB) int {
@@ -223,10 +272,21 @@ func (r reply) String() string {
 	return fmt.Sprintf("%s: %d %s %s", r.Stage, r.Code, r.Enhanced, r.Text)
 }
 
+// sessionTimeout bounds one whole test session, from connect to QUIT. The
+// longest a working MTA here makes a client wait is Postfix on a policy
+// server that takes the connection and never answers: two tries of
+// timeout=10s a second apart (smtpd_policy_service_try_limit), then
+// default_action. A session stuck for longer fails with the stage it was
+// in, and the test ends with the MTA's and blmilter's logs, instead of
+// every later session waiting too until the suite's -timeout kills it
+// without them.
+const sessionTimeout = 30 * time.Second
+
 // session drives one SMTP session against addr with emersion/go-smtp:
 // greeting, EHLO, XCLIENT, EHLO again, MAIL, RCPT, QUIT. XCLIENT is sent
 // on the raw connection first, because Postfix answers it with a new
-// greeting, which the go-smtp client then reads as its own.
+// greeting, which the go-smtp client then reads as its own. The whole
+// session has sessionTimeout; an error names the stage that failed.
 func session(addr string, o sessionOpts) (reply, error) {
 	if o.From == "" {
 		o.From = "sender@example.org"
@@ -234,26 +294,29 @@ func session(addr string, o sessionOpts) (reply, error) {
 	if o.Rcpt == "" {
 		o.Rcpt = "user@e2e.test"
 	}
-	d := net.Dialer{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(sessionTimeout)
+	d := net.Dialer{Deadline: deadline}
 	if o.Local != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(o.Local)}
 	}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
-		return reply{}, err
+		return reply{}, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	conn.SetDeadline(deadline)
 
 	br := bufio.NewReader(conn)
-	smtpConn := bufferedConn{br, conn}
+	// go-smtp sets a deadline for each command and clears it afterwards;
+	// bufferedConn keeps them all within the session's.
+	smtpConn := bufferedConn{r: br, Conn: conn, deadline: deadline}
 	if o.XClient != "" {
-		tp := textproto.NewConn(bufferedConn{br, conn})
+		tp := textproto.NewConn(smtpConn)
 		if code, msg, err := tp.ReadResponse(220); err != nil {
 			return replyOf("greeting", code, msg, err)
 		}
 		if err := tp.PrintfLine("EHLO client.example.org"); err != nil {
-			return reply{}, err
+			return reply{}, stageError("ehlo", err)
 		}
 		code, msg, err := tp.ReadResponse(250)
 		if err != nil {
@@ -271,13 +334,14 @@ func session(addr string, o sessionOpts) (reply, error) {
 			a = "IPV6:" + a
 		}
 		if err := tp.PrintfLine("XCLIENT NAME=[UNAVAILABLE] ADDR=%s", a); err != nil {
-			return reply{}, err
+			return reply{}, stageError("xclient", err)
 		}
 		// The reply to XCLIENT is a new greeting; go-smtp reads it.
 	}
 
 	c := smtp.NewClient(smtpConn)
-	c.CommandTimeout = 30 * time.Second
+	c.CommandTimeout = sessionTimeout
+	c.SubmissionTimeout = sessionTimeout
 	defer c.Close()
 	if o.Helo == "" {
 		o.Helo = "client.example.org"
@@ -304,12 +368,14 @@ func session(addr string, o sessionOpts) (reply, error) {
 		if err != nil {
 			return smtpReply("data", err)
 		}
-		fmt.Fprintf(w, "From: <%s>\r\nTo: <%s>\r\nSubject: end-to-end message %d\r\n\r\nHello.\r\n", o.From, o.Rcpt, i+1)
+		if _, err := fmt.Fprintf(w, "From: <%s>\r\nTo: <%s>\r\nSubject: end-to-end message %d\r\n\r\nHello.\r\n", o.From, o.Rcpt, i+1); err != nil {
+			return reply{}, stageError("data", err)
+		}
 		if err := w.Close(); err != nil {
 			return smtpReply("data", err)
 		}
 	}
-	c.Quit()
+	c.Quit() // the reply that counts came before; QUIT too ends by the deadline
 	if o.Messages > 0 {
 		return reply{Stage: "data", Code: 250}, nil
 	}
@@ -317,18 +383,49 @@ func session(addr string, o sessionOpts) (reply, error) {
 }
 
 // bufferedConn reads through the bufio.Reader that may already hold the
-// server's next reply.
+// server's next reply, and keeps every deadline set on it at or before
+// deadline (a zero one, "none", included).
 type bufferedConn struct {
 	r *bufio.Reader
 	net.Conn
+	deadline time.Time
 }
 
 func (b bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b bufferedConn) capped(t time.Time) time.Time {
+	if t.IsZero() || t.After(b.deadline) {
+		return b.deadline
+	}
+	return t
+}
+
+func (b bufferedConn) SetDeadline(t time.Time) error { return b.Conn.SetDeadline(b.capped(t)) }
+
+func (b bufferedConn) SetReadDeadline(t time.Time) error {
+	return b.Conn.SetReadDeadline(b.capped(t))
+}
+
+func (b bufferedConn) SetWriteDeadline(t time.Time) error {
+	return b.Conn.SetWriteDeadline(b.capped(t))
+}
+
+// stageError says at which stage a session failed, and for a timeout that
+// it was the session's.
+func stageError(stage string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%s: no reply within the session's %v: %w", stage, sessionTimeout, err)
+	}
+	return fmt.Errorf("%s: %w", stage, err)
+}
 
 func replyOf(stage string, code int, msg string, err error) (reply, error) {
 	var te *textproto.Error
 	if errors.As(err, &te) {
 		return reply{Stage: stage, Code: te.Code, Text: te.Msg}, nil
+	}
+	if err != nil {
+		err = stageError(stage, err)
 	}
 	return reply{Stage: stage, Code: code, Text: msg}, err
 }
@@ -343,7 +440,7 @@ func smtpReply(stage string, err error) (reply, error) {
 		}
 		return r, nil
 	}
-	return reply{Stage: stage}, err
+	return reply{Stage: stage}, stageError(stage, err)
 }
 
 // TestPostfixXCLIENTReachesMilter checks what the whole suite rests on: a

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -140,6 +141,30 @@ codes = { "127.0.0.10" = "dynamic" }
 // startRbldnsd serves the test lists on 127.0.0.1 and returns "127.0.0.1:port".
 func startRbldnsd(t testing.TB) string {
 	t.Helper()
+	return serveTestLists(t, func() string {
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(testkit.FreePort(t, "udp")))
+	})
+}
+
+// startRbldnsdPort53 serves the test lists on port 53 of a loopback address
+// picked at random from 127.53.0.0/16 and returns that address, for a
+// client that cannot be given a port (policyd-weight sends its list
+// queries to port 53). The whole of 127.0.0.0/8 is loopback on Linux, so
+// nothing needs configuring, and a random address keeps clear of another
+// test run's, and of a resolver's on 127.0.0.53.
+func startRbldnsdPort53(t testing.TB) string {
+	t.Helper()
+	addr := serveTestLists(t, func() string {
+		return net.JoinHostPort(fmt.Sprintf("127.53.%d.%d", 1+rand.IntN(254), 1+rand.IntN(254)), "53")
+	})
+	host, _, _ := net.SplitHostPort(addr)
+	return host
+}
+
+// serveTestLists runs rbldnsd with the test lists on an address from next
+// ("host:port"), which is asked again when rbldnsd cannot start there.
+func serveTestLists(t testing.TB, next func() string) string {
+	t.Helper()
 	bin := tool("rbldnsd")
 	dir := tempDir(t, "rbldnsd")
 	writeFile(t, filepath.Join(dir, "bl4"), zoneBlock4)
@@ -151,12 +176,12 @@ func startRbldnsd(t testing.TB) string {
 
 	var lastErr error
 	for try := 0; try < 3; try++ {
-		port := testkit.FreePort(t, "udp")
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		addr := next()
+		host, port, _ := net.SplitHostPort(addr)
 		// -n: foreground; -e: allow ranges like 0.0.0.0/0; -t: a short TTL
 		// for the answers; -c: do not poll the files.
 		p := startProc(t, bin, "-n", "-e", "-a", "-t", "300", "-c", "1h",
-			"-w", dir, "-b", "127.0.0.1/"+strconv.Itoa(port),
+			"-w", dir, "-b", host+"/"+port,
 			zoneBlock+":ip4set:bl4", zoneBlock+":ip6trie:bl6",
 			zoneAllow+":ip4set:wl4", zoneDyn+":ip4set:pbl4",
 			zoneError+":ip4trie:err4", zoneError+":ip6trie:err6")

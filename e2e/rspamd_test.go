@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"testing"
+	"time"
 
 	gomilter "github.com/emersion/go-milter"
 
@@ -139,10 +141,16 @@ func TestRspamdComparable(t *testing.T) {
 }
 
 // milterMessage sends one message from ip through the milter at addr and
-// returns the milter's last answer.
+// returns the milter's last answer. Each step has milterStepTimeout (longer
+// than rspamd's task_timeout), so a filter that stops answering fails the
+// test instead of holding it until the suite's -timeout.
 func milterMessage(t *testing.T, addr, ip string) *gomilter.Action {
 	t.Helper()
+	const milterStepTimeout = 15 * time.Second
 	c := gomilter.NewClientWithOptions("tcp", addr, gomilter.ClientOptions{
+		Dialer:       &net.Dialer{Timeout: milterStepTimeout},
+		ReadTimeout:  milterStepTimeout,
+		WriteTimeout: milterStepTimeout,
 		ActionMask:   gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptQuarantine,
 		ProtocolMask: gomilter.OptNoConnect | gomilter.OptNoHelo | gomilter.OptNoMailFrom | gomilter.OptNoRcptTo | gomilter.OptNoBody | gomilter.OptNoHeaders | gomilter.OptNoEOH,
 	})

@@ -110,14 +110,17 @@ func TestSendmail(t *testing.T) {
 	b := startBlmilter(t, blmilterOpts{DNS: dns, Bin: os.Getenv(envBlmilterBin), NoPolicyd: true})
 	addr := startSendmail(t, b.Milter)
 	for _, c := range sendmailCases {
+		var failed error
 		t.Run(c.name, func(t *testing.T) {
 			r, err := session(addr, sessionOpts{Local: c.client, Rcpt: c.rcpt})
 			if err != nil {
+				failed = err
 				t.Fatalf("session from %s: %v", c.client, err)
 			}
 			t.Logf("%s rcpt %s: %v", c.client, c.rcpt, r)
 			checkReply(t, c, r)
 		})
+		stopIfNoReply(t, failed)
 	}
 	checkMessagesAndProtocol(t, b, addr, sessionOpts{Local: clientClean})
 	// F=T in contrib/sendmail/blmilter.mc: with blmilter gone, Sendmail
