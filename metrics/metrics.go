@@ -261,7 +261,7 @@ func (m *Metrics) SetStoreUp(up bool) {
 
 // PanicServers are the servers blmilter_panics_total counts, each present
 // from the start with 0.
-var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store"}
+var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store", "zone"}
 
 // Panic counts one panic recovered in a goroutine serving a client of
 // server (one of PanicServers).

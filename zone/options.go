@@ -101,6 +101,10 @@ type Options struct {
 	// before the zone serves it (store.SetZoneSerial). An error is logged;
 	// the change is served all the same.
 	OnSerial func(serial uint32, digest string) error
+	// OnPanic, when set, is called once for every panic recovered while
+	// answering a query (for blmilter_panics_total); the Panics counter of
+	// Stats counts them too.
+	OnPanic func()
 
 	Logger *slog.Logger
 

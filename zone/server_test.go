@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -625,9 +626,13 @@ func TestUDPBurst(t *testing.T) {
 
 // TestPanicEndsOneQuery serves a broken snapshot (a tree whose root is
 // out of range, which no build makes): the queries that touch it are
-// dropped and counted, over UDP and TCP, and the server goes on.
+// dropped and counted, over UDP and TCP, OnPanic is told of each, and the
+// server goes on.
 func TestPanicEndsOneQuery(t *testing.T) {
-	ts := startServer(t, testOptions(), serverListings)
+	opts := testOptions()
+	var told atomic.Int32
+	opts.OnPanic = func() { told.Add(1) }
+	ts := startServer(t, opts, serverListings)
 	good := ts.snap.Load()
 	broken := *good
 	broken.b = &built{tree: &tree{root: 1 << 20}, digest: good.b.digest}
@@ -642,6 +647,9 @@ func TestPanicEndsOneQuery(t *testing.T) {
 	}
 	if got := ts.Stats().Panics; got != 2 {
 		t.Errorf("Panics = %d, want 2", got)
+	}
+	if got := told.Load(); got != 2 {
+		t.Errorf("OnPanic called %d times, want 2", got)
 	}
 	if !strings.Contains(ts.log.String(), "panic answering a query") {
 		t.Error("the panic is not logged")
