@@ -3,7 +3,8 @@
 // free loopback ports, a buffer goroutines may write while a test reads
 // it, and a real group with a client in it for unix socket tests. Its
 // subpackage testengine builds a policy engine from TOML against the
-// in-process DNS server. testkit imports no blmilter package but dnsbl,
+// in-process DNS server; miltertest negotiates with a milter as Postfix
+// does. testkit imports no blmilter package but dnsbl,
 // so the tests of the lowest packages (cache) can use it too.
 package testkit
 
