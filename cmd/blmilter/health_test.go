@@ -399,6 +399,10 @@ func TestStartDoesNotWaitForeverForProbes(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^Slow .*NOT YET CHECKED`).MatchString(out) || !regexp.MustCompile(`(?m)^Good .*healthy`).MatchString(out) {
 		t.Errorf("blmilter stats does not show Slow as not yet checked and Good as healthy:\n%s", out)
 	}
+	// Slow's answer counts as unproven: neither listed nor degraded.
+	if !regexp.MustCompile(`(?m)^Slow\s+0\s+0\s+0\s+0\s+1\s`).MatchString(out) {
+		t.Errorf("blmilter stats does not count Slow's answer as unproven:\n%s", out)
+	}
 	if page := httpGet(t, "http://"+webAddr+"/ip/198.18.7.7"); !strings.Contains(page, "not yet checked") {
 		t.Errorf("the lookup page does not say the list is not yet checked:\n%s", page)
 	}

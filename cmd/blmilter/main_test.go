@@ -299,7 +299,7 @@ func TestServe(t *testing.T) {
 	}
 	// blmilter stats reads the same counters through the admin API.
 	code, out, errs := runCLI("stats", "-url", "http://"+td.addr("web"), "-token", "t0ken-t0ken-t0ken-t0ken-t0ken-t0ken")
-	if code != 0 || !strings.Contains(out, "reject 1") || !regexp.MustCompile(`Test ZEN\s+1\s+0\s+0\s+0\s+1\s+1\s+0\s+healthy`).MatchString(out) {
+	if code != 0 || !strings.Contains(out, "reject 1") || !regexp.MustCompile(`Test ZEN\s+1\s+0\s+0\s+0\s+0\s+1\s+1\s+0\s+healthy`).MatchString(out) {
 		t.Errorf("stats: exit %d\n%s%s", code, out, errs)
 	}
 	if code, _, errs := runCLI("stats", "-url", "http://"+td.addr("web"), "-token", "wrong"); code == 0 || !strings.Contains(errs, "401") {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -86,18 +87,21 @@ func zoneSerial(t *testing.T, addr string) uint32 {
 // serve runs the zone from the store: a listing added or removed by the
 // command line (another process, as far as the daemon's store knows), and
 // one that expires, are served within 2 s; the serial moves on and is
-// kept in the store; a reload applies the zone's live settings.
+// kept in the store; a reload applies the zone's live settings; blmilter
+// stats shows what the zone answered.
 func TestZoneServedFromStore(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "blmilter.db")
 	// A fixed port, so that zone status can ask it.
-	cfg := zoneTestConfig(dir, "").with("[zone]", fmt.Sprintf("listen = [%q]", freeDNSAddr(t)))
+	const token = "0123456789abcdef0123456789abcdef"
+	cfg := zoneTestConfig(dir, "").with("[zone]", fmt.Sprintf("listen = [%q]", freeDNSAddr(t))).
+		with("[web]", `listen = "127.0.0.1:0"`).with("[web]", fmt.Sprintf("admin_token = %q", token))
 	path := filepath.Join(dir, "blmilter.toml")
 	// The store exists before the daemon opens it, as after "list add -create".
 	if code, _, errs := runCLI("list", "add", "-create", "-db", db, "192.0.2.1"); code != 0 {
 		t.Fatal(errs)
 	}
-	td := startTestDaemon(t, path, cfg.String(), 2)
+	td := startTestDaemon(t, path, cfg.String(), 3)
 	addr := td.addr("zone")
 	const name = "7.100.51.198.bl.test."
 	first := zoneSerial(t, addr)
@@ -164,6 +168,23 @@ func TestZoneServedFromStore(t *testing.T) {
 	r = askZone(t, addr, "1.2.0.192.bl.test.", dns.TypeA)
 	if zoneA(r) != "127.0.0.33" || r.Answer[0].Header().Ttl != 30 {
 		t.Errorf("after the reload: %v", r.Answer)
+	}
+
+	code, out, errs = runCLI("stats", "-url", "http://"+td.addr("web"), "-token", token)
+	if code != 0 {
+		t.Fatalf("stats: exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		fmt.Sprintf(`(?m)^zone: serial %d$`, zoneSerial(t, addr)),
+		`(?m)^  queries\s+udp [1-9]\d*, tcp 0$`,
+		`(?m)^  answers\s+listed [1-9]\d*, nxdomain [1-9]\d*, nodata 0, refused 0, truncated 0, formerr 0, dropped 0$`,
+		`(?m)^  transfers\s+axfr 0, ixfr 0 \(0 of them the whole zone\), refused 0, failed 0$`,
+		`(?m)^  notify\s+acked 0, given up 0$`,
+		`(?m)^  panics\s+0$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("stats lacks %s:\n%s", want, out)
+		}
 	}
 }
 
