@@ -501,7 +501,15 @@ func (p *parser) validateListen(key, s string, milter bool) {
 // placeholders the reply templates may use.
 var placeholders = []string{"{ip}", "{list}", "{category}", "{url}", "{ref}"}
 
+// template checks a reply template.
 func (p *parser) template(key, s string) {
+	p.checkTemplate(key, s, placeholders, maxReplyTemplate, "is %d characters; keep it under %d so the SMTP line stays short")
+}
+
+// checkTemplate checks a text with {placeholders}: not empty, one line of
+// printable characters, at most maxLen bytes (tooLong says why, given
+// the length and maxLen), and no placeholder but known.
+func (p *parser) checkTemplate(key, s string, known []string, maxLen int, tooLong string) {
 	if strings.TrimSpace(s) == "" {
 		p.addf(key, "must not be empty")
 		return
@@ -509,23 +517,22 @@ func (p *parser) template(key, s string) {
 	if hasControl(s) {
 		p.addf(key, "must not contain line breaks or control characters")
 	}
-	if len(s) > maxReplyTemplate {
-		p.addf(key, "is %d characters; keep it under %d so the SMTP line stays short", len(s), maxReplyTemplate)
+	if len(s) > maxLen {
+		p.addf(key, tooLong, len(s), maxLen)
 	}
 	rest := s
 	for {
 		i := strings.IndexByte(rest, '{')
 		if i < 0 {
-			break
+			return
 		}
 		j := strings.IndexByte(rest[i:], '}')
 		if j < 0 {
 			p.addf(key, "has an unclosed '{'")
-			break
+			return
 		}
-		ph := rest[i : i+j+1]
-		if !slices.Contains(placeholders, ph) {
-			p.addf(key, "unknown placeholder %s; use %s", ph, strings.Join(placeholders, " "))
+		if ph := rest[i : i+j+1]; !slices.Contains(known, ph) {
+			p.addf(key, "unknown placeholder %s; use %s", ph, strings.Join(known, " "))
 		}
 		rest = rest[i+j+1:]
 	}
