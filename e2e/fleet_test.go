@@ -23,6 +23,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
 )
 
@@ -65,7 +66,7 @@ func TestFleet(t *testing.T) {
 	xfrSecret := make([]byte, 32)
 	rand.Read(xfrSecret)
 	writeFile(t, xfrKey, fmt.Sprintf("key \"xfr.fleet.test\" {\n\talgorithm hmac-sha256;\n\tsecret \"%s\";\n};\n", base64.StdEncoding.EncodeToString(xfrSecret)))
-	nsdPort := freeDNSPort(t)
+	nsdPort := testkit.FreeDNSPort(t)
 
 	// Node A: the store, the zone on port 53, the lookup service.
 	webA := testkit.FreeAddr(t)
@@ -347,24 +348,7 @@ func startSecondaryFromContrib(t *testing.T, port int, secret []byte) string {
 		}
 		snippet = strings.ReplaceAll(snippet, from, to)
 	}
-	conf := fmt.Sprintf(`server:
-	ip-address: 127.0.0.1@%d
-	port: %d
-	username: ""
-	chroot: ""
-	zonesdir: %q
-	database: ""
-	zonelistfile: %q
-	xfrdfile: %q
-	xfrdir: %q
-	pidfile: %q
-	verbosity: 2
-remote-control:
-	control-enable: no
-`, port, port, dir, filepath.Join(dir, "zone.list"), filepath.Join(dir, "xfrd.state"), dir, filepath.Join(dir, "nsd.pid")) + snippet
-	writeFile(t, filepath.Join(dir, "nsd.conf"), conf)
-	run(t, tool("nsd-checkconf"), filepath.Join(dir, "nsd.conf"))
-	p := startProc(t, tool("nsd"), "-d", "-c", filepath.Join(dir, "nsd.conf"))
+	p := startNSDConf(t, dir, nsdServerConf(dir, port)+snippet)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	testkit.WaitFor(t, "NSD to take the zone", 10*time.Second, func() error {
 		if !p.running() {
@@ -384,12 +368,7 @@ func dnsA(addr, name string) string {
 	if err != nil {
 		return ""
 	}
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			return a.A.String()
-		}
-	}
-	return ""
+	return dnstest.AnswerA(r)
 }
 
 func httpGet(t *testing.T, u string) string {
@@ -421,7 +400,7 @@ func httpGet(t *testing.T, u string) string {
 func TestContribKnotSecondary(t *testing.T) {
 	need(t, "knotc")
 	dir := tempDir(t, "knot")
-	conf := fmt.Sprintf("server:\n    rundir: %q\n    listen: 127.0.0.1@%d\ndatabase:\n    storage: %q\n", dir, freeDNSPort(t), dir) +
+	conf := fmt.Sprintf("server:\n    rundir: %q\n    listen: 127.0.0.1@%d\ndatabase:\n    storage: %q\n", dir, testkit.FreeDNSPort(t), dir) +
 		contribSnippet(t, "knot/secondary.conf", "192.0.2.53@53", "192.0.2.53@53")
 	writeFile(t, filepath.Join(dir, "knot.conf"), conf)
 	run(t, tool("knotc"), "-c", filepath.Join(dir, "knot.conf"), "conf-check")
