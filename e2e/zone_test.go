@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -234,27 +233,15 @@ func askDNS(addr, name string) dnsAnswer {
 // zoneAddrs are the addresses to compare: every boundary of the listings
 // (first, last, and just outside) and the test points.
 func zoneAddrs(ls []store.Listing) []netip.Addr {
-	var addrs []netip.Addr
+	var also []netip.Addr
 	for _, s := range []string{"127.0.0.1", "127.0.0.2", "127.0.0.3", "::ffff:7f00:1", "::ffff:7f00:2", "::ffff:7f00:3", "198.51.100.1", "2001:db9::1"} {
-		addrs = append(addrs, netip.MustParseAddr(s))
+		also = append(also, netip.MustParseAddr(s))
 	}
+	var ps []netip.Prefix
 	for _, l := range ls {
-		first := l.Prefix.Masked().Addr()
-		b := first.AsSlice()
-		for i := l.Prefix.Bits(); i < len(b)*8; i++ {
-			b[i/8] |= 0x80 >> (i % 8)
-		}
-		last, _ := netip.AddrFromSlice(b)
-		addrs = append(addrs, first, last)
-		if p := first.Prev(); p.IsValid() {
-			addrs = append(addrs, p)
-		}
-		if n := last.Next(); n.IsValid() {
-			addrs = append(addrs, n)
-		}
+		ps = append(ps, l.Prefix)
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	return slices.Compact(addrs)
+	return testkit.Boundaries(ps, also...)
 }
 
 // zoneNames are the names of zoneAddrs, and names above and below

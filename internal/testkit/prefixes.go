@@ -3,6 +3,7 @@ package testkit
 import (
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 )
 
 // ListingPrefixes returns n distinct prefixes the way a real block list's
@@ -46,4 +47,29 @@ func ListingPrefixes(n int, seed uint64) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// Boundaries are the addresses where answers about prefixes may change:
+// the first and last address of each prefix and the addresses just
+// outside it, with also, sorted and without repeats. A test compares
+// two servers' answers at these.
+func Boundaries(prefixes []netip.Prefix, also ...netip.Addr) []netip.Addr {
+	out := slices.Clone(also)
+	for _, p := range prefixes {
+		first := p.Masked().Addr()
+		b := first.AsSlice()
+		for i := p.Bits(); i < len(b)*8; i++ {
+			b[i/8] |= 0x80 >> (i % 8)
+		}
+		last, _ := netip.AddrFromSlice(b)
+		out = append(out, first, last)
+		if prev := first.Prev(); prev.IsValid() {
+			out = append(out, prev)
+		}
+		if next := last.Next(); next.IsValid() {
+			out = append(out, next)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
