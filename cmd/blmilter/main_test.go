@@ -407,29 +407,4 @@ func TestCheckAsksTheSiteList(t *testing.T) {
 	}
 }
 
-// serve warns when the site's own list has listings that no list uses.
-func TestServeWarnsAboutUnusedStore(t *testing.T) {
-	s := dnstest.Start(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "blmilter.toml")
-	writeFile(t, path, testConfig(s, dir, ""))
-	if code, _, errs := runCLI("list", "add", "192.0.2.50", "-db", filepath.Join(dir, "blmilter.db"), "-create"); code != 0 {
-		t.Fatalf("list add: %s", errs)
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &testkit.Buffer{}
-	d := newDaemon(path, slog.New(slog.NewTextHandler(logs, nil)))
-	closeStore, err := d.openStore(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeStore()
-	if !strings.Contains(logs.String(), "the site's own list refuses no mail") {
-		t.Errorf("no warning at start: %s", logs.String())
-	}
-}
-
 func TestMain(m *testing.M) { os.Exit(testkit.Main(m)) }

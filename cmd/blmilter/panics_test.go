@@ -194,12 +194,3 @@ func TestMetricsListenerLimits(t *testing.T) {
 	}
 	t.Error("a client sending its header a byte a second kept the connection 20 s")
 }
-
-func getStatus(t *testing.T, url string) (int, string) {
-	t.Helper()
-	code, body, err := getURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return code, body
-}
