@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -371,27 +372,30 @@ func dnsA(addr, name string) string {
 	return dnstest.AnswerA(r)
 }
 
+// httpGet fetches u, which must answer 200 OK, and returns the body.
 func httpGet(t *testing.T, u string) string {
 	t.Helper()
 	c := &http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get(u)
+	return okBody(t, "GET "+u, resp, err)
+}
+
+// okBody returns the body of an answer that must be 200 OK; what names
+// the request when it is not.
+func okBody(t *testing.T, what string, resp *http.Response, err error) string {
+	t.Helper()
 	if err != nil {
-		t.Fatalf("GET %s: %v", u, err)
+		t.Fatalf("%s: %v", what, err)
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32*1024)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s: reading the answer: %v", what, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %d\n%s", u, resp.StatusCode, b.String())
+		t.Fatalf("%s: %d\n%s", what, resp.StatusCode, body)
 	}
-	return b.String()
+	return string(body)
 }
 
 // contrib/knot/secondary.conf is a configuration Knot accepts, and its
