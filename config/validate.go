@@ -330,16 +330,21 @@ func (p *parser) validateList(c *Config, i int, names map[string]int) {
 	p.parseCodes(l, k("codes"))
 }
 
-func (p *parser) parseAllow(pol *PolicyConfig) {
-	pol.allow = nil
-	for i, s := range pol.Allow {
+func (p *parser) parseAllow(pol *PolicyConfig) { pol.allow = p.nets("policy.allow", pol.Allow) }
+
+// nets parses each of list as a network (parseNet); a bad one is a
+// problem of key[i] and left out.
+func (p *parser) nets(key string, list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, s := range list {
 		pfx, err := parseNet(s)
 		if err != nil {
-			p.addf(fmt.Sprintf("policy.allow[%d]", i), "%v", err)
+			p.addf(fmt.Sprintf("%s[%d]", key, i), "%v", err)
 			continue
 		}
-		pol.allow = append(pol.allow, pfx)
+		out = append(out, pfx)
 	}
+	return out
 }
 
 // parseCodes turns a list's codes table into rules with policy's parser.

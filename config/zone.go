@@ -142,14 +142,7 @@ func (p *parser) validateZone(z *ZoneConfig) {
 
 	p.checkTemplate("zone.txt", z.TXT, zoneTXTPlaceholders, maxZoneTXT, "is %d bytes; a TXT string holds at most %d")
 
-	for i, s := range z.Transfer {
-		pfx, err := parseNet(s)
-		if err != nil {
-			p.addf(fmt.Sprintf("zone.transfer[%d]", i), "%v", err)
-			continue
-		}
-		z.transfer = append(z.transfer, pfx)
-	}
+	z.transfer = p.nets("zone.transfer", z.Transfer)
 	for i, s := range z.Notify {
 		key := fmt.Sprintf("zone.notify[%d]", i)
 		if a, err := netip.ParseAddr(s); err == nil {
