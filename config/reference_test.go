@@ -189,19 +189,14 @@ duration has an upper bound, so a value that passes ` + "`config check`" + ` run
 func renderSection(b *strings.Builder, docs map[string]string, v reflect.Value, prefix string) {
 	t := v.Type()
 	var subs []func()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		key, ok := tomlKey(f)
-		if !ok {
-			continue
-		}
-		full := joinKey(prefix, key)
+	for _, f := range fileFields(t, prefix) {
+		full := f.key
 		switch {
 		case isSection(f.Type):
 			subs = append(subs, func() {
 				fmt.Fprintf(b, "\n## [%s]\n\n", full)
 				writeText(b, sectionDoc(docs[f.Type.Name()]))
-				renderSection(b, docs, v.Field(i), full)
+				renderSection(b, docs, v.Field(f.index), full)
 			})
 		case isSectionList(f.Type):
 			subs = append(subs, func() {
@@ -210,7 +205,7 @@ func renderSection(b *strings.Builder, docs map[string]string, v reflect.Value, 
 				renderSection(b, docs, sampleList(), full)
 			})
 		default:
-			fmt.Fprintf(b, "- **`%s`**: %s, default `%s`, reload: %s.\n", key, typeName(f.Type), defaultText(v.Field(i)), f.Tag.Get("reload"))
+			fmt.Fprintf(b, "- **`%s`**: %s, default `%s`, reload: %s.\n", f.Tag.Get("toml"), typeName(f.Type), defaultText(v.Field(f.index)), f.Tag.Get("reload"))
 			writeIndented(b, docs[t.Name()+"."+f.Name])
 		}
 	}

@@ -38,15 +38,9 @@ func RestartChanges(running, next *Config) []Change {
 // diff calls changed for every leaf setting whose value differs. A leaf is
 // a field with a toml key that is not a section (a Duration is a leaf).
 func diff(a, b reflect.Value, prefix string, changed func(key, reload string, a, b reflect.Value)) {
-	t := a.Type()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		key, ok := tomlKey(f)
-		if !ok {
-			continue
-		}
-		key = joinKey(prefix, key)
-		fa, fb := a.Field(i), b.Field(i)
+	for _, f := range fileFields(a.Type(), prefix) {
+		key := f.key
+		fa, fb := a.Field(f.index), b.Field(f.index)
 		switch {
 		case isSection(f.Type):
 			diff(fa, fb, key, changed)
@@ -68,6 +62,26 @@ func diff(a, b reflect.Value, prefix string, changed func(key, reload string, a,
 			}
 		}
 	}
+}
+
+// fileField is a field of a config struct that is in the file.
+type fileField struct {
+	reflect.StructField
+	index int    // in the struct
+	key   string // the full key: "milter.read_timeout", "list.zone"
+}
+
+// fileFields are the fields of struct type t that are in the file, in
+// order, with their keys under prefix.
+func fileFields(t reflect.Type, prefix string) []fileField {
+	var out []fileField
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if key, ok := tomlKey(f); ok {
+			out = append(out, fileField{StructField: f, index: i, key: joinKey(prefix, key)})
+		}
+	}
+	return out
 }
 
 // tomlKey is a field's key; false for fields that are not in the file.
@@ -124,20 +138,14 @@ func Keys() []Key {
 	var out []Key
 	var walk func(t reflect.Type, prefix string)
 	walk = func(t reflect.Type, prefix string) {
-		for i := range t.NumField() {
-			f := t.Field(i)
-			key, ok := tomlKey(f)
-			if !ok {
-				continue
-			}
-			key = joinKey(prefix, key)
+		for _, f := range fileFields(t, prefix) {
 			switch {
 			case isSection(f.Type):
-				walk(f.Type, key)
+				walk(f.Type, f.key)
 			case isSectionList(f.Type):
-				walk(f.Type.Elem(), key)
+				walk(f.Type.Elem(), f.key)
 			default:
-				out = append(out, Key{Name: key, Reload: f.Tag.Get("reload"), Field: f})
+				out = append(out, Key{Name: f.key, Reload: f.Tag.Get("reload"), Field: f.StructField})
 			}
 		}
 	}

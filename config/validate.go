@@ -330,16 +330,21 @@ func (p *parser) validateList(c *Config, i int, names map[string]int) {
 	p.parseCodes(l, k("codes"))
 }
 
-func (p *parser) parseAllow(pol *PolicyConfig) {
-	pol.allow = nil
-	for i, s := range pol.Allow {
+func (p *parser) parseAllow(pol *PolicyConfig) { pol.allow = p.nets("policy.allow", pol.Allow) }
+
+// nets parses each of list as a network (parseNet); a bad one is a
+// problem of key[i] and left out.
+func (p *parser) nets(key string, list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, s := range list {
 		pfx, err := parseNet(s)
 		if err != nil {
-			p.addf(fmt.Sprintf("policy.allow[%d]", i), "%v", err)
+			p.addf(fmt.Sprintf("%s[%d]", key, i), "%v", err)
 			continue
 		}
-		pol.allow = append(pol.allow, pfx)
+		out = append(out, pfx)
 	}
+	return out
 }
 
 // parseCodes turns a list's codes table into rules with policy's parser.
@@ -501,7 +506,15 @@ func (p *parser) validateListen(key, s string, milter bool) {
 // placeholders the reply templates may use.
 var placeholders = []string{"{ip}", "{list}", "{category}", "{url}", "{ref}"}
 
+// template checks a reply template.
 func (p *parser) template(key, s string) {
+	p.checkTemplate(key, s, placeholders, maxReplyTemplate, "is %d characters; keep it under %d so the SMTP line stays short")
+}
+
+// checkTemplate checks a text with {placeholders}: not empty, one line of
+// printable characters, at most maxLen bytes (tooLong says why, given
+// the length and maxLen), and no placeholder but known.
+func (p *parser) checkTemplate(key, s string, known []string, maxLen int, tooLong string) {
 	if strings.TrimSpace(s) == "" {
 		p.addf(key, "must not be empty")
 		return
@@ -509,23 +522,22 @@ func (p *parser) template(key, s string) {
 	if hasControl(s) {
 		p.addf(key, "must not contain line breaks or control characters")
 	}
-	if len(s) > maxReplyTemplate {
-		p.addf(key, "is %d characters; keep it under %d so the SMTP line stays short", len(s), maxReplyTemplate)
+	if len(s) > maxLen {
+		p.addf(key, tooLong, len(s), maxLen)
 	}
 	rest := s
 	for {
 		i := strings.IndexByte(rest, '{')
 		if i < 0 {
-			break
+			return
 		}
 		j := strings.IndexByte(rest[i:], '}')
 		if j < 0 {
 			p.addf(key, "has an unclosed '{'")
-			break
+			return
 		}
-		ph := rest[i : i+j+1]
-		if !slices.Contains(placeholders, ph) {
-			p.addf(key, "unknown placeholder %s; use %s", ph, strings.Join(placeholders, " "))
+		if ph := rest[i : i+j+1]; !slices.Contains(known, ph) {
+			p.addf(key, "unknown placeholder %s; use %s", ph, strings.Join(known, " "))
 		}
 		rest = rest[i+j+1:]
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/dnsbl"
 )
 
 // Bounds of the [zone] and [fleet] keys.
@@ -131,23 +133,16 @@ func (p *parser) validateZone(z *ZoneConfig) {
 			p.addf(key, "must be an address such as \"127.0.0.4\", got %q", z.Codes[cat])
 			continue
 		}
-		if msg := zoneCodeProblem(a.Unmap()); msg != "" {
-			p.addf(key, "%s", msg)
+		if err := dnsbl.CheckListingCode(a); err != nil {
+			p.addf(key, "%v", err)
 			continue
 		}
 		z.codes[cat] = a
 	}
 
-	p.zoneTXT("zone.txt", z.TXT)
+	p.checkTemplate("zone.txt", z.TXT, zoneTXTPlaceholders, maxZoneTXT, "is %d bytes; a TXT string holds at most %d")
 
-	for i, s := range z.Transfer {
-		pfx, err := parseNet(s)
-		if err != nil {
-			p.addf(fmt.Sprintf("zone.transfer[%d]", i), "%v", err)
-			continue
-		}
-		z.transfer = append(z.transfer, pfx)
-	}
+	z.transfer = p.nets("zone.transfer", z.Transfer)
 	for i, s := range z.Notify {
 		key := fmt.Sprintf("zone.notify[%d]", i)
 		if a, err := netip.ParseAddr(s); err == nil {
@@ -178,52 +173,6 @@ func (p *parser) validateZone(z *ZoneConfig) {
 		default:
 			p.addf("zone.tsig.algorithm", "must be hmac-sha256, hmac-sha1, hmac-sha224, hmac-sha384 or hmac-sha512, got %q", k.Algorithm)
 		}
-	}
-}
-
-// zoneCodeProblem says why a DNS list's client would not take a as a
-// listing (RFC 5782 section 2.3; the zone server checks the same): "" when
-// it would.
-func zoneCodeProblem(a netip.Addr) string {
-	b := a.As4()
-	switch {
-	case !a.Is4() || b[0] != 127:
-		return fmt.Sprintf("%v is not in 127.0.0.0/8, where DNS list answers are", a)
-	case b[1] == 0 && b[2] == 0 && b[3] <= 1:
-		return fmt.Sprintf("%v is not a listing code: 127.0.0.1 is the RFC 5782 test point that is never listed", a)
-	case b[1] == 255 && b[2] == 255:
-		return fmt.Sprintf("%v is in 127.255.255.0/24, which clients take for a refusal of their resolver", a)
-	}
-	return ""
-}
-
-// zoneTXT checks the TXT template.
-func (p *parser) zoneTXT(key, s string) {
-	if strings.TrimSpace(s) == "" {
-		p.addf(key, "must not be empty")
-		return
-	}
-	if hasControl(s) {
-		p.addf(key, "must not contain line breaks or control characters")
-	}
-	if len(s) > maxZoneTXT {
-		p.addf(key, "is %d bytes; a TXT string holds at most %d", len(s), maxZoneTXT)
-	}
-	rest := s
-	for {
-		i := strings.IndexByte(rest, '{')
-		if i < 0 {
-			return
-		}
-		j := strings.IndexByte(rest[i:], '}')
-		if j < 0 {
-			p.addf(key, "has an unclosed '{'")
-			return
-		}
-		if ph := rest[i : i+j+1]; !slices.Contains(zoneTXTPlaceholders, ph) {
-			p.addf(key, "unknown placeholder %s; use %s", ph, strings.Join(zoneTXTPlaceholders, " "))
-		}
-		rest = rest[i+j+1:]
 	}
 }
 

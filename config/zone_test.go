@@ -85,6 +85,7 @@ func TestZoneFleetErrors(t *testing.T) {
 		{"soa expire", base + "[zone.soa]\nrefresh = \"2d\"\nexpire = \"1d\"\n", "zone.soa.expire", 7, "below zone.soa.refresh"},
 		{"soa minimum", base + "soa = { minimum = \"2d\" }\n", "zone.soa.minimum", 5, "at most 1d"},
 		{"code outside 127/8", base + "codes = { zombie = \"10.0.0.4\" }\n", "zone.codes.zombie", 5, "127.0.0.0/8"},
+		{"IPv6 code", base + "codes = { zombie = \"2001:db8::2\" }\n", "zone.codes.zombie", 5, "127.0.0.0/8"},
 		{"code 127.0.0.1", base + "codes = { zombie = \"127.0.0.1\" }\n", "zone.codes.zombie", 5, "test point"},
 		{"code refusal range", base + "codes = { zombie = \"127.255.255.254\" }\n", "zone.codes.zombie", 5, "127.255.255"},
 		{"code category", base + "codes = { \"Zombie Host\" = \"127.0.0.4\" }\n", `zone.codes."Zombie Host"`, 5, "non-empty word"},

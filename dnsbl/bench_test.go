@@ -4,31 +4,12 @@ import (
 	"context"
 	"net/netip"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit/benchcpu"
 )
-
-// reportRate adds lookups per second to a benchmark's figures, the unit
-// the DNS client is judged by next to its allocations per lookup, and the
-// CPU time per lookup (client and server, both in this process), which a
-// machine shared with other work disturbs less than the rate.
-func reportRate(b *testing.B, cpu0 time.Duration) {
-	if s := b.Elapsed().Seconds(); s > 0 {
-		b.ReportMetric(float64(b.N)/s, "lookups/s")
-	}
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/lookup")
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkLookup asks the in-process DNS server about one address at a
 // time: the cost of one lookup end to end, server included.
@@ -48,13 +29,13 @@ func BenchmarkLookup(b *testing.B) {
 	} {
 		b.Run(bb.name, func(b *testing.B) {
 			b.ReportAllocs()
-			cpu0 := cpuTime()
+			cpu := benchcpu.Start()
 			for b.Loop() {
 				if res := r.Lookup(context.Background(), bb.q); res.Status != bb.want {
 					b.Fatalf("Lookup = %v, %v", res.Status, res.Err)
 				}
 			}
-			reportRate(b, cpu0)
+			cpu.Report(b, "lookup")
 		})
 	}
 }
@@ -82,7 +63,7 @@ func BenchmarkLookupParallel(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(8) // sessions waiting on DNS, not CPU-bound workers
 			b.ResetTimer()
-			cpu0 := cpuTime()
+			cpu := benchcpu.Start()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					n := next.Add(1)
@@ -93,7 +74,7 @@ func BenchmarkLookupParallel(b *testing.B) {
 					}
 				}
 			})
-			reportRate(b, cpu0)
+			cpu.Report(b, "lookup")
 		})
 	}
 }

@@ -34,6 +34,7 @@ package dnsbl
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"time"
@@ -110,4 +111,25 @@ type Result struct {
 	TTL      time.Duration
 	Err      error         // set when Status is Error
 	Duration time.Duration // how long the lookup took
+}
+
+// CheckListingCode says why a list must not publish the A record a as a
+// listing code (RFC 5782 section 2.3), nil when it may: outside
+// 127.0.0.0/8 a client takes it for a resolver that rewrites NXDOMAIN, in
+// 127.255.255.0/24 for a refusal of its resolver, and 127.0.0.1 is the
+// test point that is never listed (127.0.0.0 is no code either).
+// blmilter's zone server and its config check both ask it.
+func CheckListingCode(a netip.Addr) error {
+	a = a.Unmap()
+	if !a.Is4() || a.As4()[0] != 127 {
+		return fmt.Errorf("%v is not in 127.0.0.0/8, where DNS list answers are", a)
+	}
+	b := a.As4()
+	switch {
+	case b[1] == 0 && b[2] == 0 && b[3] <= 1:
+		return fmt.Errorf("%v is not a listing code: 127.0.0.1 is the RFC 5782 test point that is never listed", a)
+	case b[1] == 255 && b[2] == 255:
+		return fmt.Errorf("%v is in 127.255.255.0/24, which clients take for a refusal of their resolver", a)
+	}
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -74,16 +73,7 @@ func startEvidence(t *testing.T, frontEnd string, o blmilterOpts) (*blmilter, *p
 // get fetches a page or API answer of the lookup service.
 func (b *blmilter) get(t *testing.T, path string) string {
 	t.Helper()
-	resp, err := http.Get(b.Web + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %d\n%s", path, resp.StatusCode, body)
-	}
-	return string(body)
+	return httpGet(t, b.Web+path)
 }
 
 // report is the part of /api/v1/ip/{ip} these tests read.
@@ -302,15 +292,7 @@ var (
 func (b *blmilter) post(t *testing.T, path string, form url.Values) string {
 	t.Helper()
 	resp, err := http.PostForm(b.Web+path, form)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("POST %s: %d\n%s", path, resp.StatusCode, body)
-	}
-	return string(body)
+	return okBody(t, "POST "+b.Web+path, resp, err)
 }
 
 // requestRemoval sends the removal form of ip's page.

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
 )
 
@@ -65,7 +67,7 @@ func TestFleet(t *testing.T) {
 	xfrSecret := make([]byte, 32)
 	rand.Read(xfrSecret)
 	writeFile(t, xfrKey, fmt.Sprintf("key \"xfr.fleet.test\" {\n\talgorithm hmac-sha256;\n\tsecret \"%s\";\n};\n", base64.StdEncoding.EncodeToString(xfrSecret)))
-	nsdPort := freeDNSPort(t)
+	nsdPort := testkit.FreeDNSPort(t)
 
 	// Node A: the store, the zone on port 53, the lookup service.
 	webA := testkit.FreeAddr(t)
@@ -347,24 +349,7 @@ func startSecondaryFromContrib(t *testing.T, port int, secret []byte) string {
 		}
 		snippet = strings.ReplaceAll(snippet, from, to)
 	}
-	conf := fmt.Sprintf(`server:
-	ip-address: 127.0.0.1@%d
-	port: %d
-	username: ""
-	chroot: ""
-	zonesdir: %q
-	database: ""
-	zonelistfile: %q
-	xfrdfile: %q
-	xfrdir: %q
-	pidfile: %q
-	verbosity: 2
-remote-control:
-	control-enable: no
-`, port, port, dir, filepath.Join(dir, "zone.list"), filepath.Join(dir, "xfrd.state"), dir, filepath.Join(dir, "nsd.pid")) + snippet
-	writeFile(t, filepath.Join(dir, "nsd.conf"), conf)
-	run(t, tool("nsd-checkconf"), filepath.Join(dir, "nsd.conf"))
-	p := startProc(t, tool("nsd"), "-d", "-c", filepath.Join(dir, "nsd.conf"))
+	p := startNSDConf(t, dir, nsdServerConf(dir, port)+snippet)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	testkit.WaitFor(t, "NSD to take the zone", 10*time.Second, func() error {
 		if !p.running() {
@@ -384,35 +369,33 @@ func dnsA(addr, name string) string {
 	if err != nil {
 		return ""
 	}
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			return a.A.String()
-		}
-	}
-	return ""
+	return dnstest.AnswerA(r)
 }
 
+// httpGet fetches u, which must answer 200 OK, and returns the body.
 func httpGet(t *testing.T, u string) string {
 	t.Helper()
 	c := &http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get(u)
+	return okBody(t, "GET "+u, resp, err)
+}
+
+// okBody returns the body of an answer that must be 200 OK; what names
+// the request when it is not.
+func okBody(t *testing.T, what string, resp *http.Response, err error) string {
+	t.Helper()
 	if err != nil {
-		t.Fatalf("GET %s: %v", u, err)
+		t.Fatalf("%s: %v", what, err)
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32*1024)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s: reading the answer: %v", what, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %d\n%s", u, resp.StatusCode, b.String())
+		t.Fatalf("%s: %d\n%s", what, resp.StatusCode, body)
 	}
-	return b.String()
+	return string(body)
 }
 
 // contrib/knot/secondary.conf is a configuration Knot accepts, and its
@@ -421,7 +404,7 @@ func httpGet(t *testing.T, u string) string {
 func TestContribKnotSecondary(t *testing.T) {
 	need(t, "knotc")
 	dir := tempDir(t, "knot")
-	conf := fmt.Sprintf("server:\n    rundir: %q\n    listen: 127.0.0.1@%d\ndatabase:\n    storage: %q\n", dir, freeDNSPort(t), dir) +
+	conf := fmt.Sprintf("server:\n    rundir: %q\n    listen: 127.0.0.1@%d\ndatabase:\n    storage: %q\n", dir, testkit.FreeDNSPort(t), dir) +
 		contribSnippet(t, "knot/secondary.conf", "192.0.2.53@53", "192.0.2.53@53")
 	writeFile(t, filepath.Join(dir, "knot.conf"), conf)
 	run(t, tool("knotc"), "-c", filepath.Join(dir, "knot.conf"), "conf-check")

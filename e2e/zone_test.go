@@ -10,12 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -140,7 +138,7 @@ func startZoneServer(t *testing.T, listings []store.Listing, o zoneServerOpts) *
 	for try := 0; ; try++ {
 		addr := o.addr
 		if addr == "" {
-			addr = "127.0.0.1:" + strconv.Itoa(freeDNSPort(t))
+			addr = "127.0.0.1:" + strconv.Itoa(testkit.FreeDNSPort(t))
 		}
 		if pc, err = net.ListenPacket("udp", addr); err == nil {
 			if l, err = net.Listen("tcp", addr); err == nil {
@@ -235,27 +233,15 @@ func askDNS(addr, name string) dnsAnswer {
 // zoneAddrs are the addresses to compare: every boundary of the listings
 // (first, last, and just outside) and the test points.
 func zoneAddrs(ls []store.Listing) []netip.Addr {
-	var addrs []netip.Addr
+	var also []netip.Addr
 	for _, s := range []string{"127.0.0.1", "127.0.0.2", "127.0.0.3", "::ffff:7f00:1", "::ffff:7f00:2", "::ffff:7f00:3", "198.51.100.1", "2001:db9::1"} {
-		addrs = append(addrs, netip.MustParseAddr(s))
+		also = append(also, netip.MustParseAddr(s))
 	}
+	var ps []netip.Prefix
 	for _, l := range ls {
-		first := l.Prefix.Masked().Addr()
-		b := first.AsSlice()
-		for i := l.Prefix.Bits(); i < len(b)*8; i++ {
-			b[i/8] |= 0x80 >> (i % 8)
-		}
-		last, _ := netip.AddrFromSlice(b)
-		addrs = append(addrs, first, last)
-		if p := first.Prev(); p.IsValid() {
-			addrs = append(addrs, p)
-		}
-		if n := last.Next(); n.IsValid() {
-			addrs = append(addrs, n)
-		}
+		ps = append(ps, l.Prefix)
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	return slices.Compact(addrs)
+	return testkit.Boundaries(ps, also...)
 }
 
 // zoneNames are the names of zoneAddrs, and names above and below
@@ -289,31 +275,6 @@ func compareServers(t *testing.T, what, want, got string, names []string, exact 
 			t.Fatal("too many differences")
 		}
 	}
-}
-
-// freeDNSPort returns a loopback port free for both UDP and TCP, below
-// the ephemeral range: a port there could be the local end of some
-// connection by the time a DNS server binds it, and NSD, unlike Go, does
-// not reuse an address.
-func freeDNSPort(t *testing.T) int {
-	t.Helper()
-	for range 100 {
-		port := 20000 + mrand.IntN(12000)
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		l, err := net.Listen("tcp", addr)
-		pc.Close()
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return port
-	}
-	t.Fatal("no free port for a DNS server")
-	return 0
 }
 
 func newKey(t *testing.T) *zone.TSIG {
@@ -410,9 +371,29 @@ type secondaryOpts struct {
 func startNSD(t *testing.T, o secondaryOpts) *secondary {
 	t.Helper()
 	dir := tempDir(t, "nsd")
-	port := freeDNSPort(t)
+	port := testkit.FreeDNSPort(t)
 	s := &secondary{name: "NSD", addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir}
-	conf := fmt.Sprintf(`server:
+	conf := nsdServerConf(dir, port)
+	if o.key != nil {
+		conf += fmt.Sprintf("key:\n\tname: %s\n\talgorithm: %s\n\tsecret: %q\n", o.key.Name, o.key.Algorithm, base64.StdEncoding.EncodeToString(o.key.Secret))
+	}
+	conf += fmt.Sprintf("zone:\n\tname: %s\n", zoneName)
+	if o.primary != "" {
+		host, p, _ := net.SplitHostPort(o.primary)
+		conf += fmt.Sprintf("\tzonefile: %q\n\trequest-xfr: %s@%s %s\n\tallow-notify: %s %s\n",
+			filepath.Join(dir, "secondary.zone"), host, p, o.key.Name, host, o.key.Name)
+	} else {
+		conf += fmt.Sprintf("\tzonefile: %q\n", o.zoneFile)
+	}
+	s.p = startNSDConf(t, dir, conf)
+	return s
+}
+
+// nsdServerConf is the server part of an NSD config that keeps its files
+// in dir, runs as the test's user and answers on 127.0.0.1:port; keys and
+// zones follow it.
+func nsdServerConf(dir string, port int) string {
+	return fmt.Sprintf(`server:
 	ip-address: 127.0.0.1@%d
 	port: %d
 	username: ""
@@ -430,27 +411,22 @@ func startNSD(t *testing.T, o secondaryOpts) *secondary {
 remote-control:
 	control-enable: no
 `, port, port, dir, filepath.Join(dir, "zone.list"), filepath.Join(dir, "xfrd.state"), dir, filepath.Join(dir, "nsd.pid"))
-	if o.key != nil {
-		conf += fmt.Sprintf("key:\n\tname: %s\n\talgorithm: %s\n\tsecret: %q\n", o.key.Name, o.key.Algorithm, base64.StdEncoding.EncodeToString(o.key.Secret))
-	}
-	conf += fmt.Sprintf("zone:\n\tname: %s\n", zoneName)
-	if o.primary != "" {
-		host, p, _ := net.SplitHostPort(o.primary)
-		conf += fmt.Sprintf("\tzonefile: %q\n\trequest-xfr: %s@%s %s\n\tallow-notify: %s %s\n",
-			filepath.Join(dir, "secondary.zone"), host, p, o.key.Name, host, o.key.Name)
-	} else {
-		conf += fmt.Sprintf("\tzonefile: %q\n", o.zoneFile)
-	}
-	writeFile(t, filepath.Join(dir, "nsd.conf"), conf)
-	run(t, tool("nsd-checkconf"), filepath.Join(dir, "nsd.conf"))
-	s.p = startProc(t, tool("nsd"), "-d", "-c", filepath.Join(dir, "nsd.conf"))
-	return s
+}
+
+// startNSDConf writes conf to dir/nsd.conf, has nsd-checkconf accept it
+// and runs NSD with it until the test ends.
+func startNSDConf(t *testing.T, dir, conf string) *proc {
+	t.Helper()
+	path := filepath.Join(dir, "nsd.conf")
+	writeFile(t, path, conf)
+	run(t, tool("nsd-checkconf"), path)
+	return startProc(t, tool("nsd"), "-d", "-c", path)
 }
 
 func startKnot(t *testing.T, o secondaryOpts) *secondary {
 	t.Helper()
 	dir := tempDir(t, "knot")
-	port := freeDNSPort(t)
+	port := testkit.FreeDNSPort(t)
 	s := &secondary{name: "Knot", addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir}
 	conf := fmt.Sprintf(`server:
     rundir: %q
@@ -542,7 +518,7 @@ func TestZoneSecondaries(t *testing.T) {
 		// The secondary's port must be known before the zone server
 		// starts, for NOTIFY: start the secondary first, with the zone
 		// server's address reserved.
-		primaryAddr := "127.0.0.1:" + strconv.Itoa(freeDNSPort(t))
+		primaryAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreeDNSPort(t))
 		sec := start(t, secondaryOpts{primary: primaryAddr, key: key})
 		t.Run(sec.name, func(t *testing.T) {
 			zs := startZoneServer(t, zoneListings, zoneServerOpts{key: key, notify: []string{sec.addr}, addr: primaryAddr})
@@ -623,7 +599,7 @@ func TestZoneExports(t *testing.T) {
 
 	t.Run("rbldnsd", func(t *testing.T) {
 		file := export(zone.FormatRbldnsd)
-		port := freeDNSPort(t)
+		port := testkit.FreeDNSPort(t)
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		p := startProc(t, tool("rbldnsd"), "-n", "-e", "-t", "300", "-c", "1h", "-b", "127.0.0.1/"+strconv.Itoa(port),
 			strings.TrimSuffix(zoneName, ".")+":combined:"+file)

@@ -21,39 +21,13 @@ import (
 	"github.com/blmilter/blmilter/zone"
 )
 
-// perfListings makes n distinct listings as a real list looks: mostly
-// single IPv4 addresses, /24s and a few shorter networks, some IPv6.
+// perfListings makes n distinct listings as a real list looks (see
+// testkit.ListingPrefixes).
 func perfListings(n int) []zone.Listing {
-	rng := rand.New(rand.NewPCG(42, 7))
 	cats := []string{"zombie", "dynamic", "spam-source"}
-	seen := map[netip.Prefix]bool{}
-	var out []zone.Listing
-	for len(out) < n {
-		var p netip.Prefix
-		switch r := rng.IntN(100); {
-		case r < 70:
-			p = netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(11 + rng.IntN(180)), byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))}), 32)
-		case r < 85:
-			p, _ = netip.AddrFrom4([4]byte{byte(11 + rng.IntN(180)), byte(rng.IntN(256)), byte(rng.IntN(256)), 0}).Prefix(24)
-		case r < 90:
-			p, _ = netip.AddrFrom4([4]byte{byte(11 + rng.IntN(180)), byte(rng.IntN(256)), byte(rng.IntN(256)), 0}).Prefix(20 + rng.IntN(4))
-		case r < 95:
-			var b [16]byte
-			b[0], b[1] = 0x2a, 0x02
-			for i := 2; i < 16; i++ {
-				b[i] = byte(rng.IntN(256))
-			}
-			p = netip.PrefixFrom(netip.AddrFrom16(b), 128)
-		default:
-			var b [16]byte
-			b[0], b[1], b[2], b[3], b[4], b[5] = 0x2a, 0x02, byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))
-			p, _ = netip.AddrFrom16(b).Prefix(48 + 4*rng.IntN(5))
-		}
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		out = append(out, zone.Listing{Prefix: p, Category: cats[rng.IntN(len(cats))], Reason: fmt.Sprintf("evidence-%d", rng.IntN(1000000))})
+	out := make([]zone.Listing, n)
+	for i, p := range testkit.ListingPrefixes(n, 42) {
+		out[i] = zone.Listing{Prefix: p, Category: cats[i%len(cats)], Reason: fmt.Sprintf("evidence-%d", i)}
 	}
 	return out
 }
@@ -143,11 +117,11 @@ func TestZonePerf(t *testing.T) {
 	queries := filepath.Join(dir, "queries.txt")
 	writeFile(t, queries, strings.Join(perfQueries(ls, 200000, name), "\n")+"\n")
 
-	rport := freeDNSPort(t)
+	rport := testkit.FreeDNSPort(t)
 	rbl := startProc(t, tool("rbldnsd"), "-n", "-e", "-t", "300", "-c", "1h", "-b", "127.0.0.1/"+strconv.Itoa(rport),
 		name+":combined:"+filepath.Join(dir, "rbldnsd.zone"))
 	raddr := "127.0.0.1:" + strconv.Itoa(rport)
-	zport := freeDNSPort(t)
+	zport := testkit.FreeDNSPort(t)
 	zaddr := "127.0.0.1:" + strconv.Itoa(zport)
 	zs := startProc(t, testkit.Binary(t, "github.com/blmilter/blmilter/e2e/zoneserve"), "-listen", zaddr, "-zone", name, "-listings", filepath.Join(dir, "listings.txt"))
 	for _, s := range []struct {

@@ -542,7 +542,7 @@ func (m *Monitor) ObserveCheck(policy.Verdict) {}
 // ObserveAnswer feeds the hit-ratio alarm with one real answer of a list
 // (policy.Observer). Only DNS answers count, not cached ones: the ratio is
 // over distinct clients. Errors say nothing about the ratio.
-func (m *Monitor) ObserveAnswer(list, result string, _ bool, _ time.Duration) {
+func (m *Monitor) ObserveAnswer(list, result string, _ policy.ListState, _ time.Duration) {
 	if result != "listed" && result != "clean" {
 		return
 	}

@@ -41,7 +41,7 @@ func Build(entries []Entry) *List {
 	}
 	items := make([]item, 0, len(entries))
 	for i, e := range entries {
-		p, ok := normalize(e.Prefix)
+		p, ok := Canonical(e.Prefix)
 		if !ok {
 			continue
 		}
@@ -70,9 +70,11 @@ func Build(entries []Entry) *List {
 	return l
 }
 
-// normalize masks p and unmaps IPv4-mapped IPv6 prefixes of /96 or longer
-// (those that lie wholly inside ::ffff:0:0/96).
-func normalize(p netip.Prefix) (netip.Prefix, bool) {
+// Canonical masks p, drops an IPv6 zone and unmaps IPv4-mapped IPv6
+// prefixes of /96 or longer (those that lie wholly inside ::ffff:0:0/96),
+// as the lists hold them and the site's zone publishes them; false for an
+// invalid prefix.
+func Canonical(p netip.Prefix) (netip.Prefix, bool) {
 	if !p.IsValid() {
 		return netip.Prefix{}, false
 	}

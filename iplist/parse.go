@@ -163,7 +163,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	if m := p.Masked(); m != p {
 		return netip.Prefix{}, fmt.Errorf("%s has bits set beyond its /%d: write %s for the whole network, or the address alone", s, p.Bits(), m)
 	}
-	p, _ = normalize(p)
+	p, _ = Canonical(p)
 	return p, nil
 }
 

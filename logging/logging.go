@@ -119,8 +119,9 @@ type errorWindow struct {
 // end's.
 func (l *ListErrors) ObserveCheck(policy.Verdict) {}
 
-// ObserveAnswer logs a list error, rate-limited per list.
-func (l *ListErrors) ObserveAnswer(list, result string, degraded bool, took time.Duration) {
+// ObserveAnswer logs a list error, rate-limited per list, with the list's
+// health state then (healthy, degraded, unproven: not yet checked).
+func (l *ListErrors) ObserveAnswer(list, result string, state policy.ListState, took time.Duration) {
 	if result != "error" {
 		return
 	}
@@ -151,5 +152,5 @@ func (l *ListErrors) ObserveAnswer(list, result string, degraded bool, took time
 	w.last, w.suppressed = t, 0
 	l.mu.Unlock()
 	l.Log.Warn("list error: the list did not answer for a client; never counted as a listing",
-		"list", list, "degraded", degraded, "took", took, "errors_since_last_line", suppressed+1)
+		"list", list, "list_state", state.String(), "took", took, "errors_since_last_line", suppressed+1)
 }

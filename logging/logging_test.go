@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blmilter/blmilter/policy"
 )
 
 func TestListErrorsRateLimited(t *testing.T) {
@@ -16,13 +18,13 @@ func TestListErrorsRateLimited(t *testing.T) {
 	now := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	l := &ListErrors{Log: slog.New(slog.NewJSONHandler(&buf, nil)), Interval: time.Minute, Now: func() time.Time { return now }}
 	for range 1000 {
-		l.ObserveAnswer("Dead BL", "error", false, time.Second)
+		l.ObserveAnswer("Dead BL", "error", policy.ListHealthy, time.Second)
 		now = now.Add(10 * time.Millisecond) // 1000 errors in 10 s
 	}
-	l.ObserveAnswer("Other BL", "error", false, time.Second)
-	l.ObserveAnswer("Dead BL", "clean", false, time.Millisecond)
+	l.ObserveAnswer("Other BL", "error", policy.ListUnproven, time.Second)
+	l.ObserveAnswer("Dead BL", "clean", policy.ListHealthy, time.Millisecond)
 	now = now.Add(time.Minute)
-	l.ObserveAnswer("Dead BL", "error", false, time.Second)
+	l.ObserveAnswer("Dead BL", "error", policy.ListDegraded, time.Second)
 
 	var lines []map[string]any
 	for _, ln := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
@@ -35,14 +37,15 @@ func TestListErrorsRateLimited(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("got %d lines, want 3 (one per list, then one after the interval):\n%s", len(lines), buf.String())
 	}
-	if lines[0]["list"] != "Dead BL" || lines[0]["level"] != "WARN" || lines[0]["errors_since_last_line"] != 1.0 {
+	if lines[0]["list"] != "Dead BL" || lines[0]["level"] != "WARN" || lines[0]["errors_since_last_line"] != 1.0 || lines[0]["list_state"] != "healthy" {
 		t.Errorf("first line %v", lines[0])
 	}
-	if lines[1]["list"] != "Other BL" {
+	// A list not yet proven by a probe is not a degraded one.
+	if lines[1]["list"] != "Other BL" || lines[1]["list_state"] != "unproven" {
 		t.Errorf("second line %v", lines[1])
 	}
-	if lines[2]["errors_since_last_line"] != 1000.0 {
-		t.Errorf("third line stands for %v errors, want 1000 (999 suppressed + itself)", lines[2]["errors_since_last_line"])
+	if lines[2]["errors_since_last_line"] != 1000.0 || lines[2]["list_state"] != "degraded" {
+		t.Errorf("third line stands for %v errors, want 1000 (999 suppressed + itself), and a degraded list: %v", lines[2]["errors_since_last_line"], lines[2])
 	}
 }
 

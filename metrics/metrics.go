@@ -47,10 +47,10 @@ type Metrics struct {
 }
 
 type listCounters struct {
-	listed, clean, errored, degraded prometheus.Counter
-	duration                         prometheus.Observer
-	wouldReject, wouldRejectOne      prometheus.Counter
-	allowOverride                    prometheus.Counter
+	listed, clean, errored, degraded, unproven prometheus.Counter
+	duration                                   prometheus.Observer
+	wouldReject, wouldRejectOne                prometheus.Counter
+	allowOverride                              prometheus.Counter
 }
 
 // New builds the metrics on a fresh registry, with Go runtime, process and
@@ -66,7 +66,7 @@ func New(version string) *Metrics {
 		Buckets: []float64{.0001, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5},
 	})
 	m.listResults = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "blmilter_list_results_total", Help: "Answers from each list (cache misses only): listed, clean, error, degraded.",
+		Name: "blmilter_list_results_total", Help: "Answers from each list (cache misses only): listed, clean, error; degraded or unproven (not yet checked) for every answer of a list whose answers do not count.",
 	}, []string{"list", "result"})
 	m.listDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "blmilter_list_duration_seconds", Help: "Time one list took to answer.",
@@ -157,6 +157,7 @@ func (m *Metrics) list(name string) *listCounters {
 		clean:          m.listResults.WithLabelValues(name, "clean"),
 		errored:        m.listResults.WithLabelValues(name, "error"),
 		degraded:       m.listResults.WithLabelValues(name, "degraded"),
+		unproven:       m.listResults.WithLabelValues(name, "unproven"),
 		duration:       m.listDuration.WithLabelValues(name),
 		wouldReject:    m.wouldReject.WithLabelValues(name),
 		wouldRejectOne: m.wouldRejectOne.WithLabelValues(name),
@@ -166,13 +167,16 @@ func (m *Metrics) list(name string) *listCounters {
 	return c
 }
 
-// ObserveAnswer counts one answer of one DNS list (policy.Observer). A
-// degraded list's answers count as "degraded", whatever they said.
-func (m *Metrics) ObserveAnswer(list, result string, degraded bool, took time.Duration) {
+// ObserveAnswer counts one answer of one DNS list (policy.Observer). The
+// answers of a degraded list count as "degraded", and those of a list not
+// yet proven by a probe as "unproven", whatever they said.
+func (m *Metrics) ObserveAnswer(list, result string, state policy.ListState, took time.Duration) {
 	c := m.list(list)
 	switch {
-	case degraded:
+	case state == policy.ListDegraded:
 		c.degraded.Inc()
+	case state == policy.ListUnproven:
+		c.unproven.Inc()
 	case result == "listed":
 		c.listed.Inc()
 	case result == "clean":
@@ -261,7 +265,7 @@ func (m *Metrics) SetStoreUp(up bool) {
 
 // PanicServers are the servers blmilter_panics_total counts, each present
 // from the start with 0.
-var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store"}
+var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store", "zone"}
 
 // Panic counts one panic recovered in a goroutine serving a client of
 // server (one of PanicServers).

@@ -173,9 +173,11 @@ func httptestClientFor() *http.Client { return &http.Client{} }
 func TestStatsSummary(t *testing.T) {
 	m := New("test")
 	m.SetListHealthy("Shadow BL", false)
-	m.ObserveAnswer("Shadow BL", "listed", false, time.Millisecond)
-	m.ObserveAnswer("Shadow BL", "clean", true, time.Millisecond)
-	m.ObserveAnswer("Allow", "listed", false, time.Millisecond)
+	m.ObserveAnswer("Shadow BL", "listed", policy.ListHealthy, time.Millisecond)
+	m.ObserveAnswer("Shadow BL", "clean", policy.ListDegraded, time.Millisecond)
+	m.ObserveAnswer("Shadow BL", "listed", policy.ListUnproven, time.Millisecond)
+	m.ObserveAnswer("Shadow BL", "error", policy.ListUnproven, time.Millisecond)
+	m.ObserveAnswer("Allow", "listed", policy.ListHealthy, time.Millisecond)
 	// Shadow BL alone would have refused; the allow list took the score
 	// below the threshold.
 	m.ObserveCheck(policy.Verdict{Action: policy.ActionAccept, Threshold: 3, Hits: []policy.Hit{
@@ -190,7 +192,7 @@ func TestStatsSummary(t *testing.T) {
 		t.Fatalf("lists %+v", st.Lists)
 	}
 	allow, shadow := st.Lists[0], st.Lists[1]
-	if shadow.List != "Shadow BL" || shadow.Listed != 1 || shadow.Degraded != 1 || shadow.WouldReject != 1 || shadow.Alone != 1 ||
+	if shadow.List != "Shadow BL" || shadow.Listed != 1 || shadow.Degraded != 1 || shadow.Unproven != 2 || shadow.Errors != 0 || shadow.WouldReject != 1 || shadow.Alone != 1 ||
 		shadow.Healthy == nil || *shadow.Healthy {
 		t.Errorf("Shadow BL %+v", shadow)
 	}

@@ -15,6 +15,7 @@ type ListStats struct {
 	Clean       float64 `json:"clean"`
 	Errors      float64 `json:"errors"`
 	Degraded    float64 `json:"degraded"`
+	Unproven    float64 `json:"unproven"`           // answers while the list was not yet checked
 	WouldReject float64 `json:"would_reject"`       // checks this list would have refused on its own weight
 	Alone       float64 `json:"would_reject_alone"` // ... that no other block list listed
 	Overridden  float64 `json:"allow_overrides"`    // (allow lists) checks taken below the threshold
@@ -61,6 +62,8 @@ func (m *Metrics) Stats() Stats {
 					l.Errors = v
 				case "degraded":
 					l.Degraded = v
+				case "unproven":
+					l.Unproven = v
 				}
 			case "blmilter_list_would_reject_total":
 				list(labels["list"]).WouldReject = v

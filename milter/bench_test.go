@@ -2,13 +2,12 @@ package milter
 
 import (
 	"fmt"
-	"syscall"
 	"testing"
-	"time"
 
 	gomilter "github.com/emersion/go-milter"
 
 	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit/benchcpu"
 )
 
 // BenchmarkSession runs whole milter sessions as Postfix opens them, one
@@ -91,8 +90,10 @@ func benchSessions(b *testing.B, network, addr, clientIP, wantRcpt string) {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
-	cpu0 := cpuTime()
 	b.ResetTimer()
+	// CPU time (client and server, both in this process) per session:
+	// steadier than wall time on a shared machine.
+	cpu := benchcpu.Start()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if err := session(); err != nil {
@@ -101,16 +102,5 @@ func benchSessions(b *testing.B, network, addr, clientIP, wantRcpt string) {
 			}
 		}
 	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sessions/s")
-	// CPU time (client and server, both in this process) per session:
-	// steadier than wall time on a shared machine.
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/session")
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	cpu.Report(b, "session")
 }

@@ -518,7 +518,7 @@ func TestProtocolErrorLogRateLimited(t *testing.T) {
 // that fails in the middle, as a bug would make it.
 type panickyObserver struct{ ip string }
 
-func (o panickyObserver) ObserveAnswer(string, string, bool, time.Duration) {}
+func (o panickyObserver) ObserveAnswer(string, string, policy.ListState, time.Duration) {}
 func (o panickyObserver) ObserveCheck(v policy.Verdict) {
 	if v.IP.String() == o.ip {
 		panic("observer failed for " + o.ip)

@@ -27,6 +27,8 @@ type Options struct {
 	// serving a client (for blmilter_panics_total).
 	OnPanic func()
 	// Traps, when set, returns the current spam traps and delist
-	// addresses (nil: none), asked at each recipient.
+	// addresses (nil: none). A connection asks when it negotiates and
+	// keeps them: the HELO stage is negotiated only when there are some,
+	// and SMFIF_DELRCPT only with delist addresses.
 	Traps func() *traps.Traps
 }

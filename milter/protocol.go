@@ -3,11 +3,14 @@ package milter
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 
 	gomilter "github.com/emersion/go-milter"
+
+	"github.com/blmilter/blmilter/traps"
 )
 
 // The milter protocol, as Sendmail's libmilter and Postfix speak it: each
@@ -82,21 +85,20 @@ var packetKinds = func() (k [256]packetKind) {
 	return k
 }()
 
-// Negotiated with the MTA. AddHeader is needed for action = "tag",
-// RemoveRcpt to drop a delist address from a message that has other
-// recipients; SetSymList asks for the few macros blmilter reads.
+// Negotiated with the MTA. AddHeader is needed for action = "tag";
+// SetSymList asks for the few macros blmilter reads.
 //
-// The protocol flags skip the stages blmilter has no use for. HELO is
-// wanted: a spam trap hit and a proof of control keep the name the client
-// gave. No "no reply"
-// flag (SMFIP_NR_*) is ever set: Postfix leaves Nagle's algorithm on for its
+// The protocol flags skip the stages blmilter has no use for, HELO among
+// them unless spam traps or delist addresses read it (see negotiation):
+// each stage costs a round trip per SMTP session. No "no reply" flag
+// (SMFIP_NR_*) is ever set: Postfix leaves Nagle's algorithm on for its
 // milter sockets, and an MTA that sends a command without waiting for a
 // reply and then another small one stalls on the peer's delayed ACK (about
 // 40 ms per session on Linux). Replying to every command costs a round trip
 // on loopback and avoids that.
 const (
-	milterActions  = gomilter.OptAddHeader | gomilter.OptRemoveRcpt | gomilter.OptSetSymList
-	milterProtocol = gomilter.OptNoHeaders | gomilter.OptNoEOH |
+	milterActions  = gomilter.OptAddHeader | gomilter.OptSetSymList
+	milterProtocol = gomilter.OptNoHelo | gomilter.OptNoHeaders | gomilter.OptNoEOH |
 		gomilter.OptNoBody | gomilter.OptNoUnknown | gomilter.OptNoData
 )
 
@@ -115,29 +117,68 @@ const noReplyFlags = gomilter.OptNoHeaderReply | gomilter.OptNoConnReply | gomil
 // (Postfix, Sendmail 8.14+) sends only these; the MTA defaults carry them too.
 var symList = map[gomilter.Stage][]string{
 	gomilter.StageConnect:  {"{client_addr}", "_"},
-	gomilter.StageHelo:     {"{tls_version}", "{cipher}"},
 	gomilter.StageMailFrom: {"i", "{auth_authen}"},
 	gomilter.StageRcptTo:   {"i"},
 	gomilter.StageEOM:      {"i"},
 }
 
-// optNegReply is the whole option negotiation reply packet.
-var optNegReply = func() []byte {
-	data := binary.BigEndian.AppendUint32(nil, milterVersion)
-	data = binary.BigEndian.AppendUint32(data, uint32(milterActions))
-	data = binary.BigEndian.AppendUint32(data, uint32(milterProtocol))
-	stages := make([]gomilter.Stage, 0, len(symList))
-	for st := range symList {
-		stages = append(stages, st)
+// heloMacros are read with HELO when it is negotiated: the TLS of the
+// session, for the evidence.
+var heloMacros = []string{"{tls_version}", "{cipher}"}
+
+// negotiation is what blmilter asks of the MTA beyond the base above. A
+// spam trap hit and a proof of control keep the name the client gave at
+// HELO and its TLS, so with traps or a delist domain the HELO stage and
+// its macros are wanted; a delist address is dropped from a message that
+// has other recipients, which needs SMFIF_DELRCPT.
+type negotiation struct {
+	helo    bool
+	delRcpt bool
+}
+
+// negotiationFor is what the traps t (nil: none) need.
+func negotiationFor(t *traps.Traps) negotiation {
+	return negotiation{helo: t != nil, delRcpt: t.DelistDomain() != ""}
+}
+
+// optNegReplies are the option negotiation reply packets, made once.
+var optNegReplies = func() map[negotiation][]byte {
+	r := map[negotiation][]byte{}
+	for _, helo := range []bool{false, true} {
+		for _, delRcpt := range []bool{false, true} {
+			n := negotiation{helo, delRcpt}
+			r[n] = n.reply()
+		}
 	}
-	slices.Sort(stages)
+	return r
+}()
+
+func (n negotiation) options() (gomilter.OptAction, gomilter.OptProtocol, map[gomilter.Stage][]string) {
+	actions, protocol, syms := milterActions, milterProtocol, maps.Clone(symList)
+	if n.helo {
+		protocol &^= gomilter.OptNoHelo
+		syms[gomilter.StageHelo] = heloMacros
+	}
+	if n.delRcpt {
+		actions |= gomilter.OptRemoveRcpt
+	}
+	return actions, protocol, syms
+}
+
+// reply is the whole option negotiation reply packet of n.
+func (n negotiation) reply() []byte {
+	actions, protocol, syms := n.options()
+	data := binary.BigEndian.AppendUint32(nil, milterVersion)
+	data = binary.BigEndian.AppendUint32(data, uint32(actions))
+	data = binary.BigEndian.AppendUint32(data, uint32(protocol))
+	stages := slices.Sorted(maps.Keys(syms))
 	for _, st := range stages {
 		data = binary.BigEndian.AppendUint32(data, uint32(st))
-		data = append(data, strings.Join(symList[st], " ")...)
+		data = append(data, strings.Join(syms[st], " ")...)
 		data = append(data, 0)
 	}
 	return appendPacket(nil, respOptNeg, data)
-}()
+}
 
 // Replies without data, whole packets.
 var (

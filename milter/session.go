@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/blmilter/blmilter/policy"
+	"github.com/blmilter/blmilter/traps"
 )
 
 // HeaderName is the header added to messages when the policy's action is "tag".
@@ -42,6 +43,10 @@ func (p phase) inTransaction() bool { return p >= phaseMail }
 type session struct {
 	phase  phase
 	macros [stageCount]stageMacros
+	// traps are the spam traps and delist addresses when the connection
+	// negotiated (nil: none), kept for the whole connection: what was
+	// negotiated (HELO, SMFIF_DELRCPT) is what they need.
+	traps *traps.Traps
 
 	// One SMTP session (from CONNECT): the client and its verdict.
 	eng             *policy.Engine // the engine that judges this session
@@ -90,7 +95,10 @@ func (c *conn) handle(cmd byte, data []byte) (quit bool, err error) {
 			return false, protoErr(kindMalformed, "protocol version %d", v)
 		}
 		s.phase = phaseReady
-		c.out = append(c.out, optNegReply...)
+		if c.srv.opts.Traps != nil {
+			s.traps = c.srv.opts.Traps()
+		}
+		c.out = append(c.out, optNegReplies[negotiationFor(s.traps)]...)
 
 	case cmdMacro:
 		if len(data) == 0 {

@@ -18,15 +18,12 @@ import (
 // answered as any recipient when the client is refused anyway, else as a
 // dead address.
 func (c *conn) trapRecipient(rcpt []byte) bool {
-	if c.srv.opts.Traps == nil {
-		return false
-	}
-	t := c.srv.opts.Traps()
+	s := &c.session
+	t := s.traps
 	kind, token := t.Classify(string(rcpt))
 	if kind == traps.Ordinary {
 		return false
 	}
-	s := &c.session
 	s.awaitVerdict()
 	sess := traps.Session{
 		IP: s.verdict.IP, HELO: s.helo, MailFrom: s.mailFrom, QueueID: s.queueID,

@@ -2,14 +2,19 @@ package milter
 
 import (
 	"context"
+	"log/slog"
+	"maps"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
 
+	"github.com/blmilter/blmilter/internal/testkit/miltertest"
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 	"github.com/blmilter/blmilter/traps"
@@ -19,22 +24,117 @@ const trapReply = "550 5.1.1 " + traps.TrapText
 
 func trapEnv(t *testing.T) (*env, *store.Store) {
 	t.Helper()
+	st := trapStore(t)
+	var tr *traps.Traps
+	e := newEnvOpts(t, "tcp", "[[list]]\nname = \"site\"\nstore = true\nweight = 5\n", Options{Traps: func() *traps.Traps { return tr }},
+		policy.Deps{StoreList: st, Recorder: st})
+	tr = traps.New(trapOptions(st, e.srv.logger))
+	return e, st
+}
+
+// trapStore is a store whose self-service takes spam-source listings.
+func trapStore(t *testing.T) *store.Store {
+	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "m.db"), store.Options{PollInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	self := store.SelfService{Categories: []string{"spam-source"}, Quota: 2, Window: 90 * 24 * time.Hour}
-	st.SetSelfService(self)
-	var tr *traps.Traps
-	e := newEnvOpts(t, "tcp", "[[list]]\nname = \"site\"\nstore = true\nweight = 5\n", Options{Traps: func() *traps.Traps { return tr }},
-		policy.Deps{StoreList: st, Recorder: st})
-	tr = traps.New(traps.Options{
+	st.SetSelfService(trapSelfService)
+	return st
+}
+
+var trapSelfService = store.SelfService{Categories: []string{"spam-source"}, Quota: 2, Window: 90 * 24 * time.Hour}
+
+// trapOptions are two trap addresses and delist addresses at example.org.
+func trapOptions(st *store.Store, logger *slog.Logger) traps.Options {
+	return traps.Options{
 		Addresses:    []string{"spamtrap@example.org", "@trap.example.net"},
 		Rules:        store.TrapRules{Hits: 1, Window: 24 * time.Hour, Expires: 7 * 24 * time.Hour, MaxExpires: 90 * 24 * time.Hour, Category: "spam-source", IPv6Prefix: 64},
-		DelistDomain: "example.org", SelfService: self, Store: st, Logger: e.srv.logger,
+		DelistDomain: "example.org", SelfService: trapSelfService, Store: st, Logger: logger,
+	}
+}
+
+// The HELO stage costs a round trip per SMTP session, so the milter asks
+// for it, and for the TLS macros sent with it, only while spam traps or
+// delist addresses are configured; SMFIF_DELRCPT only with delist
+// addresses. Without either it negotiates what it did before traps existed
+// (and e2e/noopmilter copies). Each connection negotiates with the traps
+// of that moment and keeps them: a connection that did not negotiate
+// SMFIF_DELRCPT treats delist addresses as ordinary recipients.
+func TestNegotiationFollowsTraps(t *testing.T) {
+	st := trapStore(t)
+	var current atomic.Pointer[traps.Traps]
+	e := newEnvOpts(t, "tcp", "", Options{Traps: current.Load}, policy.Deps{StoreList: st, Recorder: st})
+	trapsOnly := trapOptions(st, e.srv.logger)
+	trapsOnly.DelistDomain = ""
+	delistOnly := trapOptions(st, e.srv.logger)
+	delistOnly.Addresses = nil
+
+	base := miltertest.Negotiation{
+		Version:  2,
+		Actions:  gomilter.OptAddHeader | gomilter.OptSetSymList,
+		Protocol: gomilter.OptNoHelo | gomilter.OptNoHeaders | gomilter.OptNoEOH | gomilter.OptNoBody | gomilter.OptNoUnknown | gomilter.OptNoData,
+		Macros: map[gomilter.Stage]string{
+			gomilter.StageConnect: "{client_addr} _", gomilter.StageMailFrom: "i {auth_authen}",
+			gomilter.StageRcptTo: "i", gomilter.StageEOM: "i",
+		},
+	}
+	withHelo := base
+	withHelo.Protocol &^= gomilter.OptNoHelo
+	withHelo.Macros = maps.Clone(base.Macros)
+	withHelo.Macros[gomilter.StageHelo] = "{tls_version} {cipher}"
+	withDelist := withHelo
+	withDelist.Actions |= gomilter.OptRemoveRcpt
+
+	for _, tc := range []struct {
+		name  string
+		traps *traps.Traps
+		want  miltertest.Negotiation
+	}{
+		{"none", nil, base},
+		{"spam traps", traps.New(trapsOnly), withHelo},
+		{"delist addresses", traps.New(delistOnly), withDelist},
+		{"both", traps.New(trapOptions(st, e.srv.logger)), withDelist},
+		{"none after a reload took them away", nil, base},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			current.Store(tc.traps)
+			got, err := miltertest.Negotiate(e.network, e.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("negotiated %+v\nwant       %+v", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("no traps option", func(t *testing.T) {
+		plain := serverEnv(t, "tcp", time.Minute)
+		got, err := miltertest.Negotiate(plain.network, plain.addr)
+		if err != nil || !reflect.DeepEqual(got, base) {
+			t.Errorf("negotiated %+v, %v\nwant       %+v", got, err, base)
+		}
 	})
-	return e, st
+
+	t.Run("delist addresses configured mid-connection", func(t *testing.T) {
+		current.Store(traps.New(trapsOnly))
+		cs := e.mtaSession(t, "198.18.4.9", "clean.example")
+		current.Store(traps.New(trapOptions(st, e.srv.logger)))
+		act, err := cs.Mail("a@clean.example", nil)
+		expect(t, "mail", act, err, "continue")
+		act, err = cs.Rcpt("delist+aaaaaaaaaaaaaaaa@example.org", nil)
+		expect(t, "a delist address on a connection without SMFIF_DELRCPT", act, err, "continue")
+		act, err = cs.Rcpt("spamtrap@example.org", nil)
+		expect(t, "a trap on the same connection", act, err, trapReply)
+		// A new connection has the delist addresses: a wrong token from
+		// a client that is not listed is a dead address.
+		cs = e.mtaSession(t, "198.18.4.9", "clean.example")
+		cs.Mail("a@clean.example", nil)
+		act, err = cs.Rcpt("delist+aaaaaaaaaaaaaaaa@example.org", nil)
+		expect(t, "a wrong token on a new connection", act, err, "550 5.1.1 "+traps.DelistText)
+	})
 }
 
 // session connects a client at ip as Postfix does: CONNECT, HELO with the

@@ -73,8 +73,10 @@ type Recorder interface {
 type Observer interface {
 	// ObserveAnswer is called for each answer of a DNS list asked on
 	// behalf of a client (cache misses only; lookups from Inspect are not
-	// reported): result is "listed", "clean" or "error".
-	ObserveAnswer(list, result string, degraded bool, took time.Duration)
+	// reported): result is "listed", "clean" or "error", and state the
+	// list's health when it answered (only a healthy list's answers
+	// count).
+	ObserveAnswer(list, result string, state ListState, took time.Duration)
 	// ObserveCheck is called for every Check, cached or not.
 	ObserveCheck(v Verdict)
 }
@@ -548,7 +550,7 @@ wait:
 	if !all {
 		for _, o := range outs {
 			for _, obs := range e.opts.Observers {
-				obs.ObserveAnswer(o.l.cfg.Name, o.res.Status.String(), !o.counted(), o.res.Duration)
+				obs.ObserveAnswer(o.l.cfg.Name, o.res.Status.String(), o.state, o.res.Duration)
 			}
 		}
 	}

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -159,15 +158,7 @@ func TestRecordDecisionNeverBlocks(t *testing.T) {
 	}
 	defer s.Close()
 
-	other, err := sql.Open("sqlite", dsn(path, time.Second, false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	lock, err := other.Begin() // _txlock=immediate: takes the write lock now
-	if err != nil {
-		t.Fatal(err)
-	}
+	lock := lockWrites(t, path)
 	if _, err := lock.Exec(`INSERT INTO meta (key, value) VALUES ('lock', 1)`); err != nil {
 		t.Fatal(err)
 	}

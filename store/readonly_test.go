@@ -35,16 +35,7 @@ func TestReadOnly(t *testing.T) {
 
 	// Another process holds the write lock the whole time: a reader must
 	// not wait for it.
-	other, err := sql.Open("sqlite", dsn(path, time.Second, false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	lock, err := other.Begin() // _txlock=immediate: takes the write lock now
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Rollback()
+	lock := lockWrites(t, path)
 
 	start := time.Now()
 	ro, err := Open(path, Options{ReadOnly: true, PollInterval: -1, BusyTimeout: 30 * time.Second})

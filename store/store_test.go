@@ -25,6 +25,43 @@ func openTest(t testing.TB, opts Options) *Store {
 	return s
 }
 
+// lockWrites holds the write lock of the database at path from another
+// connection, as another process would, until the test ends or the
+// returned transaction is rolled back.
+func lockWrites(t *testing.T, path string) *sql.Tx {
+	t.Helper()
+	other, err := sql.Open("sqlite", dsn(path, time.Second, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := other.Begin() // _txlock=immediate: takes the write lock now
+	if err != nil {
+		other.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		lock.Rollback()
+		other.Close()
+	})
+	return lock
+}
+
+// version1DB creates a database of schema version 1 (before any later
+// migration) and returns its path and a connection to fill it with.
+func version1DB(t *testing.T) (string, *sql.DB) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "v1.db")
+	db, err := sql.Open("sqlite", dsn(path, time.Second, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := migrate(context.Background(), db, migrations[:1]); err != nil {
+		t.Fatal(err)
+	}
+	return path, db
+}
+
 func TestOpenCreatesSchemaAndReopens(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "sub.db")
@@ -184,14 +221,7 @@ func TestCloseTwice(t *testing.T) {
 // its request, and the request table takes the new statuses.
 func TestMigrateNanosecondsToMilliseconds(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "v1.db")
-	db, err := sql.Open("sqlite", dsn(path, time.Second, false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrate(ctx, db, migrations[:1]); err != nil {
-		t.Fatal(err)
-	}
+	path, db := version1DB(t)
 	listed := time.Date(2026, 3, 1, 10, 0, 0, 123456789, time.UTC)
 	expires := time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC)
 	far := time.Now().Add(24 * time.Hour)

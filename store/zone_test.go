@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"net/netip"
 	"path/filepath"
@@ -124,14 +123,7 @@ func TestLiveListingsFromSnapshot(t *testing.T) {
 // then a read-only open refuses it and says what upgrades it.
 func TestZoneSerialsMigrateFromVersion1(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "v1.db")
-	db, err := sql.Open("sqlite", dsn(path, time.Second, false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrate(ctx, db, migrations[:1]); err != nil {
-		t.Fatal(err)
-	}
+	path, db := version1DB(t)
 	if _, err := db.Exec(`INSERT INTO listings (prefix, category, listed_at) VALUES ('192.0.2.7/32', 'zombie', ?)`, millis(time.Now())); err != nil {
 		t.Fatal(err)
 	}

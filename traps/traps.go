@@ -87,6 +87,15 @@ func New(opts Options) *Traps {
 	return t
 }
 
+// DelistDomain is the domain of the delist addresses; "" when proof of
+// control is off or t is nil.
+func (t *Traps) DelistDomain() string {
+	if t == nil {
+		return ""
+	}
+	return t.opts.DelistDomain
+}
+
 // Kind is what a recipient is to the traps.
 type Kind int
 

@@ -4,10 +4,7 @@ package web
 
 import (
 	"context"
-	"errors"
 	"html"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -42,7 +39,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	base := serveForBrowser(t, e)
+	base := serveLoopback(t, e.srv)
 	run := func(args ...string) string { t.Helper(); return runChromium(t, args...) }
 
 	dom := run("--dump-dom", base+"/ip/127.0.0.2")
@@ -87,29 +84,6 @@ func needChromium(t *testing.T) {
 	}
 }
 
-// serveForBrowser serves e's lookup service on loopback until the test
-// ends and returns its base URL.
-func serveForBrowser(t *testing.T, e *env) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- e.srv.Serve(ln) }()
-	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := e.srv.Shutdown(sctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("Serve returned %v, want ErrServerClosed", err)
-		}
-	})
-	return "http://" + ln.Addr().String()
-}
-
 // runChromium runs headless Chromium with args and returns what it wrote.
 func runChromium(t *testing.T, args ...string) string {
 	t.Helper()
@@ -144,7 +118,7 @@ func TestBrowserHistoryAndRequest(t *testing.T) {
 	}
 	e.st.NoteDeferral(ip, time.Now().Add(-time.Hour))
 	e.st.Flush()
-	base := serveForBrowser(t, e)
+	base := serveLoopback(t, e.srv)
 
 	dom := html.UnescapeString(runChromium(t, "--dump-dom", base+"/ip/198.18.12.1"))
 	day := at.UTC().Format(time.DateOnly)

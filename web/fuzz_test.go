@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/blmilter/blmilter/internal/mailbox"
+	"github.com/blmilter/blmilter/internal/testkit/smtpsink"
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
@@ -106,8 +107,8 @@ func FuzzRemovalForm(f *testing.F) {
 	} {
 		f.Add(seed[0], seed[1])
 	}
-	sink := startSinkUTF8(f, true)
-	e := newEnv(f, envOpts{smtp: sink.addr})
+	sink := smtpsink.Start(f, true)
+	e := newEnv(f, envOpts{smtp: sink.Addr})
 	h := e.srv.Handler()
 	tok := e.srv.csrf.token("removal", ipSite.String())
 	ctx := context.Background()
@@ -151,13 +152,13 @@ func FuzzRemovalForm(f *testing.F) {
 		if r.Status != store.StatusPending {
 			t.Fatalf("request for %q is %s with a working relay", email, r.Status)
 		}
-		msg := sink.wait(t)
-		if len(msg.to) != 1 || msg.to[0] != serverForm(box) || msg.utf8 != box.NeedsSMTPUTF8() {
-			t.Fatalf("mail to %v (SMTPUTF8 %v) for %q", msg.to, msg.utf8, email)
+		msg := sink.Wait(t, mailWait)
+		if len(msg.To) != 1 || msg.To[0] != serverForm(box) || msg.UTF8 != box.NeedsSMTPUTF8() {
+			t.Fatalf("mail to %v (SMTPUTF8 %v) for %q", msg.To, msg.UTF8, email)
 		}
-		m, err := mail.ReadMessage(strings.NewReader(msg.data))
+		m, err := mail.ReadMessage(strings.NewReader(msg.Data))
 		if err != nil {
-			t.Fatalf("mail for %q does not parse: %v\n%s", email, err, msg.data)
+			t.Fatalf("mail for %q does not parse: %v\n%s", email, err, msg.Data)
 		}
 		want := []string{"From", "To", "Subject", "Date", "Message-Id", "Auto-Submitted", "Mime-Version", "Content-Type", "Content-Transfer-Encoding"}
 		if len(m.Header) != len(want) {

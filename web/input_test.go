@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blmilter/blmilter/internal/testkit/smtpsink"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -36,8 +37,8 @@ func removalForm(t *testing.T, e *env, email string) (*http.Response, string) {
 // Removal mails go to RFC 5321 mailboxes with a domain name only: no
 // address literal, no name a relay could take for an internal host.
 func TestRemovalEmailRefused(t *testing.T) {
-	sink := startSink(t)
-	e := newEnv(t, envOpts{smtp: sink.addr})
+	sink := smtpsink.Start(t, false)
+	e := newEnv(t, envOpts{smtp: sink.Addr})
 	for _, email := range []string{
 		"a@[127.0.0.1]", "a@[IPv6:::1]", "a@-", "root@localhost", "a@127.0.0.1",
 		"a@exa_mple.org", "a..b@example.org", "a b@example.org", `"open@example.org`,
@@ -52,10 +53,8 @@ func TestRemovalEmailRefused(t *testing.T) {
 	if rs, _ := e.st.Requests(context.Background(), ""); len(rs) != 0 {
 		t.Errorf("%d requests stored from refused addresses", len(rs))
 	}
-	sink.mu.Lock()
-	defer sink.mu.Unlock()
-	if len(sink.msgs) != 0 {
-		t.Errorf("%d mails sent to refused addresses", len(sink.msgs))
+	if len(sink.Messages()) != 0 {
+		t.Errorf("%d mails sent to refused addresses", len(sink.Messages()))
 	}
 }
 
@@ -64,30 +63,30 @@ func TestRemovalEmailRefused(t *testing.T) {
 // words when it does not.
 func TestRemovalInternationalAddresses(t *testing.T) {
 	t.Run("U-label domain", func(t *testing.T) {
-		sink := startSink(t)
-		e := newEnv(t, envOpts{smtp: sink.addr})
+		sink := smtpsink.Start(t, false)
+		e := newEnv(t, envOpts{smtp: sink.Addr})
 		if resp, body := removalForm(t, e, "Info@Bücher.example"); resp.StatusCode != 200 || !strings.Contains(body, "Check your mailbox") {
 			t.Fatalf("status %d:\n%s", resp.StatusCode, body)
 		}
-		msg := sink.wait(t)
-		if msg.to[0] != "Info@xn--bcher-kva.example" || msg.utf8 {
-			t.Errorf("envelope to %v, SMTPUTF8 %v; want the A-label form without SMTPUTF8", msg.to, msg.utf8)
+		msg := sink.Wait(t, mailWait)
+		if msg.To[0] != "Info@xn--bcher-kva.example" || msg.UTF8 {
+			t.Errorf("envelope to %v, SMTPUTF8 %v; want the A-label form without SMTPUTF8", msg.To, msg.UTF8)
 		}
 	})
 	t.Run("UTF-8 local part, relay with SMTPUTF8", func(t *testing.T) {
-		sink := startSinkUTF8(t, true)
-		e := newEnv(t, envOpts{smtp: sink.addr})
+		sink := smtpsink.Start(t, true)
+		e := newEnv(t, envOpts{smtp: sink.Addr})
 		if resp, body := removalForm(t, e, "Jöran@bücher.example"); resp.StatusCode != 200 || !strings.Contains(body, "Check your mailbox") {
 			t.Fatalf("status %d:\n%s", resp.StatusCode, body)
 		}
-		msg := sink.wait(t)
-		if msg.to[0] != "Jöran@bücher.example" || !msg.utf8 || !strings.Contains(msg.data, "To: Jöran@bücher.example") {
-			t.Errorf("envelope to %v, SMTPUTF8 %v; want the address as typed with SMTPUTF8\n%s", msg.to, msg.utf8, msg.data)
+		msg := sink.Wait(t, mailWait)
+		if msg.To[0] != "Jöran@bücher.example" || !msg.UTF8 || !strings.Contains(msg.Data, "To: Jöran@bücher.example") {
+			t.Errorf("envelope to %v, SMTPUTF8 %v; want the address as typed with SMTPUTF8\n%s", msg.To, msg.UTF8, msg.Data)
 		}
 	})
 	t.Run("UTF-8 local part, relay without SMTPUTF8", func(t *testing.T) {
-		sink := startSinkUTF8(t, false)
-		e := newEnv(t, envOpts{smtp: sink.addr})
+		sink := smtpsink.Start(t, false)
+		e := newEnv(t, envOpts{smtp: sink.Addr})
 		resp, body := removalForm(t, e, "Jöran@bücher.example")
 		if resp.StatusCode != 400 || !strings.Contains(body, "SMTPUTF8") {
 			t.Fatalf("status %d, want 400 explaining SMTPUTF8:\n%s", resp.StatusCode, body)
@@ -131,8 +130,8 @@ func TestRemovalRelayDownWaits(t *testing.T) {
 // Parallel requests for one mailbox from many clients get exactly the
 // daily limit of mails through.
 func TestRemovalQuotaUnderRace(t *testing.T) {
-	sink := startSink(t)
-	e := newEnv(t, envOpts{smtp: sink.addr})
+	sink := smtpsink.Start(t, false)
+	e := newEnv(t, envOpts{smtp: sink.Addr})
 	const attempts = 24
 	tok := e.srv.csrf.token("removal", ipSite.String())
 	codes := make([]int, attempts)
@@ -164,10 +163,8 @@ func TestRemovalQuotaUnderRace(t *testing.T) {
 	if ok != mailsPerAddress || limited != attempts-mailsPerAddress {
 		t.Errorf("%d accepted, %d limited (codes %v); want %d and %d", ok, limited, codes, mailsPerAddress, attempts-mailsPerAddress)
 	}
-	sink.mu.Lock()
-	defer sink.mu.Unlock()
-	if len(sink.msgs) != mailsPerAddress {
-		t.Errorf("%d mails sent, want %d", len(sink.msgs), mailsPerAddress)
+	if len(sink.Messages()) != mailsPerAddress {
+		t.Errorf("%d mails sent, want %d", len(sink.Messages()), mailsPerAddress)
 	}
 }
 

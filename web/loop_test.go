@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blmilter/blmilter/internal/testkit/smtpsink"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -86,8 +87,8 @@ var statusLinkRe = regexp.MustCompile(`href="http://lookup\.test(/request/[0-9]+
 // page to the end, and gets the outcome by mail; the operator gets a mail
 // when it waits.
 func TestRequestStatusAndNotices(t *testing.T) {
-	sink := startSink(t)
-	e := newEnv(t, envOpts{smtp: sink.addr, adminToken: "tok", operator: "ops@example.org"})
+	sink := smtpsink.Start(t, false)
+	e := newEnv(t, envOpts{smtp: sink.Addr, adminToken: "tok", operator: "ops@example.org"})
 	admin := map[string]string{"Authorization": "Bearer tok"}
 	ctx := context.Background()
 	// A network listing: only an operator can remove it.
@@ -101,15 +102,15 @@ func TestRequestStatusAndNotices(t *testing.T) {
 		t.Fatalf("form: %d, no status link:\n%s", resp.StatusCode, body)
 	}
 	status := m[1]
-	conf := sink.wait(t)
-	if !strings.Contains(conf.data, "http://lookup.test"+status) {
-		t.Errorf("the confirmation mail lacks the status link:\n%s", conf.data)
+	conf := sink.Wait(t, mailWait)
+	if !strings.Contains(conf.Data, "http://lookup.test"+status) {
+		t.Errorf("the confirmation mail lacks the status link:\n%s", conf.Data)
 	}
 	_, page := e.get(status)
 	if !strings.Contains(page, "Pending: waiting for your confirmation") || strings.Contains(page, "Owner@Example.org") {
 		t.Errorf("pending status page:\n%s", page)
 	}
-	link := linkRe.FindStringSubmatch(conf.data)[1]
+	link := linkRe.FindStringSubmatch(conf.Data)[1]
 	_, cpage := e.get(link)
 	e.do("POST", link, url.Values{"csrf": {csrfOf(t, cpage)}}.Encode(), nil)
 	_, page = e.get(status)
@@ -119,9 +120,9 @@ func TestRequestStatusAndNotices(t *testing.T) {
 
 	// The operator hears of it once.
 	e.srv.sendNotices(ctx)
-	ops := sink.wait(t)
-	if ops.to[0] != "ops@example.org" || !strings.Contains(ops.data, "blmilter requests approve") || !strings.Contains(ops.data, "Owner@Example.org") {
-		t.Errorf("operator mail to %v:\n%s", ops.to, ops.data)
+	ops := sink.Wait(t, mailWait)
+	if ops.To[0] != "ops@example.org" || !strings.Contains(ops.Data, "blmilter requests approve") || !strings.Contains(ops.Data, "Owner@Example.org") {
+		t.Errorf("operator mail to %v:\n%s", ops.To, ops.Data)
 	}
 	e.srv.sendNotices(ctx)
 
@@ -137,14 +138,12 @@ func TestRequestStatusAndNotices(t *testing.T) {
 		t.Errorf("denied status page:\n%s", page)
 	}
 	e.srv.sendNotices(ctx)
-	out := sink.wait(t)
-	if out.to[0] != "Owner@example.org" || !strings.Contains(out.data, "Subject: Denied") || !strings.Contains(out.data, "http://lookup.test"+status) {
-		t.Errorf("outcome mail to %v:\n%s", out.to, out.data)
+	out := sink.Wait(t, mailWait)
+	if out.To[0] != "Owner@example.org" || !strings.Contains(out.Data, "Subject: Denied") || !strings.Contains(out.Data, "http://lookup.test"+status) {
+		t.Errorf("outcome mail to %v:\n%s", out.To, out.Data)
 	}
 	e.srv.sendNotices(ctx)
-	sink.mu.Lock()
-	n := len(sink.msgs)
-	sink.mu.Unlock()
+	n := len(sink.Messages())
 	if n != 3 {
 		t.Errorf("%d mails, want 3: confirmation, operator, outcome, each once", n)
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -52,13 +51,7 @@ weight = 5
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown(t.Context()) })
-	base := "http://" + ln.Addr().String()
+	base := serveLoopback(t, srv)
 
 	for i := range 3 {
 		code, body := get(t, base+"/api/v1/ip/"+bomb.String())
@@ -98,13 +91,7 @@ func TestHealthzReportsProblem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown(t.Context()) })
-	base := "http://" + ln.Addr().String()
+	base := serveLoopback(t, srv)
 	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("healthy: %d %q", code, body)
 	}

@@ -4,93 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/url"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	"github.com/blmilter/blmilter/internal/testkit/smtpsink"
 )
 
-// mailSink is a real SMTP server on loopback that keeps what it receives.
-type mailSink struct {
-	addr string
-	mu   sync.Mutex
-	msgs []sinkMsg
-	got  chan sinkMsg
-}
-
-type sinkMsg struct {
-	from string
-	to   []string
-	data string
-	utf8 bool // MAIL FROM carried SMTPUTF8
-}
-
-type sinkSession struct {
-	sink *mailSink
-	msg  sinkMsg
-}
-
-func (s *sinkSession) Reset()        { s.msg = sinkMsg{} }
-func (s *sinkSession) Logout() error { return nil }
-func (s *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
-	s.msg.from = from
-	s.msg.utf8 = opts != nil && opts.UTF8
-	return nil
-}
-func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.msg.to = append(s.msg.to, to)
-	return nil
-}
-func (s *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.msg.data = string(b)
-	s.sink.mu.Lock()
-	s.sink.msgs = append(s.sink.msgs, s.msg)
-	s.sink.mu.Unlock()
-	s.sink.got <- s.msg
-	return nil
-}
-
-func startSink(t testing.TB) *mailSink { return startSinkUTF8(t, false) }
-
-// startSinkUTF8 starts a sink that offers SMTPUTF8 when utf8 is set.
-func startSinkUTF8(t testing.TB, utf8 bool) *mailSink {
-	t.Helper()
-	sink := &mailSink{got: make(chan sinkMsg, 16)}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &sinkSession{sink: sink}, nil }))
-	srv.EnableSMTPUTF8 = utf8
-	srv.Domain = "sink.test"
-	srv.AllowInsecureAuth = true
-	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink.addr = ln.Addr().String()
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return sink
-}
-
-func (m *mailSink) wait(t *testing.T) sinkMsg {
-	t.Helper()
-	select {
-	case msg := <-m.got:
-		return msg
-	case <-time.After(10 * time.Second):
-		t.Fatal("no mail arrived")
-	}
-	return sinkMsg{}
-}
+// mailWait bounds the wait for a mail the lookup service sends.
+const mailWait = 10 * time.Second
 
 var (
 	csrfRe = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
@@ -110,8 +34,8 @@ func csrfOf(t *testing.T, page string) string {
 // real SMTP server, the link followed (GET shows a button, POST confirms),
 // and the listing gone from the engine's verdicts.
 func TestRemovalFlow(t *testing.T) {
-	sink := startSink(t)
-	e := newEnv(t, envOpts{smtp: sink.addr, adminToken: "tok"})
+	sink := smtpsink.Start(t, false)
+	e := newEnv(t, envOpts{smtp: sink.Addr, adminToken: "tok"})
 	ctx := context.Background()
 
 	if v := e.eng.Check(ctx, ipSite); v.Action != "reject" {
@@ -124,19 +48,19 @@ func TestRemovalFlow(t *testing.T) {
 		t.Fatalf("removal request: %d\n%s", resp.StatusCode, body)
 	}
 
-	msg := sink.wait(t)
+	msg := sink.Wait(t, mailWait)
 	// The local part goes out as typed; the domain's case does not matter.
-	if msg.from != "lookup@lookup.test" || len(msg.to) != 1 || msg.to[0] != "Postmaster@example.org" {
-		t.Errorf("envelope from %q to %v", msg.from, msg.to)
+	if msg.From != "lookup@lookup.test" || len(msg.To) != 1 || msg.To[0] != "Postmaster@example.org" {
+		t.Errorf("envelope from %q to %v", msg.From, msg.To)
 	}
 	for _, h := range []string{"Subject: Confirm the removal of 192.0.2.50", "To: Postmaster@example.org", "Auto-Submitted: auto-generated", "Message-ID: <"} {
-		if !strings.Contains(msg.data, h) {
-			t.Errorf("mail lacks %q:\n%s", h, msg.data)
+		if !strings.Contains(msg.Data, h) {
+			t.Errorf("mail lacks %q:\n%s", h, msg.Data)
 		}
 	}
-	m := linkRe.FindStringSubmatch(msg.data)
+	m := linkRe.FindStringSubmatch(msg.Data)
 	if m == nil {
-		t.Fatalf("no confirmation link in mail:\n%s", msg.data)
+		t.Fatalf("no confirmation link in mail:\n%s", msg.Data)
 	}
 	link := m[1]
 
@@ -188,8 +112,8 @@ func page2(e *env, link string) string {
 // Beyond the quota, a confirmed request waits for the operator, who
 // approves it through the admin API.
 func TestRemovalQuotaAndOperator(t *testing.T) {
-	sink := startSink(t)
-	e := newEnv(t, envOpts{smtp: sink.addr, adminToken: "tok"})
+	sink := smtpsink.Start(t, false)
+	e := newEnv(t, envOpts{smtp: sink.Addr, adminToken: "tok"})
 	admin := map[string]string{"Authorization": "Bearer tok", "Content-Type": "application/json"}
 	request := func(email string) string {
 		t.Helper()
@@ -198,7 +122,7 @@ func TestRemovalQuotaAndOperator(t *testing.T) {
 		if resp, body := e.do("POST", "/ip/192.0.2.50/removal", form.Encode(), nil); resp.StatusCode != 200 {
 			t.Fatalf("request: %d %s", resp.StatusCode, body)
 		}
-		link := linkRe.FindStringSubmatch(sink.wait(t).data)[1]
+		link := linkRe.FindStringSubmatch(sink.Wait(t, mailWait).Data)[1]
 		_, page = e.get(link)
 		_, body := e.do("POST", link, url.Values{"csrf": {csrfOf(t, page)}}.Encode(), nil)
 		return body
@@ -245,8 +169,8 @@ func TestRemovalQuotaAndOperator(t *testing.T) {
 
 // At most mailsPerAddress confirmation mails a day go to one address.
 func TestMailsPerAddress(t *testing.T) {
-	sink := startSink(t)
-	e := newEnv(t, envOpts{smtp: sink.addr})
+	sink := smtpsink.Start(t, false)
+	e := newEnv(t, envOpts{smtp: sink.Addr})
 	for i := range mailsPerAddress + 1 {
 		_, page := e.get("/ip/192.0.2.50")
 		form := url.Values{"csrf": {csrfOf(t, page)}, "email": {"victim@example.org"}, "reason": {"x"}}
@@ -258,9 +182,7 @@ func TestMailsPerAddress(t *testing.T) {
 			t.Fatalf("request %d: %d, want 429\n%s", i, resp.StatusCode, body)
 		}
 	}
-	sink.mu.Lock()
-	n := len(sink.msgs)
-	sink.mu.Unlock()
+	n := len(sink.Messages())
 	if n != mailsPerAddress {
 		t.Errorf("%d mails sent, want %d", n, mailsPerAddress)
 	}

@@ -14,42 +14,18 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/dnstest"
+	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/store"
 )
 
-// benchListings makes n listings the way a real list looks: mostly single
-// addresses, some /24s and shorter networks, some IPv6, all distinct.
+// benchListings makes n listings the way a real list looks (see
+// testkit.ListingPrefixes), in every category.
 func benchListings(n int, seed uint64) []Listing {
-	rng := rand.New(rand.NewPCG(seed, 7))
 	cats := []string{"zombie", "dynamic", "spam-source", "open-proxy", "local"}
-	seen := map[netip.Prefix]bool{}
-	out := make([]Listing, 0, n)
-	for len(out) < n {
-		var p netip.Prefix
-		switch r := rng.IntN(100); {
-		case r < 70:
-			p = netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(1 + rng.IntN(223)), byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))}), 32)
-		case r < 85:
-			p, _ = netip.AddrFrom4([4]byte{byte(1 + rng.IntN(223)), byte(rng.IntN(256)), byte(rng.IntN(256)), 0}).Prefix(24)
-		case r < 90:
-			p, _ = netip.AddrFrom4([4]byte{byte(1 + rng.IntN(223)), byte(rng.IntN(256)), byte(rng.IntN(256)), 0}).Prefix(20 + rng.IntN(4))
-		case r < 95:
-			var b [16]byte
-			b[0], b[1], b[2], b[3] = 0x20, 0x01, byte(rng.IntN(256)), byte(rng.IntN(256))
-			for i := 4; i < 16; i++ {
-				b[i] = byte(rng.IntN(256))
-			}
-			p = netip.PrefixFrom(netip.AddrFrom16(b), 128)
-		default:
-			var b [16]byte
-			b[0], b[1], b[2], b[3], b[4], b[5] = 0x2a, 0x02, byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))
-			p, _ = netip.AddrFrom16(b).Prefix(48 + 4*rng.IntN(5))
-		}
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		out = append(out, Listing{Prefix: p, Category: cats[rng.IntN(len(cats))], Reason: fmt.Sprintf("evidence %d", rng.IntN(1000000))})
+	out := make([]Listing, n)
+	for i, p := range testkit.ListingPrefixes(n, seed) {
+		out[i] = Listing{Prefix: p, Category: cats[i%len(cats)], Reason: fmt.Sprintf("evidence %d", i)}
 	}
 	return out
 }
@@ -120,28 +96,14 @@ func benchQueries(b *testing.B, ls []Listing, n int) [][]byte {
 
 // BenchmarkAnswerUDP is the answer path of one UDP query without the
 // socket: parse, look up, write the answer.
-func BenchmarkAnswerUDP(b *testing.B) {
-	ls := benchListings(100000, 1)
-	s, err := New(testOptions())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s.Update(ls)
-	qs := benchQueries(b, ls, 4096)
-	from := netip.MustParseAddrPort("127.0.0.1:5353")
-	local := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
-	out := make([]byte, 0, 4096)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range b.N {
-		if s.answerUDP(qs[i%len(qs)], from, local, out[:0]) == nil {
-			b.Fatal("no answer")
-		}
-	}
-}
+func BenchmarkAnswerUDP(b *testing.B) { benchAnswer(b, (*Server).answerUDP) }
 
 // BenchmarkAnswerSlowPath is the same through miekg/dns, for comparison.
-func BenchmarkAnswerSlowPath(b *testing.B) {
+func BenchmarkAnswerSlowPath(b *testing.B) { benchAnswer(b, (*Server).slowAnswer) }
+
+// benchAnswer answers queries for a zone of 100,000 listings, half of them
+// listed, with answer.
+func benchAnswer(b *testing.B, answer func(s *Server, req []byte, from netip.AddrPort, local net.Addr, out []byte) []byte) {
 	ls := benchListings(100000, 1)
 	s, err := New(testOptions())
 	if err != nil {
@@ -155,7 +117,7 @@ func BenchmarkAnswerSlowPath(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		if s.slowAnswer(qs[i%len(qs)], from, local, out[:0]) == nil {
+		if answer(s, qs[i%len(qs)], from, local, out[:0]) == nil {
 			b.Fatal("no answer")
 		}
 	}
@@ -262,7 +224,7 @@ func BenchmarkStoreChangeToAnswer100k(b *testing.B) {
 			b.Fatal(err)
 		}
 		name := addrName(a, "bl.example.org.")
-		for answerA(ask(b, ts.addr, "udp", name, dns.TypeA)) == "" {
+		for dnstest.AnswerA(ask(b, ts.addr, "udp", name, dns.TypeA)) == "" {
 			if time.Since(start) > 10*time.Second {
 				b.Fatal("not served after 10 s")
 			}

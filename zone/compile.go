@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/blmilter/blmilter/iplist"
 )
 
 // The RFC 5782 test points (section 5). The listed ones answer 127.0.0.2
@@ -74,7 +76,7 @@ func (z *Zone) entries(tpl template, listings []Listing, now time.Time) entrySet
 				es.next = l.Expires
 			}
 		}
-		p, ok := canonPrefix(l.Prefix)
+		p, ok := iplist.Canonical(l.Prefix)
 		if !ok {
 			continue
 		}
@@ -119,21 +121,6 @@ func (z *Zone) entries(tpl template, listings []Listing, now time.Time) entrySet
 		}
 	}
 	return es
-}
-
-// canonPrefix masks p and makes IPv4-mapped prefixes of /96 and longer
-// IPv4, as the store does.
-func canonPrefix(p netip.Prefix) (netip.Prefix, bool) {
-	if !p.IsValid() {
-		return netip.Prefix{}, false
-	}
-	a := p.Addr().WithZone("")
-	bits := p.Bits()
-	if a.Is4In6() && bits >= 96 {
-		a, bits = a.Unmap(), bits-96
-	}
-	p, err := a.Prefix(bits)
-	return p, err == nil
 }
 
 func (z *Zone) code(category string) [4]byte {

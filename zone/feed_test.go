@@ -9,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/store"
 )
@@ -54,7 +55,7 @@ func TestStoreChangesAreServed(t *testing.T) {
 	}
 	ts := startServer(t, testOptions(), nil)
 	followStore(t, daemon, ts.Server)
-	if r := ask(t, ts.addr, "udp", "7.2.18.198.bl.example.org.", dns.TypeA); answerA(r) != "127.0.0.4" {
+	if r := ask(t, ts.addr, "udp", "7.2.18.198.bl.example.org.", dns.TypeA); dnstest.AnswerA(r) != "127.0.0.4" {
 		t.Fatalf("the store's listing is not served after Sync: %v", r)
 	}
 
@@ -69,7 +70,7 @@ func TestStoreChangesAreServed(t *testing.T) {
 	served := func(name string, listed bool) func() bool {
 		return func() bool {
 			r := ask(t, ts.addr, "udp", name, dns.TypeA)
-			return (answerA(r) != "") == listed
+			return (dnstest.AnswerA(r) != "") == listed
 		}
 	}
 	measure := func(what string, change func(), cond func() bool) {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -25,8 +26,7 @@ import (
 func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.stats.panics.Add(1)
-			s.log.Error("panic answering a query; the query is dropped", "panic", p, "remote", w.RemoteAddr().String())
+			s.recovered(p, w.RemoteAddr().String())
 		}
 	}()
 	_, tcp := w.RemoteAddr().(*net.TCPAddr)
@@ -128,6 +128,16 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	sn.fill(resp, r, q.Name, apexOwner)
 	s.stats.count(r)
 	s.write(w, resp, tcp, opt)
+}
+
+// recovered counts and logs a panic that ended one query: the client gets
+// no answer, the server goes on.
+func (s *Server) recovered(p any, remote string) {
+	s.stats.panics.Add(1)
+	if s.opts.OnPanic != nil {
+		s.opts.OnPanic()
+	}
+	s.log.Error("panic answering a query; the query is dropped", "panic", p, "remote", remote, "stack", string(debug.Stack()))
 }
 
 // udpLimit is the largest UDP answer a client takes: its EDNS size

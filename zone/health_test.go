@@ -49,16 +49,12 @@ ipv4 = false
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The monitor as the daemon sets it up: the [health] section.
-			h := cfg.Health
+			// The monitor the daemon runs, strict: one failed round
+			// degrades, and the hit ratio cannot come into it.
 			var engine *policy.Engine
 			mon := health.New(func() health.Target { return engine }, func() health.Resolver { return res }, health.Options{
-				Interval:    h.Interval.Duration,
-				Timeout:     h.Timeout.Duration,
-				FailAfter:   h.FailAfter,
-				MaxHitRatio: h.MaxHitRatio,
-				MinChecks:   h.MinChecks,
-				RatioWindow: h.RatioWindow.Duration,
+				Interval: time.Hour, Timeout: time.Second, FailAfter: 1,
+				MaxHitRatio: 1, MinChecks: 1 << 20, RatioWindow: time.Hour,
 			})
 			engine = testengine.From(t, cfg, policy.Deps{Observers: []policy.Observer{mon}})
 			before := ts.Stats()

@@ -124,16 +124,6 @@ func ask(t testing.TB, addr, network, name string, qtype uint16, edit ...func(*d
 	return r
 }
 
-// answerA returns the A record of an answer, "" when there is none.
-func answerA(r *dns.Msg) string {
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			return a.A.String()
-		}
-	}
-	return ""
-}
-
 func answerTXT(r *dns.Msg) string {
 	for _, rr := range r.Answer {
 		if txt, ok := rr.(*dns.TXT); ok {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/dnsbl"
 )
 
 // Defaults for the fields of Zone and Options left zero.
@@ -101,6 +103,10 @@ type Options struct {
 	// before the zone serves it (store.SetZoneSerial). An error is logged;
 	// the change is served all the same.
 	OnSerial func(serial uint32, digest string) error
+	// OnPanic, when set, is called once for every panic recovered while
+	// answering a query (for blmilter_panics_total); the Panics counter of
+	// Stats counts them too.
+	OnPanic func()
 
 	Logger *slog.Logger
 
@@ -193,7 +199,7 @@ func (z *Zone) normalize() error {
 		errs = append(errs, fmt.Errorf("ttl: %v is too long", z.TTL))
 	}
 	for cat, code := range z.Codes {
-		if err := checkCode(code); err != nil {
+		if err := dnsbl.CheckListingCode(code); err != nil {
 			errs = append(errs, fmt.Errorf("codes %s: %w", cat, err))
 		}
 	}
@@ -205,24 +211,6 @@ func (z *Zone) normalize() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// checkCode accepts the A records a DNSBL client takes for a listing: in
-// 127.0.0.0/8, not 127.0.0.0 or 127.0.0.1 (the RFC 5782 negative test
-// point), not in 127.255.255.0/24 (which clients read as a refusal of their
-// resolver).
-func checkCode(a netip.Addr) error {
-	a = a.Unmap()
-	b := a.As4()
-	switch {
-	case !a.Is4() || b[0] != 127:
-		return fmt.Errorf("%v is not in 127.0.0.0/8", a)
-	case b[1] == 0 && b[2] == 0 && b[3] <= 1:
-		return fmt.Errorf("%v is not a listing code (RFC 5782)", a)
-	case b[1] == 255 && b[2] == 255:
-		return fmt.Errorf("%v is in 127.255.255.0/24, which clients take for a refusal of their resolver", a)
-	}
-	return nil
 }
 
 // fqdn checks a domain name and returns it lower case with the trailing dot.

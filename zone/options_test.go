@@ -30,6 +30,7 @@ func TestOptionsNormalize(t *testing.T) {
 		{"NS inside the zone", func(o *Options) { o.NS = []string{"ns.bl.example.org"} }, "inside the zone", nil},
 		{"bad zone name", func(o *Options) { o.Name = "bl..example" }, "zone name", nil},
 		{"code outside 127/8", func(o *Options) { o.Codes["zombie"] = netip.MustParseAddr("10.0.0.4") }, "codes zombie", nil},
+		{"IPv6 code", func(o *Options) { o.Codes["zombie"] = netip.MustParseAddr("2001:db8::2") }, "codes zombie", nil},
 		{"code 127.0.0.1", func(o *Options) { o.Codes["zombie"] = netip.MustParseAddr("127.0.0.1") }, "not a listing code", nil},
 		{"code in 127.255.255.0/24", func(o *Options) { o.Codes["zombie"] = netip.MustParseAddr("127.255.255.254") }, "refusal", nil},
 		{"bad notify", func(o *Options) { o.Notify = []string{"127.0.0.1"} }, "notify", nil},

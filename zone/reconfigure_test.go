@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/internal/dnstest"
 )
 
 // A reload's new TTL, codes and TXT template are served at once under a
@@ -22,7 +24,7 @@ func TestReconfigure(t *testing.T) {
 	<-first.serials // the first load's NOTIFY
 
 	r := ask(t, ts.addr, "udp", name, dns.TypeA)
-	if answerA(r) != "127.0.0.4" || r.Answer[0].Header().Ttl != 300 {
+	if dnstest.AnswerA(r) != "127.0.0.4" || r.Answer[0].Header().Ttl != 300 {
 		t.Fatalf("before: %v", r)
 	}
 
@@ -35,7 +37,7 @@ func TestReconfigure(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = ask(t, ts.addr, "udp", name, dns.TypeA)
-	if answerA(r) != "127.0.0.14" || r.Answer[0].Header().Ttl != 30 {
+	if dnstest.AnswerA(r) != "127.0.0.14" || r.Answer[0].Header().Ttl != 30 {
 		t.Errorf("after: %v", r)
 	}
 	if txt := answerTXT(ask(t, ts.addr, "tcp", name, dns.TypeTXT)); txt != "zombie (trap hit)" {
@@ -87,7 +89,7 @@ func TestReconfigure(t *testing.T) {
 			t.Errorf("%s: accepted", bad.name)
 		}
 	}
-	if answerA(ask(t, ts.addr, "udp", name, dns.TypeA)) != "127.0.0.14" || ts.Serial() != after {
+	if dnstest.AnswerA(ask(t, ts.addr, "udp", name, dns.TypeA)) != "127.0.0.14" || ts.Serial() != after {
 		t.Error("a refused change changed the zone")
 	}
 }

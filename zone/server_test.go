@@ -6,11 +6,13 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
 )
 
@@ -70,7 +72,7 @@ func TestAnswers(t *testing.T) {
 				if r.Rcode != tt.want.rcode {
 					t.Errorf("rcode %s, want %s", dns.RcodeToString[r.Rcode], dns.RcodeToString[tt.want.rcode])
 				}
-				if got := answerA(r); got != tt.want.a {
+				if got := dnstest.AnswerA(r); got != tt.want.a {
 					t.Errorf("A %q, want %q", got, tt.want.a)
 				}
 				if got := answerTXT(r); got != tt.want.txt {
@@ -154,7 +156,7 @@ func TestQueryFormsAndFlags(t *testing.T) {
 			}
 			// Hex digits of IPv6 names in upper case.
 			q6 := strings.ToUpper(addrName(netip.MustParseAddr("2001:db8:bad::fade"), "bl.example.org."))
-			if r := ask(t, ts.addr, network, q6, dns.TypeA); answerA(r) != "127.0.0.4" {
+			if r := ask(t, ts.addr, network, q6, dns.TypeA); dnstest.AnswerA(r) != "127.0.0.4" {
 				t.Errorf("%s: %s answers %v", network, q6, r)
 			}
 		}
@@ -310,7 +312,7 @@ func TestOddQueries(t *testing.T) {
 		})
 	}
 	// The server still answers.
-	if r := ask(t, ts.addr, "udp", "7.2.18.198.bl.example.org.", dns.TypeA); answerA(r) != "127.0.0.4" {
+	if r := ask(t, ts.addr, "udp", "7.2.18.198.bl.example.org.", dns.TypeA); dnstest.AnswerA(r) != "127.0.0.4" {
 		t.Errorf("after the odd queries: %v", r)
 	}
 }
@@ -449,7 +451,7 @@ func TestTCPConnectionLimit(t *testing.T) {
 		if err := c.WriteMsg(m); err != nil {
 			t.Fatal(err)
 		}
-		if r, err := c.ReadMsg(); err != nil || answerA(r) != "127.0.0.4" {
+		if r, err := c.ReadMsg(); err != nil || dnstest.AnswerA(r) != "127.0.0.4" {
 			t.Fatalf("connection within the limit: %v %v", r, err)
 		}
 	}
@@ -484,7 +486,7 @@ func TestTCPConnectionLimit(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return testkit.Unless(answerA(r) == "127.0.0.4", "answered %q", answerA(r))
+		return testkit.Unless(dnstest.AnswerA(r) == "127.0.0.4", "answered %q", dnstest.AnswerA(r))
 	})
 }
 
@@ -612,8 +614,8 @@ func TestUDPBurst(t *testing.T) {
 			if r.Rcode != dns.RcodeFormatError {
 				t.Errorf("query %d: rcode %s, want FORMERR", r.Id, dns.RcodeToString[r.Rcode])
 			}
-		case answerA(&r) != w:
-			t.Errorf("query %d (%v): A %q, want %q", r.Id, r.Question, answerA(&r), w)
+		case dnstest.AnswerA(&r) != w:
+			t.Errorf("query %d (%v): A %q, want %q", r.Id, r.Question, dnstest.AnswerA(&r), w)
 		}
 	}
 	// Loopback drops nothing at this size, but a busy machine may: most
@@ -625,9 +627,13 @@ func TestUDPBurst(t *testing.T) {
 
 // TestPanicEndsOneQuery serves a broken snapshot (a tree whose root is
 // out of range, which no build makes): the queries that touch it are
-// dropped and counted, over UDP and TCP, and the server goes on.
+// dropped and counted, over UDP and TCP, OnPanic is told of each, and the
+// server goes on.
 func TestPanicEndsOneQuery(t *testing.T) {
-	ts := startServer(t, testOptions(), serverListings)
+	opts := testOptions()
+	var told atomic.Int32
+	opts.OnPanic = func() { told.Add(1) }
+	ts := startServer(t, opts, serverListings)
 	good := ts.snap.Load()
 	broken := *good
 	broken.b = &built{tree: &tree{root: 1 << 20}, digest: good.b.digest}
@@ -643,12 +649,15 @@ func TestPanicEndsOneQuery(t *testing.T) {
 	if got := ts.Stats().Panics; got != 2 {
 		t.Errorf("Panics = %d, want 2", got)
 	}
+	if got := told.Load(); got != 2 {
+		t.Errorf("OnPanic called %d times, want 2", got)
+	}
 	if !strings.Contains(ts.log.String(), "panic answering a query") {
 		t.Error("the panic is not logged")
 	}
 	ts.snap.Store(good)
 	for _, network := range []string{"udp", "tcp"} {
-		if r := ask(t, ts.addr, network, "7.2.18.198.bl.example.org.", dns.TypeA); answerA(r) != "127.0.0.4" {
+		if r := ask(t, ts.addr, network, "7.2.18.198.bl.example.org.", dns.TypeA); dnstest.AnswerA(r) != "127.0.0.4" {
 			t.Errorf("%s after the panics: %v", network, r)
 		}
 	}

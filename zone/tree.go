@@ -2,6 +2,7 @@ package zone
 
 import (
 	"cmp"
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"sort"
@@ -185,15 +186,10 @@ type u128 struct{ hi, lo uint64 }
 func fromAddr(a netip.Addr) u128 {
 	if a.Is4() {
 		b := a.As4()
-		return u128{hi: uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32}
+		return u128{hi: uint64(binary.BigEndian.Uint32(b[:])) << 32}
 	}
 	b := a.As16()
-	var u u128
-	for i := range 8 {
-		u.hi = u.hi<<8 | uint64(b[i])
-		u.lo = u.lo<<8 | uint64(b[i+8])
-	}
-	return u
+	return u128{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
 }
 
 func (u u128) compare(v u128) int {

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/iplist"
 )
 
 const testApex = "bl.example.org."
@@ -103,7 +106,7 @@ func target(z Zone, ls []Listing, a netip.Addr) *rdata {
 	var cands []cand
 	tpl := parseTemplate(z.TXT)
 	for _, l := range ls {
-		p, _ := canonPrefix(l.Prefix)
+		p, _ := iplist.Canonical(l.Prefix)
 		if p.Contains(a) {
 			rd := rdata{a: z.code(l.Category), txt: string(cleanTXT(z.render(nil, tpl, p, l.Category, l.Reason)))}
 			cands = append(cands, cand{p, &rd})
@@ -134,33 +137,14 @@ func target(z Zone, ls []Listing, a netip.Addr) *rdata {
 // boundaries are the first and last address of each listing and the
 // addresses just outside, plus the test points.
 func boundaries(ls []Listing) []netip.Addr {
-	out := []netip.Addr{
-		netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"),
-		netip.MustParseAddr("::ffff:7f00:1"), netip.MustParseAddr("::ffff:7f00:2"), netip.MustParseAddr("::ffff:7f00:3"),
-	}
+	var ps []netip.Prefix
 	for _, l := range ls {
-		p, _ := canonPrefix(l.Prefix)
-		first := p.Addr()
-		last := lastAddr(p)
-		out = append(out, first, last)
-		if prev := first.Prev(); prev.IsValid() {
-			out = append(out, prev)
-		}
-		if next := last.Next(); next.IsValid() {
-			out = append(out, next)
-		}
+		p, _ := iplist.Canonical(l.Prefix)
+		ps = append(ps, p)
 	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
-}
-
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
+	return testkit.Boundaries(ps,
+		netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"),
+		netip.MustParseAddr("::ffff:7f00:1"), netip.MustParseAddr("::ffff:7f00:2"), netip.MustParseAddr("::ffff:7f00:3"))
 }
 
 func wireName(t testing.TB, name string) []byte {

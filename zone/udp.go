@@ -77,12 +77,11 @@ func (s *Server) isClosing() bool {
 }
 
 // answerUDP answers one datagram into out; nil: send nothing. A panic
-// drops the query and is counted.
+// drops the query and is counted (see recovered).
 func (s *Server) answerUDP(req []byte, from netip.AddrPort, local net.Addr, out []byte) (resp []byte) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.stats.panics.Add(1)
-			s.log.Error("panic answering a query; the query is dropped", "panic", p, "remote", from.String())
+			s.recovered(p, from.String())
 			resp = nil
 		}
 	}()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
 )
 
@@ -119,7 +120,7 @@ func TestOnSerialErrorStillServes(t *testing.T) {
 	opts.OnSerial = func(uint32, string) error { return errors.New("disk full") }
 	ts := startServer(t, opts, serverListings)
 	ts.Update(append(slices.Clone(serverListings), Listing{Prefix: netip.MustParsePrefix("203.0.113.9/32"), Category: "zombie"}))
-	if r := ask(t, ts.addr, "udp", "9.113.0.203.bl.example.org.", dns.TypeA); answerA(r) != "127.0.0.4" {
+	if r := ask(t, ts.addr, "udp", "9.113.0.203.bl.example.org.", dns.TypeA); dnstest.AnswerA(r) != "127.0.0.4" {
 		t.Errorf("the change is not served: %v", r)
 	}
 	if !strings.Contains(ts.log.String(), "saving the zone's serial") {
@@ -136,7 +137,7 @@ func TestExpiryWithoutUpdate(t *testing.T) {
 	)
 	serial, _ := ts.Update(ls)
 	const name = "9.113.0.203.bl.example.org."
-	if r := ask(t, ts.addr, "udp", name, dns.TypeA); answerA(r) != "127.0.0.4" {
+	if r := ask(t, ts.addr, "udp", name, dns.TypeA); dnstest.AnswerA(r) != "127.0.0.4" {
 		t.Fatalf("before its expiry: %v", r)
 	}
 	if r := ask(t, ts.addr, "udp", "10.113.0.203.bl.example.org.", dns.TypeA); r.Rcode != dns.RcodeNameError {

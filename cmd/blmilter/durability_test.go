@@ -51,30 +51,7 @@ func TestKill9DuringRemovalBurst(t *testing.T) {
 	addr := testkit.FreeAddr(t)
 	base := "http://" + addr
 	cfgPath := filepath.Join(dir, "blmilter.toml")
-	writeFile(t, cfgPath, fmt.Sprintf(`[milter]
-listen = ""
-
-[web]
-listen = %q
-public_url = %q
-lookup_rate = 10000
-lookup_burst = 10000
-
-[store]
-path = %q
-
-[dns]
-servers = ["127.0.0.1:1"]
-timeout = "200ms"
-
-[health]
-interval = "24h"
-
-[[list]]
-name = "site"
-store = true
-weight = 5
-`, addr, base, db))
+	writeFile(t, cfgPath, siteWebConfig(addr, base, db, ""))
 
 	ips := []string{"198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"}
 	args := append([]string{"list", "add"}, ips...)
@@ -249,6 +226,37 @@ weight = 5
 	checkIntegrity(t, db)
 }
 
+// siteWebConfig is a config with the lookup service on addr, public at
+// base, and the site's own list in db as the only list: no DNS list is
+// asked. webExtra goes at the end of [web] (more keys, or its
+// subsections).
+func siteWebConfig(addr, base, db, webExtra string) string {
+	return fmt.Sprintf(`[milter]
+listen = ""
+
+[web]
+listen = %q
+public_url = %q
+lookup_rate = 10000
+lookup_burst = 10000
+%s
+[store]
+path = %q
+
+[dns]
+servers = ["127.0.0.1:1"]
+timeout = "200ms"
+
+[health]
+interval = "24h"
+
+[[list]]
+name = "site"
+store = true
+weight = 5
+`, addr, base, webExtra, db)
+}
+
 // daemonProc is a running "blmilter serve".
 type daemonProc struct {
 	cmd  *exec.Cmd
@@ -262,11 +270,12 @@ func (d *daemonProc) kill() {
 	<-d.done
 }
 
-// startDaemon starts "blmilter -config cfg serve" and waits until its
-// /healthz answers. The process is killed when the test ends.
-func startDaemon(t *testing.T, bin, cfg, base string) *daemonProc {
+// runServe runs "bin -config cfg serve" and returns at once; the process
+// is killed when the test ends. Its output is kept: the first logMax bytes
+// of it, or all of it with logMax 0.
+func runServe(t *testing.T, bin, cfg string, logMax int) *daemonProc {
 	t.Helper()
-	d := &daemonProc{cmd: exec.Command(bin, "-config", cfg, "serve"), log: &testkit.Buffer{Max: 1 << 20}, done: make(chan struct{})}
+	d := &daemonProc{cmd: exec.Command(bin, "-config", cfg, "serve"), log: &testkit.Buffer{Max: logMax}, done: make(chan struct{})}
 	d.cmd.Stdout = d.log
 	d.cmd.Stderr = d.log
 	if err := d.cmd.Start(); err != nil {
@@ -277,7 +286,26 @@ func startDaemon(t *testing.T, bin, cfg, base string) *daemonProc {
 		close(d.done)
 	}()
 	t.Cleanup(d.kill)
+	return d
+}
 
+// exitCode waits for the process to exit on its own and returns its exit
+// code; within bounds the wait.
+func (d *daemonProc) exitCode(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-d.done:
+	case <-time.After(within):
+		t.Fatalf("serve did not stop within %v\n%s", within, d.log.String())
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+// startDaemon starts "bin -config cfg serve" and waits until its /healthz
+// answers. The process is killed when the test ends.
+func startDaemon(t *testing.T, bin, cfg, base string) *daemonProc {
+	t.Helper()
+	d := runServe(t, bin, cfg, 1<<20)
 	c := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(20 * time.Second)
 	for {

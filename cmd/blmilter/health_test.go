@@ -3,11 +3,9 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -145,19 +143,7 @@ func clientIP(w, n int) string {
 // process is killed when the test ends. Its whole output is kept.
 func startServe(t *testing.T, cfg string) *daemonProc {
 	t.Helper()
-	bin := testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmilter")
-	d := &daemonProc{cmd: exec.Command(bin, "-config", cfg, "serve"), log: &testkit.Buffer{}, done: make(chan struct{})}
-	d.cmd.Stdout = d.log
-	d.cmd.Stderr = d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		d.cmd.Wait()
-		close(d.done)
-	}()
-	t.Cleanup(d.kill)
-	return d
+	return runServe(t, testkit.Binary(t, "github.com/blmilter/blmilter/cmd/blmilter"), cfg, 0)
 }
 
 // A list that answers everything never refuses a client: not at start,
@@ -399,21 +385,11 @@ func TestStartDoesNotWaitForeverForProbes(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^Slow .*NOT YET CHECKED`).MatchString(out) || !regexp.MustCompile(`(?m)^Good .*healthy`).MatchString(out) {
 		t.Errorf("blmilter stats does not show Slow as not yet checked and Good as healthy:\n%s", out)
 	}
+	// Slow's answer counts as unproven: neither listed nor degraded.
+	if !regexp.MustCompile(`(?m)^Slow\s+0\s+0\s+0\s+0\s+1\s`).MatchString(out) {
+		t.Errorf("blmilter stats does not count Slow's answer as unproven:\n%s", out)
+	}
 	if page := httpGet(t, "http://"+webAddr+"/ip/198.18.7.7"); !strings.Contains(page, "not yet checked") {
 		t.Errorf("the lookup page does not say the list is not yet checked:\n%s", page)
 	}
-}
-
-func httpGet(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }

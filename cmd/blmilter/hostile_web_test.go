@@ -34,36 +34,13 @@ func TestHostileWebInput(t *testing.T) {
 	base := "http://" + addr
 	const token = "an-admin-token-of-forty-characters-long!"
 	cfgPath := filepath.Join(dir, "blmilter.toml")
-	writeFile(t, cfgPath, fmt.Sprintf(`[milter]
-listen = ""
-
-[web]
-listen = %q
-public_url = %q
-admin_token = %q
-lookup_rate = 10000
-lookup_burst = 10000
+	writeFile(t, cfgPath, siteWebConfig(addr, base, db, fmt.Sprintf(`admin_token = %q
 
 [web.smtp]
 server = %q
 from = "lookup@lookup.test"
 starttls = false
-
-[store]
-path = %q
-
-[dns]
-servers = ["127.0.0.1:1"]
-timeout = "200ms"
-
-[health]
-interval = "24h"
-
-[[list]]
-name = "site"
-store = true
-weight = 5
-`, addr, base, token, sink.Addr, db))
+`, token, sink.Addr)))
 	if out, err := exec.Command(bin, "list", "add", "198.18.0.1", "-db", db, "-create", "-category", "spam-source").CombinedOutput(); err != nil {
 		t.Fatalf("blmilter list add: %v\n%s", err, out)
 	}
@@ -135,7 +112,7 @@ weight = 5
 				ExpiresAt time.Time `json:"expires_at"`
 			} `json:"site_listing"`
 		}
-		_, page := get(t, plain, base+"/api/v1/ip/198.18.0.2")
+		page := httpGet(t, base+"/api/v1/ip/198.18.0.2")
 		if err := json.Unmarshal([]byte(page), &rep); err != nil || rep.Status != "listed" || rep.SiteListing.ExpiresAt.Year() != 9999 {
 			t.Errorf("a listing until 9999: %s (%v)", page, err)
 		}
@@ -167,15 +144,4 @@ weight = 5
 			t.Errorf("%d log lines for 9 failures of one client", n)
 		}
 	})
-}
-
-func get(t *testing.T, c *http.Client, u string) (int, string) {
-	t.Helper()
-	resp, err := c.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }

@@ -13,8 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -251,42 +249,13 @@ func TestServe(t *testing.T) {
 		c := strings.Replace(testConfig(s, dir, policyTOML), "[web]\nlisten = \"\"", "[web]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"t0ken-t0ken-t0ken-t0ken-t0ken-t0ken\"", 1)
 		return c + "\n[policyd]\nlisten = \"127.0.0.1:0\"\n"
 	}
-	writeFile(t, path, serveConfig(""))
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := newDaemon(path, slog.New(slog.DiscardHandler))
-	d.grace = 10 * time.Millisecond
-	var mu sync.Mutex
-	addrs := map[string]net.Addr{}
-	listening := make(chan struct{}, 3)
-	d.onListen = func(name string, a net.Addr) {
-		mu.Lock()
-		addrs[name] = a
-		mu.Unlock()
-		listening <- struct{}{}
-	}
-	reloaded := make(chan error, 1)
-	d.onReload = func(err error) { reloaded <- err }
-	sigs := make(chan os.Signal, 1)
-	done := make(chan error, 1)
-	go func() { done <- d.run(cfg, sigs) }()
-	for range 3 {
-		select {
-		case <-listening:
-		case err := <-done:
-			t.Fatalf("run: %v", err)
-		case <-time.After(10 * time.Second):
-			t.Fatalf("not listening: %v", addrs)
-		}
-	}
-	mu.Lock()
-	addr := addrs["milter"]
-	mu.Unlock()
+	td := startTestDaemon(t, path, serveConfig(""), 3)
+	td.mu.Lock()
+	addr := td.addrs["milter"]
+	td.mu.Unlock()
 
 	// The policy server and the web service answer with the same engine.
-	pc, err := net.Dial("tcp", addrs["policyd"].String())
+	pc, err := net.Dial("tcp", td.addr("policyd"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +266,7 @@ func TestServe(t *testing.T) {
 	if err != nil || !strings.HasPrefix(line, "action=550 5.7.1 ") || !strings.Contains(line, "[192.0.2.7]") {
 		t.Fatalf("policy server: %q, %v", line, err)
 	}
-	resp, err := http.Get("http://" + addrs["web"].String() + "/api/v1/ip/192.0.2.7")
+	resp, err := http.Get("http://" + td.addr("web") + "/api/v1/ip/192.0.2.7")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +278,7 @@ func TestServe(t *testing.T) {
 	// /metrics on the web service counts what the front ends did.
 	metric := func(series string) string {
 		t.Helper()
-		resp, err := http.Get("http://" + addrs["web"].String() + "/metrics")
+		resp, err := http.Get("http://" + td.addr("web") + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,11 +298,11 @@ func TestServe(t *testing.T) {
 		t.Errorf("Test ZEN healthy = %s, want 1", got)
 	}
 	// blmilter stats reads the same counters through the admin API.
-	code, out, errs := runCLI("stats", "-url", "http://"+addrs["web"].String(), "-token", "t0ken-t0ken-t0ken-t0ken-t0ken-t0ken")
-	if code != 0 || !strings.Contains(out, "reject 1") || !regexp.MustCompile(`Test ZEN\s+1\s+0\s+0\s+0\s+1\s+1\s+0\s+healthy`).MatchString(out) {
+	code, out, errs := runCLI("stats", "-url", "http://"+td.addr("web"), "-token", "t0ken-t0ken-t0ken-t0ken-t0ken-t0ken")
+	if code != 0 || !strings.Contains(out, "reject 1") || !regexp.MustCompile(`Test ZEN\s+1\s+0\s+0\s+0\s+0\s+1\s+1\s+0\s+healthy`).MatchString(out) {
 		t.Errorf("stats: exit %d\n%s%s", code, out, errs)
 	}
-	if code, _, errs := runCLI("stats", "-url", "http://"+addrs["web"].String(), "-token", "wrong"); code == 0 || !strings.Contains(errs, "401") {
+	if code, _, errs := runCLI("stats", "-url", "http://"+td.addr("web"), "-token", "wrong"); code == 0 || !strings.Contains(errs, "401") {
 		t.Errorf("stats with a wrong token: exit %d, %s", code, errs)
 	}
 
@@ -364,15 +333,8 @@ func TestServe(t *testing.T) {
 
 	reloadTo := func(policyTOML string) error {
 		t.Helper()
-		writeFile(t, path, serveConfig(policyTOML))
-		sigs <- syscall.SIGHUP
-		select {
-		case err := <-reloaded:
-			return err
-		case <-time.After(10 * time.Second):
-			t.Fatal("SIGHUP not handled")
-			return nil
-		}
+		_, err := td.reload(t, serveConfig(policyTOML))
+		return err
 	}
 	if err := reloadTo(`reject_text = "Go away [{ip}]: {url}"`); err != nil {
 		t.Fatalf("reload: %v", err)
@@ -394,14 +356,8 @@ func TestServe(t *testing.T) {
 		t.Errorf("reject checks = %s", got)
 	}
 
-	sigs <- syscall.SIGTERM
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run after SIGTERM: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return after SIGTERM")
+	if err := td.stop(t); err != nil {
+		t.Fatalf("run after SIGTERM: %v", err)
 	}
 	if c, err := net.DialTimeout(addr.Network(), addr.String(), time.Second); err == nil {
 		c.Close()
@@ -448,31 +404,6 @@ func TestCheckAsksTheSiteList(t *testing.T) {
 	code, out, errs := runCLI("-config", path, "check", "192.0.2.50")
 	if code != 0 || !strings.Contains(out, "192.0.2.50: reject") || !regexp.MustCompile(`Our list\s+listed\s+-\s+spam-source`).MatchString(out) {
 		t.Fatalf("exit %d\n%s%s", code, out, errs)
-	}
-}
-
-// serve warns when the site's own list has listings that no list uses.
-func TestServeWarnsAboutUnusedStore(t *testing.T) {
-	s := dnstest.Start(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "blmilter.toml")
-	writeFile(t, path, testConfig(s, dir, ""))
-	if code, _, errs := runCLI("list", "add", "192.0.2.50", "-db", filepath.Join(dir, "blmilter.db"), "-create"); code != 0 {
-		t.Fatalf("list add: %s", errs)
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &testkit.Buffer{}
-	d := newDaemon(path, slog.New(slog.NewTextHandler(logs, nil)))
-	closeStore, err := d.openStore(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeStore()
-	if !strings.Contains(logs.String(), "the site's own list refuses no mail") {
-		t.Errorf("no warning at start: %s", logs.String())
 	}
 }
 

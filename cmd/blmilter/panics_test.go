@@ -5,18 +5,16 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/blmilter/blmilter/internal/dnstest"
-	"github.com/blmilter/blmilter/internal/testkit"
-	"github.com/blmilter/blmilter/logging"
 	"github.com/blmilter/blmilter/policy"
 )
 
@@ -33,14 +31,13 @@ func (bombList) Lookup(ip netip.Addr) (string, string, bool) {
 }
 
 // panicDaemon runs the daemon in this process with a site list that
-// panics for bombIP, the policy server, the web service and a metrics
-// listener of its own.
-func panicDaemon(t *testing.T) (d *daemon, addrs map[string]string) {
+// panics for bombIP, the policy server, the web service, the zone and a
+// metrics listener of its own.
+func panicDaemon(t *testing.T) *testDaemon {
 	t.Helper()
 	s := dnstest.Start(t)
 	dir := t.TempDir()
-	path := filepath.Join(dir, "blmilter.toml")
-	writeFile(t, path, fmt.Sprintf(`[milter]
+	text := fmt.Sprintf(`[milter]
 listen = ""
 [policyd]
 listen = "127.0.0.1:0"
@@ -53,45 +50,17 @@ listen = "127.0.0.1:0"
 path = %q
 [dns]
 servers = [%q]
+[zone]
+name = "bl.test"
+listen = ["127.0.0.1:0"]
+ns = ["ns1.example.org."]
 [[list]]
 name = "Site"
 store = true
-`, filepath.Join(dir, "blmilter.db"), s.Addr))
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &testkit.Buffer{}
-	logger, out, err := logging.New(logOptions(cfg), logs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d = newDaemon(path, logger)
-	d.logOut = out
-	d.depsHook = func(deps *policy.Deps) { deps.StoreList = bombList{} }
-	addrs = map[string]string{}
-	listening := make(chan struct{}, 3)
-	d.onListen = func(name string, a net.Addr) {
-		addrs[name] = a.String()
-		listening <- struct{}{}
-	}
-	sigs := make(chan os.Signal, 1)
-	done := make(chan error, 1)
-	go func() { done <- d.run(cfg, sigs) }()
-	t.Cleanup(func() {
-		sigs <- syscall.SIGTERM
-		<-done
+`, filepath.Join(dir, "blmilter.db"), s.Addr)
+	return startTestDaemon(t, filepath.Join(dir, "blmilter.toml"), text, 4, func(d *daemon) {
+		d.depsHook = func(deps *policy.Deps) { deps.StoreList = bombList{} }
 	})
-	for range 3 {
-		select {
-		case <-listening:
-		case err := <-done:
-			t.Fatalf("run: %v\n%s", err, logs.String())
-		case <-time.After(10 * time.Second):
-			t.Fatal("not listening")
-		}
-	}
-	return d, addrs
 }
 
 // panicsCounted reads blmilter_panics_total{server} from /metrics.
@@ -108,8 +77,12 @@ func panicsCounted(t *testing.T, metricsAddr, server string) int {
 // A panic while serving a policy client or a web request ends that client
 // alone: the daemon answers the next one, and the panic is counted.
 func TestServerPanicsAreCounted(t *testing.T) {
-	_, addrs := panicDaemon(t)
-	for _, server := range []string{"milter", "policyd", "web", "metrics", "health", "store"} {
+	td := panicDaemon(t)
+	addrs := map[string]string{}
+	for _, name := range []string{"policyd", "web", "metrics", "zone"} {
+		addrs[name] = td.addr(name)
+	}
+	for _, server := range []string{"milter", "policyd", "web", "metrics", "health", "store", "zone"} {
 		if n := panicsCounted(t, addrs["metrics"], server); n != 0 {
 			t.Errorf("%s: %d panics before any", server, n)
 		}
@@ -141,7 +114,35 @@ func TestServerPanicsAreCounted(t *testing.T) {
 	if n := panicsCounted(t, addrs["metrics"], "web"); n != 1 {
 		t.Errorf("web panics: %d, want 1", n)
 	}
+
+	// The zone's answer path panics for one client: that query is dropped
+	// and counted, and the zone answers the next one.
+	q := new(dns.Msg)
+	q.SetQuestion("1.1.18.198.bl.test.", dns.TypeA)
+	td.d.zone.ServeDNS(panickyWriter{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353}}, q)
+	if n := panicsCounted(t, addrs["metrics"], "zone"); n != 1 {
+		t.Errorf("zone panics: %d, want 1", n)
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		r, _, err := (&dns.Client{Net: network, Timeout: 2 * time.Second}).Exchange(q, addrs["zone"])
+		if err != nil || r.Rcode != dns.RcodeNameError {
+			t.Errorf("the next query over %s: %v, %v; want NXDOMAIN", network, r, err)
+		}
+	}
 }
+
+// panickyWriter is a DNS client connection whose answer cannot be written
+// without a panic, as a bug on the zone's answer path would have it.
+type panickyWriter struct{ remote net.Addr }
+
+func (w panickyWriter) LocalAddr() net.Addr     { return w.remote }
+func (w panickyWriter) RemoteAddr() net.Addr    { return w.remote }
+func (panickyWriter) WriteMsg(*dns.Msg) error   { panic("zone answer bug") }
+func (panickyWriter) Write([]byte) (int, error) { panic("zone answer bug") }
+func (panickyWriter) Close() error              { return nil }
+func (panickyWriter) TsigStatus() error         { return nil }
+func (panickyWriter) TsigTimersOnly(bool)       {}
+func (panickyWriter) Hijack()                   {}
 
 // The metrics listener has the web service's limits: a client that sends
 // its header a byte at a time is cut off, and a huge header is refused.
@@ -149,8 +150,7 @@ func TestMetricsListenerLimits(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the header timeout")
 	}
-	_, addrs := panicDaemon(t)
-	addr := addrs["metrics"]
+	addr := panicDaemon(t).addr("metrics")
 
 	big, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -193,13 +193,4 @@ func TestMetricsListenerLimits(t *testing.T) {
 		}
 	}
 	t.Error("a client sending its header a byte a second kept the connection 20 s")
-}
-
-func getStatus(t *testing.T, url string) (int, string) {
-	t.Helper()
-	code, body, err := getURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return code, body
 }

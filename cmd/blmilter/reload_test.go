@@ -28,21 +28,25 @@ type testDaemon struct {
 	log      *testkit.Buffer
 	sigs     chan os.Signal
 	reloaded chan error
-	done     chan error
+	stopped  chan struct{} // closed when run returns
+	err      error         // what run returned, once stopped is closed
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
 }
 
-// startTestDaemon writes text to path and serves it until the test ends.
-func startTestDaemon(t *testing.T, path, text string, servers int) *testDaemon {
+// startTestDaemon writes text to path and serves it until the test ends;
+// it returns once the daemon listens with servers servers. prepare, when
+// given, sets the daemon's test hooks before it runs. A daemon that does
+// not start fails the test with why, and only that.
+func startTestDaemon(t *testing.T, path, text string, servers int, prepare ...func(*daemon)) *testDaemon {
 	t.Helper()
 	writeFile(t, path, text)
 	cfg, err := loadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	td := &testDaemon{path: path, log: &testkit.Buffer{}, sigs: make(chan os.Signal, 1), reloaded: make(chan error, 1), done: make(chan error, 1), addrs: map[string]net.Addr{}}
+	td := &testDaemon{path: path, log: &testkit.Buffer{}, sigs: make(chan os.Signal, 1), reloaded: make(chan error, 1), stopped: make(chan struct{}), addrs: map[string]net.Addr{}}
 	opts := logOptions(cfg)
 	opts.Format = "json"
 	logger, out, err := logging.New(opts, td.log)
@@ -60,20 +64,19 @@ func startTestDaemon(t *testing.T, path, text string, servers int) *testDaemon {
 		listening <- struct{}{}
 	}
 	td.d.onReload = func(err error) { td.reloaded <- err }
-	go func() { td.done <- td.d.run(cfg, td.sigs) }()
-	t.Cleanup(func() {
-		td.sigs <- syscall.SIGTERM
-		select {
-		case <-td.done:
-		case <-time.After(10 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	})
+	for _, p := range prepare {
+		p(td.d)
+	}
+	go func() {
+		td.err = td.d.run(cfg, td.sigs)
+		close(td.stopped)
+	}()
+	t.Cleanup(func() { td.stop(t) })
 	for range servers {
 		select {
 		case <-listening:
-		case err := <-td.done:
-			t.Fatalf("run: %v\n%s", err, td.log.String())
+		case <-td.stopped:
+			t.Fatalf("run: %v\n%s", td.err, td.log.String())
 		case <-time.After(10 * time.Second):
 			t.Fatalf("not listening: %v", td.addrs)
 		}
@@ -87,6 +90,25 @@ func (td *testDaemon) addr(name string) string {
 	return td.addrs[name].String()
 }
 
+// stop sends SIGTERM, unless the daemon stopped already, and returns what
+// run returned.
+func (td *testDaemon) stop(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-td.stopped:
+		return td.err
+	default:
+	}
+	td.sigs <- syscall.SIGTERM
+	select {
+	case <-td.stopped:
+		return td.err
+	case <-time.After(10 * time.Second):
+		t.Error("daemon did not stop")
+		return nil
+	}
+}
+
 // reload writes text and sends SIGHUP; it returns what the daemon logged
 // meanwhile and the reload's outcome.
 func (td *testDaemon) reload(t *testing.T, text string) (string, error) {
@@ -97,10 +119,12 @@ func (td *testDaemon) reload(t *testing.T, text string) (string, error) {
 	select {
 	case err := <-td.reloaded:
 		return td.log.String()[before:], err
+	case <-td.stopped:
+		t.Fatalf("the daemon stopped: %v\n%s", td.err, td.log.String())
 	case <-time.After(10 * time.Second):
 		t.Fatal("SIGHUP not handled")
-		return "", nil
 	}
+	return "", nil
 }
 
 // reloadConfig is a config of sections, each a list of "key = value"

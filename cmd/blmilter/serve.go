@@ -569,16 +569,12 @@ func (d *daemon) healthTarget() health.Target {
 
 // stats is what /admin/api/stats and `blmilter stats` show.
 func (d *daemon) stats() any {
-	var zs *zone.Stats
+	r := statsReport{Stats: d.metrics.Stats(), Health: d.health.Statuses()}
 	if d.zone != nil {
 		s := d.zone.Stats()
-		zs = &s
+		r.Zone = &s
 	}
-	return struct {
-		metrics.Stats
-		Health []health.Status `json:"health"`
-		Zone   *zone.Stats     `json:"zone,omitempty"`
-	}{d.metrics.Stats(), d.health.Statuses(), zs}
+	return r
 }
 
 // openStore opens the site's own list ([store] path) before the first

@@ -13,6 +13,7 @@ import (
 
 	"github.com/blmilter/blmilter/health"
 	"github.com/blmilter/blmilter/metrics"
+	"github.com/blmilter/blmilter/zone"
 )
 
 var statsCommand = &command{
@@ -22,7 +23,10 @@ var statsCommand = &command{
 [web] admin_token) what each list did since it started: answers by result,
 how many clients each list would have refused on its own weight (dry-run and
 degraded lists included), how many of those no other list caught, how many an
-allow list let through, and each list's health.
+allow list let through, and each list's health. The answers of a degraded
+list, and of one not yet checked by a probe (unproven), count apart: they
+refuse nothing. With [zone] served, the zone's serial, queries, answers,
+transfers and NOTIFYs follow.
 
 Use it to decide whether a list in dry run is worth turning on.`,
 	setup: func(fs *flag.FlagSet) func(c *cmdCtx, args []string) error {
@@ -37,6 +41,7 @@ Use it to decide whether a list in dry run is worth turning on.`,
 type statsReport struct {
 	metrics.Stats
 	Health []health.Status `json:"health"`
+	Zone   *zone.Stats     `json:"zone,omitempty"` // nil unless [zone] is served
 }
 
 func runStats(c *cmdCtx, args []string, url, token string, asJSON bool) error {
@@ -117,14 +122,27 @@ func printStats(w io.Writer, r statsReport) {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "LIST\tLISTED\tCLEAN\tERRORS\tDEGRADED\tWOULD REJECT\tONLY THIS LIST\tALLOW OVERRIDES\tHEALTH")
+	fmt.Fprintln(tw, "LIST\tLISTED\tCLEAN\tERRORS\tDEGRADED\tUNPROVEN\tWOULD REJECT\tONLY THIS LIST\tALLOW OVERRIDES\tHEALTH")
 	for _, l := range r.Lists {
 		h := health[l.List]
 		if h == "" {
 			h = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\n",
-			l.List, l.Listed, l.Clean, l.Errors, l.Degraded, l.WouldReject, l.Alone, l.Overridden, h)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\n",
+			l.List, l.Listed, l.Clean, l.Errors, l.Degraded, l.Unproven, l.WouldReject, l.Alone, l.Overridden, h)
 	}
 	tw.Flush()
+	if z := r.Zone; z != nil {
+		fmt.Fprintf(w, "\nzone: serial %d\n", z.Serial)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  queries\tudp %d, tcp %d\n", z.UDPQueries, z.TCPQueries)
+		fmt.Fprintf(tw, "  answers\tlisted %d, nxdomain %d, nodata %d, refused %d, truncated %d, formerr %d, dropped %d\n",
+			z.Listed, z.NXDomain, z.NoData, z.Refused, z.Truncated, z.FormErr, z.Dropped)
+		fmt.Fprintf(tw, "  transfers\taxfr %d, ixfr %d (%d of them the whole zone), refused %d, failed %d\n",
+			z.AXFR, z.IXFR, z.IXFRFull, z.XFRRefused, z.XFRFailed)
+		fmt.Fprintf(tw, "  notify\tacked %d, given up %d\n", z.NotifyAcked, z.NotifyGivenUp)
+		fmt.Fprintf(tw, "  refused\tbad tsig %d, tcp over the limits %d\n", z.TSIGRefused, z.TCPRefused)
+		fmt.Fprintf(tw, "  panics\t%d\n", z.Panics)
+		tw.Flush()
+	}
 }

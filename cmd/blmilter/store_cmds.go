@@ -241,11 +241,7 @@ func listRemove(c *cmdCtx, args []string) error {
 	if len(args) == 0 {
 		return usageError("no IP or CIDR given")
 	}
-	prefixes, err := parsePrefixes(args)
-	if err != nil {
-		return err
-	}
-	s, _, err := c.openStore()
+	prefixes, s, err := c.prefixesAndStore(args)
 	if err != nil {
 		return err
 	}
@@ -268,12 +264,19 @@ func listRemove(c *cmdCtx, args []string) error {
 	return nil
 }
 
-func listShow(c *cmdCtx, args []string) error {
+// prefixesAndStore parses args as prefixes, then opens the command's
+// store.
+func (c *cmdCtx) prefixesAndStore(args []string) ([]netip.Prefix, *store.Store, error) {
 	prefixes, err := parsePrefixes(args)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	s, _, err := c.openStore()
+	return prefixes, s, err
+}
+
+func listShow(c *cmdCtx, args []string) error {
+	prefixes, s, err := c.prefixesAndStore(args)
 	if err != nil {
 		return err
 	}

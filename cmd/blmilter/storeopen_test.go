@@ -66,6 +66,24 @@ func getURL(url string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
+// getStatus returns the status and body of a GET that must be answered.
+func getStatus(t *testing.T, url string) (int, string) {
+	t.Helper()
+	code, body, err := getURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, body
+}
+
+// httpGet returns the body of a GET that must be answered, whatever its
+// status.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	_, body := getStatus(t, url)
+	return body
+}
+
 // By default a store that cannot be opened stops the start, with the
 // reason on stderr and in the configured log, and nothing else logged.
 func TestServeRefusesToStartWithoutStore(t *testing.T) {
@@ -95,12 +113,7 @@ func TestServeRefusesToStartWithoutStore(t *testing.T) {
 			cfgPath := filepath.Join(dir, "blmilter.toml")
 			writeFile(t, cfgPath, storeConfig(s, dir, testkit.FreeAddr(t), testkit.FreeAddr(t), ""))
 			d := startServe(t, cfgPath)
-			select {
-			case <-d.done:
-			case <-time.After(20 * time.Second):
-				t.Fatalf("serve did not stop\n%s", d.log.String())
-			}
-			if code := d.cmd.ProcessState.ExitCode(); code != 1 {
+			if code := d.exitCode(t, 20*time.Second); code != 1 {
 				t.Errorf("exit code %d, want 1", code)
 			}
 			stderr := d.log.String()
@@ -254,12 +267,7 @@ name = "BL"
 zone = "bl.test"
 `, milterAddr, policydAddr, filepath.Join(dir, "blmilter.db"), logPath, s.Addr))
 			d := startServe(t, cfgPath)
-			select {
-			case <-d.done:
-			case <-time.After(20 * time.Second):
-				t.Fatalf("serve did not stop\n%s", d.log.String())
-			}
-			if code := d.cmd.ProcessState.ExitCode(); code != 1 {
+			if code := d.exitCode(t, 20*time.Second); code != 1 {
 				t.Errorf("exit code %d, want 1", code)
 			}
 			if !strings.Contains(d.log.String(), "address already in use") {

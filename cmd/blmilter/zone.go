@@ -241,7 +241,8 @@ func buildZone(d *daemon, cfg *config.Config) (server, func(*config.Config), err
 			}
 			return errors.New("the store is not open")
 		},
-		Logger: d.logger,
+		OnPanic: func() { d.metrics.Panic("zone") },
+		Logger:  d.logger,
 	})
 	if err != nil {
 		return nil, nil, err

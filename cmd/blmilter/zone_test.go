@@ -3,16 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
-	mrand "math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
 	"github.com/blmilter/blmilter/store"
 )
@@ -31,27 +31,8 @@ func zoneTestConfig(dir, zoneExtra string) reloadConfig {
 }
 
 // freeDNSAddr is a loopback address whose port was free for both UDP and
-// TCP a moment ago, below the ephemeral range, where no outgoing
-// connection takes it meanwhile.
-func freeDNSAddr(t *testing.T) string {
-	t.Helper()
-	for range 100 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 20000+mrand.IntN(12000))
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		l, err := net.Listen("tcp", addr)
-		pc.Close()
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return addr
-	}
-	t.Fatal("no port free for both UDP and TCP")
-	return ""
-}
+// TCP a moment ago (testkit.FreeDNSPort).
+func freeDNSAddr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", testkit.FreeDNSPort(t)) }
 
 func askZone(t *testing.T, addr, name string, qtype uint16) *dns.Msg {
 	t.Helper()
@@ -63,15 +44,6 @@ func askZone(t *testing.T, addr, name string, qtype uint16) *dns.Msg {
 		t.Fatalf("%s %s: %v", name, dns.TypeToString[qtype], err)
 	}
 	return r
-}
-
-func zoneA(r *dns.Msg) string {
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			return a.A.String()
-		}
-	}
-	return ""
 }
 
 func zoneSerial(t *testing.T, addr string) uint32 {
@@ -86,22 +58,25 @@ func zoneSerial(t *testing.T, addr string) uint32 {
 // serve runs the zone from the store: a listing added or removed by the
 // command line (another process, as far as the daemon's store knows), and
 // one that expires, are served within 2 s; the serial moves on and is
-// kept in the store; a reload applies the zone's live settings.
+// kept in the store; a reload applies the zone's live settings; blmilter
+// stats shows what the zone answered.
 func TestZoneServedFromStore(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "blmilter.db")
 	// A fixed port, so that zone status can ask it.
-	cfg := zoneTestConfig(dir, "").with("[zone]", fmt.Sprintf("listen = [%q]", freeDNSAddr(t)))
+	const token = "0123456789abcdef0123456789abcdef"
+	cfg := zoneTestConfig(dir, "").with("[zone]", fmt.Sprintf("listen = [%q]", freeDNSAddr(t))).
+		with("[web]", `listen = "127.0.0.1:0"`).with("[web]", fmt.Sprintf("admin_token = %q", token))
 	path := filepath.Join(dir, "blmilter.toml")
 	// The store exists before the daemon opens it, as after "list add -create".
 	if code, _, errs := runCLI("list", "add", "-create", "-db", db, "192.0.2.1"); code != 0 {
 		t.Fatal(errs)
 	}
-	td := startTestDaemon(t, path, cfg.String(), 2)
+	td := startTestDaemon(t, path, cfg.String(), 3)
 	addr := td.addr("zone")
 	const name = "7.100.51.198.bl.test."
 	first := zoneSerial(t, addr)
-	if zoneA(askZone(t, addr, "1.2.0.192.bl.test.", dns.TypeA)) != "127.0.0.3" {
+	if dnstest.AnswerA(askZone(t, addr, "1.2.0.192.bl.test.", dns.TypeA)) != "127.0.0.3" {
 		t.Fatal("the listing made before the start is not served")
 	}
 
@@ -110,7 +85,7 @@ func TestZoneServedFromStore(t *testing.T) {
 		t.Fatal(errs)
 	}
 	testkit.WaitFor(t, "the new listing in the zone", 2*time.Second, func() error {
-		return testkit.Unless(zoneA(askZone(t, addr, name, dns.TypeA)) == "127.0.0.4", "not served yet")
+		return testkit.Unless(dnstest.AnswerA(askZone(t, addr, name, dns.TypeA)) == "127.0.0.4", "not served yet")
 	})
 	t.Logf("list add to the zone's answer: %v", time.Since(start).Round(time.Millisecond))
 	r := askZone(t, addr, name, dns.TypeTXT)
@@ -141,7 +116,7 @@ func TestZoneServedFromStore(t *testing.T) {
 		t.Fatal(errs)
 	}
 	testkit.WaitFor(t, "the expiring listing in the zone", 2*time.Second, func() error {
-		return testkit.Unless(zoneA(askZone(t, addr, "9.113.0.203.bl.test.", dns.TypeA)) != "", "not served yet")
+		return testkit.Unless(dnstest.AnswerA(askZone(t, addr, "9.113.0.203.bl.test.", dns.TypeA)) != "", "not served yet")
 	})
 	testkit.WaitFor(t, "the expired listing gone", 4*time.Second, func() error {
 		r := askZone(t, addr, "9.113.0.203.bl.test.", dns.TypeA)
@@ -162,8 +137,25 @@ func TestZoneServedFromStore(t *testing.T) {
 		t.Fatalf("reload: %v\n%s", err, logged)
 	}
 	r = askZone(t, addr, "1.2.0.192.bl.test.", dns.TypeA)
-	if zoneA(r) != "127.0.0.33" || r.Answer[0].Header().Ttl != 30 {
+	if dnstest.AnswerA(r) != "127.0.0.33" || r.Answer[0].Header().Ttl != 30 {
 		t.Errorf("after the reload: %v", r.Answer)
+	}
+
+	code, out, errs = runCLI("stats", "-url", "http://"+td.addr("web"), "-token", token)
+	if code != 0 {
+		t.Fatalf("stats: exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		fmt.Sprintf(`(?m)^zone: serial %d$`, zoneSerial(t, addr)),
+		`(?m)^  queries\s+udp [1-9]\d*, tcp 0$`,
+		`(?m)^  answers\s+listed [1-9]\d*, nxdomain [1-9]\d*, nodata 0, refused 0, truncated 0, formerr 0, dropped 0$`,
+		`(?m)^  transfers\s+axfr 0, ixfr 0 \(0 of them the whole zone\), refused 0, failed 0$`,
+		`(?m)^  notify\s+acked 0, given up 0$`,
+		`(?m)^  panics\s+0$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("stats lacks %s:\n%s", want, out)
+		}
 	}
 }
 
@@ -312,7 +304,7 @@ func TestZoneWaitsForTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, "the zone to serve the store's listing", 5*time.Second, func() error {
-		return testkit.Unless(zoneA(askZone(t, addr, name, dns.TypeA)) == "127.0.0.4", "not yet")
+		return testkit.Unless(dnstest.AnswerA(askZone(t, addr, name, dns.TypeA)) == "127.0.0.4", "not yet")
 	})
 	st, err := store.Open(db, store.Options{ReadOnly: true, PollInterval: -1})
 	if err != nil {

@@ -3,8 +3,10 @@
 // connection per SMTP session, so even a milter that does nothing costs
 // session rate, and blmilter's cost is judged relative to this one.
 //
-// It negotiates exactly what blmilter does (connect, MAIL, RCPT; no HELO,
-// headers or body; the same macros; no "no reply" steps).
+// It negotiates exactly what blmilter does by default, without spam traps
+// or delist addresses (connect, MAIL, RCPT; no HELO, headers or body; the
+// same macros; no "no reply" steps): e2e's TestMilterNegotiatesNoReplySteps
+// checks that they agree.
 package main
 
 import (
@@ -49,8 +51,8 @@ func main() {
 	if *verbose {
 		newMilter = func() milter.Milter { return loggingMilter{log: log} }
 	}
-	// The same negotiation as blmilter's (milter/server.go), so the two
-	// differ only in what they do with a session.
+	// The same negotiation as blmilter's default (milter/protocol.go), so
+	// the two differ only in what they do with a session.
 	srv := &milter.Server{
 		NewMilter: newMilter,
 		Actions:   milter.OptAddHeader | milter.OptSetSymList,

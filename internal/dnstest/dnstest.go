@@ -215,3 +215,14 @@ func (s *Server) serve(overTCP bool) func(dns.ResponseWriter, *dns.Msg) {
 		w.WriteMsg(m)
 	}
 }
+
+// AnswerA returns the first A record in r's answer section as text, ""
+// when there is none: what a DNS list's client reads from an answer.
+func AnswerA(r *dns.Msg) string {
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			return a.A.String()
+		}
+	}
+	return ""
+}

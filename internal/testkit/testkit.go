@@ -1,17 +1,22 @@
 // Package testkit is what the tests of every package share: WaitFor, the
 // query names of DNS lists, the blmilter binary built once per test run,
-// free loopback ports, a buffer goroutines may write while a test reads
-// it, and a real group with a client in it for unix socket tests. Its
-// subpackage testengine builds a policy engine from TOML against the
-// in-process DNS server. testkit imports no blmilter package but dnsbl,
+// free loopback ports (for DNS servers too), prefixes as a block list's
+// listings look, a buffer goroutines may write while a test reads it, and
+// a real group with a client in it for unix socket tests. Its subpackages:
+// testengine builds a policy engine from TOML against the in-process DNS
+// server; miltertest negotiates with a milter as Postfix does; smtpsink
+// keeps the mail it receives; benchcpu adds the rate and CPU time per
+// operation to a benchmark. testkit imports no blmilter package but dnsbl,
 // so the tests of the lowest packages (cache) can use it too.
 package testkit
 
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -64,6 +69,31 @@ func FreePort(t testing.TB, network string) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// FreeDNSPort returns a loopback port that was free for both UDP and TCP
+// a moment ago, below the ephemeral range: a port there could be the local
+// end of some connection by the time a DNS server binds it, and NSD,
+// unlike Go, does not reuse an address.
+func FreeDNSPort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue
+		}
+		l, err := net.Listen("tcp", addr)
+		pc.Close()
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
+	}
+	t.Fatal("no loopback port free for both UDP and TCP")
+	return 0
 }
 
 // FreeAddr returns 127.0.0.1:PORT with a TCP port that was free a moment ago.
