@@ -123,7 +123,8 @@ func TestZonePerf(t *testing.T) {
 	raddr := "127.0.0.1:" + strconv.Itoa(rport)
 	zport := testkit.FreeDNSPort(t)
 	zaddr := "127.0.0.1:" + strconv.Itoa(zport)
-	zs := startProc(t, testkit.Binary(t, "github.com/blmilter/blmilter/e2e/zoneserve"), "-listen", zaddr, "-zone", name, "-listings", filepath.Join(dir, "listings.txt"))
+	zs := startProc(t, testkit.Binary(t, "github.com/blmilter/blmilter/e2e/zoneserve"), "-listen", zaddr, "-zone", name, "-listings", filepath.Join(dir, "listings.txt"),
+		"-workers", strconv.Itoa(envInt("BLMILTER_ZONEPERF_WORKERS", 0)))
 	for _, s := range []struct {
 		addr string
 		p    *proc

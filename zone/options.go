@@ -114,7 +114,10 @@ type Options struct {
 	// [1232]. A client's smaller EDNS size, or 512 without EDNS, wins.
 	UDPSize int
 	// Workers is the number of goroutines reading each UDP socket
-	// [GOMAXPROCS].
+	// [GOMAXPROCS - 1, at least 1]. Each batches its reads and writes, so
+	// one keeps up with a core's worth of queries; more readers than
+	// cores left over only contend for the socket, and the milter keeps
+	// a core of its own.
 	Workers int
 	// JournalRecords bounds the IXFR journal: the oldest changes are
 	// dropped beyond this many records [100000]; a secondary that is
@@ -239,7 +242,7 @@ func (o *Options) normalize() error {
 	}
 	o.UDPSize = min(max(o.UDPSize, 512), 65535-28)
 	if o.Workers <= 0 {
-		o.Workers = runtime.GOMAXPROCS(0)
+		o.Workers = max(1, runtime.GOMAXPROCS(0)-1)
 	}
 	if o.JournalRecords <= 0 {
 		o.JournalRecords = DefaultJournalRecords

@@ -28,7 +28,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:5300", "UDP and TCP address")
 	name := flag.String("zone", "bl.example.org", "the zone's name")
 	file := flag.String("listings", "", "the listings file")
-	workers := flag.Int("workers", 0, "UDP readers (0: one per CPU)")
+	workers := flag.Int("workers", 0, "UDP readers (0: the zone package's default, one per CPU but one)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if err := run(*listen, *name, *file, *workers, log); err != nil {
