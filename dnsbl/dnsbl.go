@@ -21,11 +21,16 @@
 //
 // A Lookup with NoTXT sends one A query and nothing else; Reason fetches a
 // listing's TXT text on its own, so a caller can decide on the A answer
-// and ask for the text later. UDP goes through a few long-lived sockets
-// per server, rotated now and then, with a random ID per query and the
-// answer matched to its question; the same question asked again while it
-// is in flight, by any Resolver with the same servers, waits for the one
-// packet already sent (transport.go says how answers are matched).
+// and ask for the text later. Start asks several lists at once (a Batch):
+// their queries leave together, on one socket and with one system call
+// where the system allows, and the caller's goroutine takes the answers
+// as they come, without a goroutine per list; Reasons does the same for
+// texts. UDP goes through a few long-lived sockets per server, rotated now
+// and then, with a random ID per query and the answer matched to its
+// question; the same question asked again while it is in flight, by any
+// Resolver with the same servers, waits for the one packet already sent
+// (transport.go says how answers are matched). Queries and answers are
+// packed and parsed by hand (wire.go): only the few fields a lookup reads.
 //
 // The package knows nothing of caching, scoring or categories, and does
 // not log: a Result carries the codes, the TTL and the error so that the

@@ -2,8 +2,10 @@ package dnsbl
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -41,11 +43,11 @@ type Resolver struct {
 // client is what every Resolver for one list of servers shares.
 type client struct {
 	pools []*udpPool // one per server, in order
-	tcp   *dns.Client
 	// preferred is the index of the server that last gave a usable
 	// answer; queries start there, so a dead first server costs one
 	// timeout share once, not on every lookup.
 	preferred atomic.Uint32
+	next      atomic.Uint32 // the socket slot of the next batch: they take turns
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight
@@ -58,12 +60,71 @@ type flightKey struct {
 	qtype uint16
 }
 
-// flight is one question being asked; everyone asking the same question
-// meanwhile waits for its answer instead of sending another packet.
+// flight is one question being asked; every lookup asking the same
+// question meanwhile waits for its answer instead of sending another
+// packet. The asking call lands it; the waiting calls get an event.
 type flight struct {
-	done chan struct{}
-	resp *dns.Msg
-	err  error
+	key    flightKey
+	landed bool
+	subs   []*call // the calls waiting for it
+}
+
+// fly makes c the asker of its question, and reports true, unless the
+// question is in flight already: then c waits for that flight.
+func (cl *client) fly(c *call) bool {
+	key := flightKey{c.name, c.qtype}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if f := cl.flights[key]; f != nil {
+		f.subs = append(f.subs, c)
+		c.f, c.owner = f, false
+		return false
+	}
+	f := &flight{key: key}
+	cl.flights[key] = f
+	c.f, c.owner = f, true
+	return true
+}
+
+// leave takes c off the flight it waits for. It reports false when the
+// flight has landed already: its event for c is on the way.
+func (cl *client) leave(c *call) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	f := c.f
+	if f == nil || f.landed {
+		return false
+	}
+	for i, s := range f.subs {
+		if s == c {
+			f.subs = append(f.subs[:i], f.subs[i+1:]...)
+			break
+		}
+	}
+	c.f = nil
+	return true
+}
+
+// land ends flight f with its answer, for every call waiting for it. The
+// answer is shared, so nobody may modify it.
+func (cl *client) land(f *flight, m *msg, err error) {
+	cl.mu.Lock()
+	if f.landed {
+		cl.mu.Unlock()
+		return
+	}
+	f.landed = true
+	if cl.flights[f.key] == f {
+		delete(cl.flights, f.key)
+	}
+	subs := f.subs
+	f.subs = nil
+	cl.mu.Unlock()
+	for _, c := range subs {
+		// Never blocks: a call has one event coming at a time, and its
+		// batch's channel has room for one per call.
+		c.b.events <- event{c: c, m: m, err: err, flight: true}
+	}
 }
 
 var clients struct {
@@ -81,7 +142,7 @@ func clientFor(servers []string) *client {
 	}
 	c := clients.m[key]
 	if c == nil {
-		c = &client{tcp: &dns.Client{Net: "tcp"}, flights: map[flightKey]*flight{}}
+		c = &client{flights: map[flightKey]*flight{}}
 		for _, s := range servers {
 			c.pools = append(c.pools, poolFor(s))
 		}
@@ -172,31 +233,12 @@ func (r *Resolver) Servers() []string { return slices.Clone(r.servers) }
 
 // Lookup asks q.Zone about q.IP and classifies the answer. It never
 // returns a Listed status for an answer that is a list error, and it
-// returns within q.Timeout (or the resolver's timeout) and ctx.
+// returns within q.Timeout (or the resolver's timeout) and ctx. It is a
+// Batch of one.
 func (r *Resolver) Lookup(ctx context.Context, q Query) Result {
-	start := time.Now()
-	res := r.lookup(ctx, q)
-	res.Duration = time.Since(start)
-	return res
-}
-
-func (r *Resolver) lookup(ctx context.Context, q Query) Result {
-	name, timeout, err := r.prepare(q)
-	if err != nil {
-		return Result{Status: Error, Err: err}
-	}
-	deadline := lookupDeadline(ctx, timeout)
-	resp, err := r.query(ctx, deadline, name, dns.TypeA)
-	if err != nil {
-		return Result{Status: Error, Err: err}
-	}
-	res := classify(resp)
-	if res.Status == Listed && !q.NoTXT {
-		// The reason is a courtesy: without it the listing stands.
-		if txt, err := r.query(ctx, deadline, name, dns.TypeTXT); err == nil {
-			res.Reason = reasonText(txt)
-		}
-	}
+	b := r.start(ctx, []Query{q}, kindLookup)
+	defer b.Close()
+	_, res, _ := b.Next(time.Time{})
 	return res
 }
 
@@ -243,46 +285,42 @@ func (r *Resolver) prepare(q Query) (name string, timeout time.Duration, err err
 // be kept: the lowest TTL of the TXT records, or the negative TTL when
 // there are none (reason is then "").
 func (r *Resolver) Reason(ctx context.Context, q Query) (reason string, ttl time.Duration, err error) {
-	name, timeout, err := r.prepare(q)
-	if err != nil {
-		return "", 0, err
-	}
-	resp, err := r.query(ctx, lookupDeadline(ctx, timeout), name, dns.TypeTXT)
-	if err != nil {
-		return "", 0, err
-	}
+	res := r.Reasons(ctx, []Query{q})[0]
+	return res.Reason, res.TTL, res.Err
+}
+
+// textTTL is how long the text of a TXT answer may be kept: the lowest
+// TTL of its TXT records, or the negative TTL when there are none.
+func textTTL(m *msg) time.Duration {
+	var ttl time.Duration
 	first := true
-	for _, rr := range resp.Answer {
-		if t, ok := rr.(*dns.TXT); ok {
-			if d := time.Duration(t.Hdr.Ttl) * time.Second; first || d < ttl {
+	for _, rr := range m.answer {
+		if rr.rtype == dns.TypeTXT {
+			if d := time.Duration(rr.ttl) * time.Second; first || d < ttl {
 				ttl, first = d, false
 			}
 		}
 	}
 	if first {
-		ttl = negativeTTL(resp)
+		ttl = negativeTTL(m)
 	}
-	return reasonText(resp), ttl, nil
+	return ttl
 }
 
 // classify turns a NOERROR or NXDOMAIN answer to an A query into a Result.
-func classify(resp *dns.Msg) Result {
-	if resp.Rcode == dns.RcodeNameError {
+func classify(resp *msg) Result {
+	if resp.rcode == dns.RcodeNameError {
 		return Result{Status: NotListed, TTL: negativeTTL(resp)}
 	}
 	var codes, blocked, outside []netip.Addr
 	minTTL := uint32(0)
 	first := true
-	for _, rr := range resp.Answer {
-		a, ok := rr.(*dns.A)
-		if !ok {
+	for _, rr := range resp.answer {
+		if rr.rtype != dns.TypeA || !rr.hasA {
 			continue // a CNAME on the way, or DNSSEC records
 		}
-		ip, ok := netip.AddrFromSlice(a.A.To4())
-		if !ok {
-			continue
-		}
-		if ttl := a.Hdr.Ttl; first || ttl < minTTL {
+		ip := netip.AddrFrom4(rr.a)
+		if ttl := rr.ttl; first || ttl < minTTL {
 			minTTL, first = ttl, false
 		}
 		b := ip.As4()
@@ -360,11 +398,9 @@ func joinAddrs(ips []netip.Addr) string {
 // negativeTTL is how long NXDOMAIN or NODATA may be cached: per RFC 2308
 // section 5 the lower of the SOA record's TTL and its MINIMUM field, or 0
 // when the answer carries no SOA.
-func negativeTTL(resp *dns.Msg) time.Duration {
-	for _, rr := range resp.Ns {
-		if soa, ok := rr.(*dns.SOA); ok {
-			return time.Duration(min(soa.Hdr.Ttl, soa.Minttl)) * time.Second
-		}
+func negativeTTL(resp *msg) time.Duration {
+	if resp.hasSOA {
+		return time.Duration(min(resp.soaTTL, resp.soaMin)) * time.Second
 	}
 	return 0
 }
@@ -374,45 +410,19 @@ const maxReason = 512
 
 // reasonText joins the TXT records of an answer with a space; the strings
 // of one record are concatenated, as a long text is split at 255 bytes.
-func reasonText(resp *dns.Msg) string {
-	var b strings.Builder
-	for _, rr := range resp.Answer {
-		t, ok := rr.(*dns.TXT)
-		if !ok {
+func reasonText(resp *msg) string {
+	var b []byte
+	for _, rr := range resp.answer {
+		if rr.rtype != dns.TypeTXT {
 			continue
 		}
-		if b.Len() > 0 {
-			b.WriteByte(' ')
+		if len(b) > 0 {
+			b = append(b, ' ')
 		}
-		for _, s := range t.Txt {
-			unescape(&b, s)
-		}
+		b = append(b, rr.txt...)
 	}
-	return printable(b.String())
+	return printable(string(b))
 }
-
-// unescape undoes miekg/dns's presentation escapes in a TXT string: \"
-// and \\ become the character, \DDD the byte.
-func unescape(b *strings.Builder, s string) {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c != '\\' || i+1 >= len(s) {
-			b.WriteByte(c)
-			continue
-		}
-		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 10, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i+1])
-		i++
-	}
-}
-
-func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // printable makes a list's text safe to log and show: valid UTF-8, control
 // characters (CR, LF, NUL...) as spaces, trimmed, at most maxReason bytes.
@@ -437,59 +447,6 @@ func printable(s string) string {
 
 func isRuneStart(c byte) bool { return c&0xc0 != 0x80 }
 
-// query asks the servers for name/qtype, or waits for the same question
-// if it is in flight already (asked by any Resolver with the same
-// servers): one packet, however many lookups want the answer. The answer
-// is shared, so callers must not modify it.
-//
-// The flight runs under the context and deadline of the lookup that
-// started it. A lookup that joined it and has time left when it ended
-// without an answer (its starter's time was shorter, or its starter went
-// away) asks again.
-func (r *Resolver) query(ctx context.Context, deadline time.Time, name string, qtype uint16) (*dns.Msg, error) {
-	c := r.c
-	key := flightKey{name, qtype}
-	for {
-		c.mu.Lock()
-		f := c.flights[key]
-		if f == nil {
-			f = &flight{done: make(chan struct{})}
-			c.flights[key] = f
-			c.mu.Unlock()
-			f.resp, f.err = r.ask(ctx, deadline, name, qtype)
-			c.mu.Lock()
-			delete(c.flights, key)
-			c.mu.Unlock()
-			close(f.done)
-			return f.resp, f.err
-		}
-		c.mu.Unlock()
-		if err := r.join(ctx, deadline, f, qtype); err != nil {
-			return nil, err
-		}
-		ended := errors.Is(f.err, ErrTimeout) || errors.Is(f.err, context.Canceled)
-		if f.err == nil || !ended || ctx.Err() != nil || time.Until(deadline) < minRetry {
-			return f.resp, f.err
-		}
-	}
-}
-
-// join waits for f, or until the lookup's own time is up.
-func (r *Resolver) join(ctx context.Context, deadline time.Time, f *flight, qtype uint16) error {
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	select {
-	case <-f.done:
-		return nil
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return fmt.Errorf("dnsbl: lookup canceled: %w", ctx.Err())
-		}
-	case <-t.C:
-	}
-	return fmt.Errorf("%w (waiting for the same %s query in flight)", ErrTimeout, dns.TypeToString[qtype])
-}
-
 // minRetry is the least time left for which a lookup asks again after
 // the query it joined ended without an answer.
 const minRetry = 50 * time.Millisecond
@@ -502,97 +459,33 @@ func lookupEnded(ctx context.Context, tries int, took time.Duration, qtype uint1
 	return fmt.Errorf("%w (%s query, %d attempt(s) in %v)", ErrTimeout, dns.TypeToString[qtype], tries, took.Round(time.Millisecond))
 }
 
-// ask asks the servers for name/qtype until one gives a usable answer
-// (NOERROR or NXDOMAIN, matching the question). After a timeout, SERVFAIL,
-// REFUSED, another error rcode or a network error it tries the next server;
-// each attempt gets an equal share of the time left, so a silent server
-// cannot use up the time of the ones after it. A mismatched answer over
-// TCP, or answer records for another name, are not retried: they are
-// returned as ErrMismatch. (Over UDP a datagram for another question is
-// dropped and the attempt keeps waiting; see transport.go.)
-func (r *Resolver) ask(ctx context.Context, deadline time.Time, name string, qtype uint16) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(name, qtype)
-	m.RecursionDesired = true
-	m.SetEdns0(udpSize, false)
-
-	c := r.c
-	n := len(r.servers)
-	// One server is asked twice: a lost UDP packet is the commonest
-	// failure, and a second server is not there to cover it.
-	attempts := max(n, 2)
-	first := int(c.preferred.Load()) % n
-	start := time.Now()
-	over := func() bool { return ctx.Err() != nil || !time.Now().Before(deadline) }
-	var err error
-	tries := 0
-	for i := range attempts {
-		if over() {
-			break
-		}
-		idx := (first + i) % n
-		share := time.Until(deadline) / time.Duration(attempts-i)
-		var resp *dns.Msg
-		resp, err = r.exchange(ctx, time.Now().Add(share), m, idx)
-		tries++
-		if err == nil {
-			err = check(resp, name, qtype)
-		}
-		if err == nil {
-			switch resp.Rcode {
-			case dns.RcodeSuccess, dns.RcodeNameError:
-				if idx != first {
-					c.preferred.Store(uint32(idx))
-				}
-				return resp, nil
-			case dns.RcodeServerFailure:
-				err = ErrServFail
-			case dns.RcodeRefused:
-				err = ErrRefused
-			default:
-				err = fmt.Errorf("dnsbl: server answered %s", dns.RcodeToString[resp.Rcode])
-			}
-		}
-		if errors.Is(err, ErrMismatch) {
-			break
-		}
-	}
-	if over() && !errors.Is(err, ErrMismatch) {
-		// The lookup's time ran out, whatever the last attempt said.
-		return nil, lookupEnded(ctx, tries, time.Since(start), qtype)
-	}
-	return nil, fmt.Errorf("%w (%s query, %d attempt(s) in %v)",
-		err, dns.TypeToString[qtype], tries, time.Since(start).Round(time.Millisecond))
-}
-
-// exchange sends m to server idx over UDP, and again over TCP if the UDP
-// answer is truncated, waiting until deadline at most. It returns a
-// classified error: ErrTimeout, or a network error without the server's
-// address.
-func (r *Resolver) exchange(ctx context.Context, deadline time.Time, m *dns.Msg, idx int) (*dns.Msg, error) {
-	resp, err := r.c.pools[idx].exchange(ctx, deadline, m)
-	if err == nil && resp.Truncated {
-		resp, err = exchangeTCP(ctx, deadline, r.c.tcp, m, r.servers[idx])
-	}
-	if err != nil {
-		return nil, netError(err)
-	}
-	return resp, nil
-}
+// How a lookup asks (see Batch): the servers in turn, starting with the
+// preferred one, until one gives a usable answer (NOERROR or NXDOMAIN,
+// matching the question). After a timeout, SERVFAIL, REFUSED, another
+// error rcode or a network error it tries the next server; each attempt
+// gets an equal share of the time left, so a silent server cannot use up
+// the time of the ones after it, and one server is asked twice: a lost UDP
+// packet is the commonest failure, and a second server is not there to
+// cover it. A truncated UDP answer is asked again over TCP within the same
+// attempt. A mismatched answer over TCP, or answer records for another
+// name, are not retried: they are returned as ErrMismatch. (Over UDP a
+// datagram for another question is dropped and the attempt keeps waiting;
+// see transport.go.)
 
 // longAgo is a deadline in the past, to wake a blocked read.
 var longAgo = time.Unix(1, 0)
 
 // exchangeTCP is one query over a new TCP connection, for an answer too
-// large for UDP. It is dns.Client's exchange, except that the attempt's
-// deadline is set on the connection (no context per attempt), and
-// cancelling ctx, not only its deadline, ends a read that is waiting.
-func exchangeTCP(ctx context.Context, deadline time.Time, c *dns.Client, m *dns.Msg, server string) (*dns.Msg, error) {
+// large for UDP: query is the packed query, and the answer must carry its
+// ID. The attempt's deadline is set on the connection, and cancelling ctx,
+// not only its deadline, ends a read that is waiting.
+func exchangeTCP(ctx context.Context, deadline time.Time, query []byte, server string) (*msg, error) {
 	// A TCP connect can hang, unlike a UDP "dial"; keep it to the
 	// attempt's time (truncated answers are rare, so is this context).
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	conn, err := c.DialContext(dctx, server)
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", server)
 	if err != nil {
 		return nil, err
 	}
@@ -600,15 +493,25 @@ func exchangeTCP(ctx context.Context, deadline time.Time, c *dns.Client, m *dns.
 	conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(longAgo) })
 	defer stop()
-	if err := conn.WriteMsg(m); err != nil {
+	out := make([]byte, 2, 2+len(query))
+	binary.BigEndian.PutUint16(out, uint16(len(query)))
+	if _, err := conn.Write(append(out, query...)); err != nil {
 		return nil, err
 	}
-	resp, err := conn.ReadMsg()
-	if err != nil {
+	var n [2]byte
+	if _, err := io.ReadFull(conn, n[:]); err != nil {
 		return nil, err
 	}
-	if resp.Id != m.Id {
-		return nil, fmt.Errorf("%w: id %d, sent %d", ErrMismatch, resp.Id, m.Id)
+	b := make([]byte, binary.BigEndian.Uint16(n[:]))
+	if _, err := io.ReadFull(conn, b); err != nil {
+		return nil, err
+	}
+	resp, ok := unpack(b)
+	if !ok {
+		return nil, errBadMessage
+	}
+	if id := binary.BigEndian.Uint16(query); resp.id != id {
+		return nil, fmt.Errorf("%w: id %d, sent %d", ErrMismatch, resp.id, id)
 	}
 	return resp, nil
 }
@@ -630,30 +533,29 @@ func netError(err error) error {
 	return fmt.Errorf("dnsbl: network error: %w", err)
 }
 
-// check verifies that resp answers the question name/qtype/IN: the
-// question section, and every answer record owned by name or by a CNAME
-// target reached from it. miekg/dns has already matched the id.
-func check(resp *dns.Msg, name string, qtype uint16) error {
-	if !resp.Response {
+// check verifies that resp answers the question wire/qtype/IN: the
+// question section, and every answer record owned by the name or by a
+// CNAME target reached from it. The ID is matched already.
+func check(resp *msg, wire string, qtype uint16) error {
+	if !resp.response {
 		return fmt.Errorf("%w: not a response", ErrMismatch)
 	}
-	if len(resp.Question) == 0 && resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
+	if resp.questions == 0 && resp.rcode != dns.RcodeSuccess && resp.rcode != dns.RcodeNameError {
 		// Some servers send REFUSED or FORMERR without the question;
 		// such an answer carries no data, only its rcode.
 		return nil
 	}
-	if len(resp.Question) != 1 {
-		return fmt.Errorf("%w: %d questions in the answer", ErrMismatch, len(resp.Question))
+	if resp.questions != 1 {
+		return fmt.Errorf("%w: %d questions in the answer", ErrMismatch, resp.questions)
 	}
-	q := resp.Question[0]
-	if !strings.EqualFold(q.Name, name) || q.Qtype != qtype || q.Qclass != dns.ClassINET {
+	if !equalFold(resp.qname, wire) || resp.qtype != qtype || resp.qclass != dns.ClassINET {
 		return fmt.Errorf("%w: answer is for another name, type or class", ErrMismatch)
 	}
 	var buf [4]string
-	owners := append(buf[:0], name)
+	owners := append(buf[:0], wire)
 	owned := func(n string) bool {
 		for _, o := range owners {
-			if strings.EqualFold(o, n) {
+			if equalFold(o, n) {
 				return true
 			}
 		}
@@ -661,11 +563,11 @@ func check(resp *dns.Msg, name string, qtype uint16) error {
 	}
 	// Follow CNAMEs whatever their order in the section; bounded, as each
 	// pass adds at least one owner or stops.
-	for range len(resp.Answer) {
+	for range len(resp.answer) {
 		added := false
-		for _, rr := range resp.Answer {
-			if c, ok := rr.(*dns.CNAME); ok && owned(c.Hdr.Name) && !owned(c.Target) {
-				owners = append(owners, c.Target)
+		for _, rr := range resp.answer {
+			if rr.rtype == dns.TypeCNAME && owned(rr.name) && !owned(rr.target) {
+				owners = append(owners, rr.target)
 				added = true
 			}
 		}
@@ -673,9 +575,8 @@ func check(resp *dns.Msg, name string, qtype uint16) error {
 			break
 		}
 	}
-	for _, rr := range resp.Answer {
-		h := rr.Header()
-		if !owned(h.Name) || h.Class != dns.ClassINET {
+	for _, rr := range resp.answer {
+		if !owned(rr.name) || rr.class != dns.ClassINET {
 			return fmt.Errorf("%w: answer record for another name", ErrMismatch)
 		}
 	}

@@ -1,21 +1,16 @@
 package dnsbl
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
-	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // UDP queries to one server go through a few long-lived sockets instead of
@@ -71,7 +66,6 @@ func poolFor(server string) *udpPool {
 // once socketMaxAge has passed.
 type udpPool struct {
 	server string
-	next   atomic.Uint32
 	mu     sync.Mutex
 	slots  []*udpSocket
 	dials  atomic.Uint64 // sockets opened, for tests
@@ -83,6 +77,7 @@ type udpSocket struct {
 	pool *udpPool
 	conn *net.UDPConn
 	age  *time.Timer
+	snd  sender // see send
 
 	mu      sync.Mutex
 	ids     *mrand.ChaCha8 // query IDs; seeded from crypto/rand
@@ -92,79 +87,20 @@ type udpSocket struct {
 	closed  bool
 }
 
-// waiter is one query waiting for its answer. Waiters are reused, with
-// their channel and timer.
+// waiter is one attempt of a call waiting for its answer on a socket.
+// It lives in its call (see batch.go), which reuses it attempt after
+// attempt; the reader hands the answer to the call's batch.
 type waiter struct {
-	name  string
+	wire  string // the question, to match the answer's
 	qtype uint16
-	done  chan reply  // buffered: the reader never blocks on a waiter
-	timer *time.Timer // the attempt's deadline; stopped while in the pool
+	c     *call
 }
 
-type reply struct {
-	msg *dns.Msg
-	err error
-}
-
-var waiterPool = sync.Pool{New: func() any { return &waiter{done: make(chan reply, 1)} }}
-
-// exchange sends m (its ID is set here) to the pool's server and waits
-// until deadline or ctx for the matching answer. A timeout or the end of
-// ctx comes back as os.ErrDeadlineExceeded, as from a socket's deadline.
-func (p *udpPool) exchange(ctx context.Context, deadline time.Time, m *dns.Msg) (*dns.Msg, error) {
-	q := m.Question[0]
-	w := waiterPool.Get().(*waiter)
-	w.name, w.qtype = q.Name, q.Qtype
-	s, id, err := p.register(w)
-	if err != nil {
-		waiterPool.Put(w)
-		return nil, err
-	}
-	m.Id = id
-	var buf [512]byte
-	packed, err := m.PackBuffer(buf[:])
-	if err == nil {
-		_, err = s.conn.Write(packed)
-	}
-	if err != nil {
-		if s.unregister(id, w) {
-			waiterPool.Put(w)
-		}
-		return nil, err
-	}
-	if w.timer == nil {
-		w.timer = time.NewTimer(time.Until(deadline))
-	} else {
-		w.timer.Reset(time.Until(deadline))
-	}
-	var r reply
-	select {
-	case r = <-w.done:
-	case <-w.timer.C:
-		r = giveUp(s, id, w)
-	case <-ctx.Done():
-		r = giveUp(s, id, w)
-	}
-	// Since Go 1.23 a stopped timer delivers nothing stale after Reset.
-	w.timer.Stop()
-	w.name = ""
-	waiterPool.Put(w)
-	return r.msg, r.err
-}
-
-// giveUp takes w off the socket after its time ran out. If the reader took
-// it a moment ago, its answer is on the way and is used.
-func giveUp(s *udpSocket, id uint16, w *waiter) reply {
-	if s.unregister(id, w) {
-		return reply{err: os.ErrDeadlineExceeded}
-	}
-	return <-w.done
-}
-
-// register puts w on one of the pool's sockets under a random ID that no
-// other query on that socket holds.
-func (p *udpPool) register(w *waiter) (*udpSocket, uint16, error) {
-	i := int(p.next.Add(1)) % socketsPerServer
+// register puts w on the socket of the pool's slot (a batch's turn) under
+// a random ID that no other query on that socket holds. The calls of one
+// batch register in the same slot, so their queries go out together.
+func (p *udpPool) register(w *waiter, slot uint32) (*udpSocket, uint16, error) {
+	i := int(slot % uint32(socketsPerServer))
 	// A socket can retire between being picked and taking w (its last
 	// query went to another waiter); then the slot is refilled.
 	for range 3 {
@@ -276,20 +212,6 @@ func (s *udpSocket) closeIfDoneLocked() {
 	}
 }
 
-// answers reports whether resp is an answer to the question name/qtype/IN.
-// Some servers send REFUSED or FORMERR without the question section; such
-// an answer carries no data, only its rcode, and is taken by its ID.
-func answers(resp *dns.Msg, name string, qtype uint16) bool {
-	if !resp.Response {
-		return false
-	}
-	if len(resp.Question) == 0 {
-		return resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError
-	}
-	q := resp.Question[0]
-	return len(resp.Question) == 1 && q.Qtype == qtype && q.Qclass == dns.ClassINET && strings.EqualFold(q.Name, name)
-}
-
 // read hands each answer to its waiter until the socket is closed.
 func (s *udpSocket) read() {
 	buf := make([]byte, maxUDPAnswer)
@@ -309,66 +231,69 @@ func (s *udpSocket) read() {
 			s.retire()
 			return
 		}
-		if n < 12 {
-			continue // not even a header
-		}
-		id := binary.BigEndian.Uint16(buf[:2])
-		s.mu.Lock()
-		_, known := s.pending[id]
-		s.mu.Unlock()
-		if !known {
-			continue // late (its query gave up) or forged
-		}
-		resp, ok := unpack(buf[:n])
-		if !ok {
-			continue
-		}
-		if w := s.take(id, resp); w != nil {
-			w.done <- reply{msg: resp}
-		}
+		s.deliver(buf[:n])
 	}
+}
+
+// deliver hands a datagram to the query waiting for it, if it is that
+// query's answer; anything else is dropped.
+func (s *udpSocket) deliver(b []byte) {
+	if len(b) < headerSize {
+		return // not even a header
+	}
+	id := binary.BigEndian.Uint16(b)
+	s.mu.Lock()
+	w := s.pending[id]
+	var wire string
+	var qtype uint16
+	if w != nil {
+		wire, qtype = w.wire, w.qtype
+	}
+	s.mu.Unlock()
+	if w == nil {
+		return // late (its query gave up) or forged
+	}
+	m, ok := unpack(b)
+	if !ok || !m.answers(wire, qtype) {
+		return
+	}
+	s.mu.Lock()
+	if s.pending[id] != w {
+		s.mu.Unlock()
+		return // its query gave up meanwhile
+	}
+	delete(s.pending, id)
+	c := w.c
+	s.closeIfDoneLocked()
+	c.b.events <- event{c: c, m: m}
 }
 
 // unpack parses a datagram from the network. Whatever it holds, a bad one
 // is dropped: a panic in the parser must not end the process, whose only
 // reader of this socket this goroutine is.
-func unpack(b []byte) (m *dns.Msg, ok bool) {
+func unpack(b []byte) (m *msg, ok bool) {
 	defer func() {
 		if recover() != nil {
 			m, ok = nil, false
 		}
 	}()
-	m = new(dns.Msg)
-	if err := m.Unpack(b); err != nil {
+	m, err := parse(b)
+	if err != nil {
 		return nil, false
 	}
 	return m, true
 }
 
-// take removes and returns the waiter for an answer with this ID if the
-// answer is for its question; nil if the answer is no one's.
-func (s *udpSocket) take(id uint16, resp *dns.Msg) *waiter {
-	s.mu.Lock()
-	w := s.pending[id]
-	if w == nil || !answers(resp, w.name, w.qtype) {
-		s.mu.Unlock()
-		return nil
-	}
-	delete(s.pending, id)
-	s.closeIfDoneLocked()
-	return w
-}
-
 // failAll ends every query waiting on the socket with err.
 func (s *udpSocket) failAll(err error) {
 	s.mu.Lock()
-	ws := make([]*waiter, 0, len(s.pending))
+	cs := make([]*call, 0, len(s.pending))
 	for id, w := range s.pending {
-		ws = append(ws, w)
+		cs = append(cs, w.c)
 		delete(s.pending, id)
 	}
 	s.closeIfDoneLocked()
-	for _, w := range ws {
-		w.done <- reply{err: fmt.Errorf("dnsbl: udp: %w", err)}
+	for _, c := range cs {
+		c.b.events <- event{c: c, err: fmt.Errorf("dnsbl: udp: %w", err)}
 	}
 }
