@@ -476,71 +476,51 @@ const degradedGrace = 100 * time.Millisecond
 // list and fetches the texts of listings too.
 func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) []outcome {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, e.opts.Deadline)
+	deadline := start.Add(e.opts.Deadline)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	type answer struct {
-		i   int
-		res dnsbl.Result
-	}
 	outs := make([]outcome, len(lists))
 	got := make([]bool, len(lists))
-	// Buffered so a lookup that ends after we stopped waiting never blocks.
-	ch := make(chan answer, len(lists))
+	var qbuf [8]dnsbl.Query
+	qs := qbuf[:0]
 	waiting := 0
 	for i, l := range lists {
 		outs[i] = outcome{l: l, state: l.health()}
 		if all || outs[i].counted() {
 			waiting++
 		}
-		go func() {
-			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout, NoTXT: !all})}
-		}()
+		qs = append(qs, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout, NoTXT: !all})
 	}
+	// The queries leave together and are answered in this goroutine;
+	// Close gives up the ones still out when the check stops waiting.
+	b := e.resolver.Start(ctx, qs)
+	defer b.Close()
 	received := 0
-	store := func(a answer) {
-		outs[a.i].res = a.res
-		got[a.i] = true
-		received++
-		if all || outs[a.i].counted() {
-			waiting--
-		}
-	}
-wait:
 	for waiting > 0 {
-		select {
-		case a := <-ch:
-			store(a)
-		case <-ctx.Done():
-			break wait
+		i, res, ok := b.Next(deadline)
+		if !ok {
+			break
+		}
+		outs[i].res, got[i] = res, true
+		received++
+		if all || outs[i].counted() {
+			waiting--
 		}
 	}
 	// Degraded lists get a short grace, so their hits still show in the
 	// log when they answer quickly, but a dead one costs a check little.
-	if received < len(lists) && ctx.Err() == nil {
-		if grace := degradedGrace - time.Since(start); grace > 0 {
-			t := time.NewTimer(grace)
-		graceWait:
-			for received < len(lists) {
-				select {
-				case a := <-ch:
-					store(a)
-				case <-t.C:
-					break graceWait
-				case <-ctx.Done():
-					break graceWait
-				}
-			}
-			t.Stop()
-		}
+	graceEnd := start.Add(degradedGrace)
+	if deadline.Before(graceEnd) {
+		graceEnd = deadline
 	}
 	for received < len(lists) {
-		select {
-		case a := <-ch:
-			store(a)
-			continue
-		default:
+		// Past the grace (or the deadline), only answers already in.
+		i, res, ok := b.Next(graceEnd)
+		if !ok {
+			break
 		}
-		break
+		outs[i].res, got[i] = res, true
+		received++
 	}
 	for i := range outs {
 		if !got[i] {
