@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/blmilter/blmilter/cache"
 	"github.com/blmilter/blmilter/dnsbl"
@@ -16,8 +15,8 @@ import (
 // for it themselves (Inspect, a person waits there anyway), and the
 // decision record gets it here, after the reply is out. Reply hands the
 // decision over at once when the texts it needs are known, else a
-// background fill fetches them (one TXT query per listing, shared with any
-// other fill for the same zone and IP) and records the decision when they
+// background fill fetches them (one TXT query per listing, sent together
+// and shared with any other fill asking the same at once) and records the decision when they
 // arrive or the list's timeout passes. The texts are kept in a small cache
 // of their own for their TTL, so a client refused again and again costs
 // one TXT query per TTL; the verdict cache holds only the A answers.
@@ -100,13 +99,7 @@ func (e *Engine) record(d Decision) {
 	rs.mu.Unlock()
 	go func() {
 		defer rs.done()
-		var wg sync.WaitGroup
-		for _, i := range missing {
-			wg.Go(func() {
-				hits[i].Reason = e.fetchReason(e.reasonList(hits[i]), d.Verdict.IP)
-			})
-		}
-		wg.Wait()
+		e.fetchReasons(hits, missing, d.Verdict.IP)
 		e.opts.Recorder.RecordDecision(d)
 	}()
 }
@@ -154,22 +147,22 @@ func (e *Engine) reasonList(h Hit) *list {
 	return l
 }
 
-// fetchReason returns l's TXT text for ip, from the text cache or one TXT
-// query (shared with a fill already asking). A failure gives "": the
-// listing stands without its text.
-func (e *Engine) fetchReason(l *list, ip netip.Addr) string {
+// fetchReasons fills in the texts of hits[missing] (hits of DNS lists)
+// for ip: the TXT queries leave together, each list's with its own
+// timeout, and each text goes into the text cache. A failure leaves a
+// text "": the listing stands without it.
+func (e *Engine) fetchReasons(hits []Hit, missing []int, ip netip.Addr) {
 	c := &e.opts.Cache
-	q := dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout}
-	text, _, err := e.reasons.cache.Load(context.Background(), reasonKey{l.cfg.Zone, ip},
-		func(ctx context.Context) (string, time.Duration, error) {
-			text, ttl, err := e.resolver.Reason(ctx, q)
-			if err != nil {
-				return "", 0, err
-			}
-			return text, cache.Clamp(ttl, c.MinTTL, c.MaxTTL), nil
-		})
-	if err != nil {
-		return ""
+	qs := make([]dnsbl.Query, len(missing))
+	for j, i := range missing {
+		l := e.reasonList(hits[i])
+		qs[j] = dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout}
 	}
-	return text
+	for j, res := range e.resolver.Reasons(context.Background(), qs) {
+		if res.Err != nil {
+			continue
+		}
+		hits[missing[j]].Reason = res.Reason
+		e.reasons.cache.Set(reasonKey{qs[j].Zone, ip}, res.Reason, cache.Clamp(res.TTL, c.MinTTL, c.MaxTTL))
+	}
 }
