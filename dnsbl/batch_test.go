@@ -264,3 +264,53 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// An answer too large for the reader's buffer is cut there, and taken for
+// a truncated one: the query is asked again over TCP.
+func TestCutAnswerAskedOverTCP(t *testing.T) {
+	addr := rawServer(t, func(dns.ResponseWriter, *dns.Msg) {}) // silent over UDP
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("TCP on the UDP server's port: %v", err)
+	}
+	tcpQueries := make(chan struct{}, 4)
+	started := make(chan struct{})
+	srv := &dns.Server{Listener: ln, NotifyStartedFunc: func() { close(started) }, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		tcpQueries <- struct{}{}
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.Answer = append(m.Answer, a(req.Question[0].Name, "127.0.0.4", 60))
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+
+	r := newTestResolver(t, 2*time.Second, addr)
+	ip := netip.MustParseAddr("192.0.2.6")
+	b := r.Start(context.Background(), []Query{{Zone: zone, IP: ip, NoTXT: true}})
+	defer b.Close()
+	c := &b.calls[0]
+	s, id := c.sock, c.id
+	// The answer the server might have sent over UDP: far larger than a
+	// small read buffer, cut at its size.
+	big := new(dns.Msg)
+	big.SetQuestion(QueryName(ip, zone), dns.TypeA)
+	big.Id = id
+	big.Response = true
+	for i := range 400 {
+		big.Answer = append(big.Answer, a(QueryName(ip, zone), netip.AddrFrom4([4]byte{127, 0, byte(i >> 8), byte(i)}).String(), 60))
+	}
+	wire, err := big.Pack()
+	if err != nil || len(wire) <= 4096 {
+		t.Fatalf("big answer: %d bytes, %v", len(wire), err)
+	}
+	s.deliver(wire[:4096], true)
+	_, res, ok := b.Next(time.Time{})
+	if !ok || res.Status != Listed || !slices.Equal(res.Codes, addrs("127.0.0.4")) {
+		t.Fatalf("Next = %v %v %v (%v), want the TCP answer's listing", ok, res.Status, res.Codes, res.Err)
+	}
+	if len(tcpQueries) != 1 {
+		t.Errorf("%d TCP queries, want 1", len(tcpQueries))
+	}
+}

@@ -35,8 +35,12 @@ var (
 	socketMaxAge     = 10 * time.Second
 )
 
-// maxUDPAnswer is the read buffer of a socket: any datagram fits, although
-// a server that honours the EDNS0 size sends at most udpSize.
+// sendBatch is the most queries sent at once (one sendmmsg on Linux); a
+// check asks a few lists, so more go out in several calls.
+const sendBatch = 8
+
+// maxUDPAnswer is the first read buffer of a socket: any datagram fits,
+// although a server that honours the EDNS0 size sends at most udpSize.
 const maxUDPAnswer = 65535
 
 // pools holds one socket pool per server address, shared by every
@@ -212,34 +216,33 @@ func (s *udpSocket) closeIfDoneLocked() {
 	}
 }
 
-// read hands each answer to its waiter until the socket is closed.
-func (s *udpSocket) read() {
-	buf := make([]byte, maxUDPAnswer)
-	for {
-		n, err := s.conn.Read(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.failAll(err)
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				// An ICMP "port unreachable" from the server: nothing
-				// listened there for the queries on this socket. The
-				// socket itself is fine; the server may come back.
-				continue
-			}
-			s.retire()
-			return
-		}
-		s.deliver(buf[:n])
+// readFailed handles an error reading the socket and reports whether the
+// reader goes on.
+func (s *udpSocket) readFailed(err error) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return false
 	}
+	s.failAll(err)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		// An ICMP "port unreachable" from the server: nothing listened
+		// there for the queries on this socket. The socket itself is
+		// fine; the server may come back.
+		return true
+	}
+	s.retire()
+	return false
 }
 
 // deliver hands a datagram to the query waiting for it, if it is that
-// query's answer; anything else is dropped.
-func (s *udpSocket) deliver(b []byte) {
+// query's answer; anything else is dropped. A datagram cut short by the
+// read buffer (cut) is taken for a truncated answer: its query is asked
+// again over TCP.
+func (s *udpSocket) deliver(b []byte, cut bool) {
 	if len(b) < headerSize {
 		return // not even a header
+	}
+	if cut {
+		b[2] |= flagTrunc >> 8
 	}
 	id := binary.BigEndian.Uint16(b)
 	s.mu.Lock()

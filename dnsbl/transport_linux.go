@@ -3,6 +3,7 @@
 package dnsbl
 
 import (
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -13,11 +14,8 @@ import (
 
 // On Linux the queries of a batch that share a socket leave with one
 // sendmmsg: one system call for the lists of a check instead of one per
-// list.
-
-// sendBatch is the most queries one sendmmsg takes; a check asks a few
-// lists, so more go out in several calls.
-const sendBatch = 8
+// list. The reader takes the answers that are in with one recvmmsg, so a
+// check's answers, which come close together, wake it once.
 
 // sender is a socket's sendmmsg state. The kernel reads the headers in
 // place, so they live with the socket, and the callback is made once: a
@@ -103,4 +101,80 @@ func (snd *sender) sendmmsg(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// readBatch is the most datagrams one recvmmsg takes. The first buffer
+// holds any datagram; the others are smallBuffer bytes, far more than any
+// list's answer (a server that honours EDNS0 sends at most udpSize), and a
+// datagram cut short there is asked again over TCP.
+const (
+	readBatch   = 8
+	smallBuffer = 4096
+)
+
+// read hands each answer to its waiter until the socket is closed.
+func (s *udpSocket) read() {
+	rc, err := s.conn.SyscallConn()
+	if err != nil {
+		s.readFailed(err)
+		return
+	}
+	var (
+		msgs  [readBatch]unix.Mmsghdr
+		iovs  [readBatch]unix.Iovec
+		bufs  [readBatch][]byte
+		n     int
+		errno syscall.Errno
+	)
+	bufs[0] = make([]byte, maxUDPAnswer)
+	small := make([]byte, (readBatch-1)*smallBuffer)
+	for i := 1; i < readBatch; i++ {
+		bufs[i] = small[(i-1)*smallBuffer : i*smallBuffer]
+	}
+	for i := range msgs {
+		iovs[i].Base = &bufs[i][0]
+		iovs[i].SetLen(len(bufs[i]))
+		msgs[i].Hdr.Iov = &iovs[i]
+		msgs[i].Hdr.SetIovlen(1)
+	}
+	// Made once: a closure per call would allocate.
+	recv := func(fd uintptr) bool {
+		for {
+			for i := range msgs {
+				msgs[i].Hdr.Flags = 0
+			}
+			r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), readBatch, unix.MSG_DONTWAIT, 0, 0)
+			switch e {
+			case 0:
+				n = int(r)
+				return true
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return false // wait until readable
+			default:
+				errno = e
+				return true
+			}
+		}
+	}
+	for {
+		n, errno = 0, 0
+		if err := rc.Read(recv); err != nil {
+			if !s.readFailed(err) {
+				return
+			}
+			continue
+		}
+		if errno != 0 {
+			// As net.UDPConn.Read reports it.
+			err := &net.OpError{Op: "read", Net: "udp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("recvmmsg", errno)}
+			if !s.readFailed(err) {
+				return
+			}
+			continue
+		}
+		for i := range n {
+			s.deliver(bufs[i][:msgs[i].Len], msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0)
+		}
+	}
 }

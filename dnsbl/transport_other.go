@@ -2,6 +2,21 @@
 
 package dnsbl
 
+// read hands each answer to its waiter until the socket is closed.
+func (s *udpSocket) read() {
+	buf := make([]byte, maxUDPAnswer)
+	for {
+		n, err := s.conn.Read(buf)
+		if err != nil {
+			if !s.readFailed(err) {
+				return
+			}
+			continue
+		}
+		s.deliver(buf[:n], false)
+	}
+}
+
 // sender is empty where queries go out one write at a time.
 type sender struct{}
 
