@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -25,7 +26,11 @@ func Listen(spec string, mode os.FileMode) (net.Listener, error) {
 	if network == "unix" {
 		return listenUnix(addr, mode)
 	}
-	ln, err := net.Listen(network, addr)
+	// No TCP keepalive on MTA connections: the read, write and session
+	// timeouts end a dead peer's session already, and setting keepalive
+	// up costs four system calls per connection, one per SMTP session.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("milter: listen on %s: %w", spec, err)
 	}

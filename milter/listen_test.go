@@ -5,8 +5,24 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
+
+// keepAlive reports whether SO_KEEPALIVE is set on c.
+func keepAlive(t *testing.T, c *net.TCPConn) bool {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { v, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) }); err != nil || serr != nil {
+		t.Fatalf("getsockopt: %v %v", err, serr)
+	}
+	return v != 0
+}
 
 // The stale-socket rules themselves are tested in internal/sockets; these
 // check that milter.Listen goes through them.
@@ -59,7 +75,17 @@ func TestListenInet(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.Close()
+			defer c.Close()
+			// The session timeouts end a dead MTA's sessions: no
+			// keepalive set up for each connection.
+			sc, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sc.Close()
+			if on := keepAlive(t, sc.(*net.TCPConn)); on {
+				t.Error("keepalive set on an MTA connection")
+			}
 		})
 	}
 	if _, err := Listen("inet:192.0.2.1:1", 0); err == nil || !strings.Contains(err.Error(), "inet:192.0.2.1:1") {
