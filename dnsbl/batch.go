@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
 )
@@ -17,15 +19,21 @@ import (
 // and lookups joining an identical query in flight work as for a single
 // Lookup, which is a batch of one.
 type Batch struct {
-	r      *Resolver
-	ctx    context.Context
-	ctxEnd <-chan struct{} // ctx.Done() until its end is handled
-	calls  []call
-	events chan event // answers for the calls: from sockets, flights and TCP
-	timer  *time.Timer
-	slot   uint32 // the socket slot its queries use (see udpPool.register)
-	done   []int  // calls finished and not yet returned by Next
-	open   int    // calls not finished
+	r        *Resolver
+	ctx      context.Context
+	ctxEnd   <-chan struct{} // ctx.Done() until its end is handled
+	deadline time.Time       // bounds every lookup, as a deadline of ctx would
+	calls    []call
+	events   chan event // answers for the calls: from sockets, flights and TCP
+	timer    *time.Timer
+	slot     uint32 // the socket slot its queries use (see udpPool.register)
+	done     []int  // calls finished, in order; done[doneAt:] not yet returned by Next
+	doneAt   int
+	open     int // calls not finished
+
+	// A check asks a few lists: their calls and its queue fit here.
+	callBuf [4]call
+	doneBuf [4]int
 }
 
 // callKind is what a call asks.
@@ -53,9 +61,8 @@ type call struct {
 	b        *Batch
 	i        int
 	kind     callKind
-	txt      bool // kindLookup: fetch the text of a listing
-	name     string
-	wire     string
+	txt      bool   // kindLookup: fetch the text of a listing
+	wire     string // the name asked, in wire form (in wireBuf)
 	qtype    uint16
 	start    time.Time
 	deadline time.Time
@@ -77,8 +84,9 @@ type call struct {
 	id         uint16
 	taken      bool // the reader took the waiter; its answer is on the way
 	w          waiter
-	pkt        [maxQuery]byte
-	pktLen     int
+	wireBuf    [255]byte
+	pkt        []byte // the attempt's query, in pktBuf
+	pktBuf     [maxQuery]byte
 
 	res Result
 	m   *msg // the answer a kindReason call got
@@ -94,12 +102,13 @@ type event struct {
 	tcp    bool // from the TCP exchange of the call's attempt
 }
 
-// Start begins the lookups qs, as Lookup does each, under ctx: their A
-// queries leave at once, together. Next returns their results as they
-// come; Close ends the ones still running. A Batch is used by one
-// goroutine.
-func (r *Resolver) Start(ctx context.Context, qs []Query) *Batch {
-	return r.start(ctx, qs, kindLookup)
+// Start begins the lookups qs, as Lookup does each, under ctx and, if not
+// zero, deadline (which bounds them as a deadline of ctx would, without a
+// context of its own): their A queries leave at once, together. Next
+// returns their results as they come; Close ends the ones still running.
+// A Batch is used by one goroutine.
+func (r *Resolver) Start(ctx context.Context, deadline time.Time, qs []Query) *Batch {
+	return r.start(ctx, deadline, qs, kindLookup)
 }
 
 // ReasonResult is what Reasons found for one query: Reason's results.
@@ -113,7 +122,7 @@ type ReasonResult struct {
 // and returns when each has its answer or its time is up.
 func (r *Resolver) Reasons(ctx context.Context, qs []Query) []ReasonResult {
 	out := make([]ReasonResult, len(qs))
-	b := r.start(ctx, qs, kindReason)
+	b := r.start(ctx, time.Time{}, qs, kindReason)
 	defer b.Close()
 	for {
 		i, _, ok := b.Next(time.Time{})
@@ -129,13 +138,16 @@ func (r *Resolver) Reasons(ctx context.Context, qs []Query) []ReasonResult {
 	}
 }
 
-func (r *Resolver) start(ctx context.Context, qs []Query, kind callKind) *Batch {
+func (r *Resolver) start(ctx context.Context, deadline time.Time, qs []Query, kind callKind) *Batch {
 	now := time.Now()
-	b := &Batch{r: r, ctx: ctx, ctxEnd: ctx.Done(), calls: make([]call, len(qs)), events: make(chan event, len(qs)),
-		slot: r.c.next.Add(1)}
-	var sendNow []*call
-	var buf [4]*call
-	sendNow = buf[:0]
+	b := &Batch{r: r, ctx: ctx, ctxEnd: ctx.Done(), deadline: deadline, events: make(chan event, len(qs)), slot: r.c.next.Add(1)}
+	if len(qs) <= len(b.callBuf) {
+		b.calls, b.done = b.callBuf[:len(qs)], b.doneBuf[:0]
+	} else {
+		b.calls, b.done = make([]call, len(qs)), make([]int, 0, len(qs))
+	}
+	var buf [len(Batch{}.callBuf)]*call
+	sendNow := buf[:0]
 	for i, q := range qs {
 		c := &b.calls[i]
 		c.b, c.i, c.kind, c.start = b, i, kind, now
@@ -144,18 +156,19 @@ func (r *Resolver) start(ctx context.Context, qs []Query, kind callKind) *Batch 
 		if kind == kindReason {
 			c.qtype = dns.TypeTXT
 		}
-		name, timeout, err := r.prepare(q)
-		if err == nil {
-			c.wire, err = wireName(name)
-		}
+		n, timeout, err := r.prepare(q, &c.wireBuf)
 		if err != nil {
 			c.state = stateDone
 			c.res, c.err = Result{Status: Error, Err: err}, err
 			b.done = append(b.done, i)
 			continue
 		}
-		c.name = name
+		// The name stays in the call for its life and is never changed.
+		c.wire = unsafe.String(&c.wireBuf[0], n)
 		c.deadline = lookupDeadline(ctx, timeout)
+		if !deadline.IsZero() && deadline.Before(c.deadline) {
+			c.deadline = deadline
+		}
 		b.open++
 		if b.ask(c) {
 			sendNow = append(sendNow, c)
@@ -172,9 +185,9 @@ func (r *Resolver) start(ctx context.Context, qs []Query, kind callKind) *Batch 
 // until is still running then, not timed out.
 func (b *Batch) Next(until time.Time) (i int, res Result, ok bool) {
 	for {
-		if len(b.done) > 0 {
-			i = b.done[0]
-			b.done = b.done[1:]
+		if b.doneAt < len(b.done) {
+			i = b.done[b.doneAt]
+			b.doneAt++
 			c := &b.calls[i]
 			c.state = stateGone
 			return i, c.res, true
@@ -184,13 +197,13 @@ func (b *Batch) Next(until time.Time) (i int, res Result, ok bool) {
 		}
 		now := time.Now()
 		if !until.IsZero() && !now.Before(until) {
-			if b.drain() && len(b.done) > 0 {
+			if b.drain() && b.doneAt < len(b.done) {
 				continue
 			}
 			return -1, Result{}, false
 		}
 		wake := b.expire(now)
-		if len(b.done) > 0 {
+		if b.doneAt < len(b.done) {
 			continue
 		}
 		if !until.IsZero() && (wake.IsZero() || until.Before(wake)) {
@@ -199,7 +212,7 @@ func (b *Batch) Next(until time.Time) (i int, res Result, ok bool) {
 		var timeout <-chan time.Time
 		if !wake.IsZero() {
 			if b.timer == nil {
-				b.timer = time.NewTimer(wake.Sub(now))
+				b.timer = getTimer(wake.Sub(now))
 			} else {
 				b.timer.Reset(wake.Sub(now))
 			}
@@ -235,7 +248,8 @@ func (b *Batch) drain() bool {
 // own. Results not yet returned are dropped.
 func (b *Batch) Close() {
 	if b.timer != nil {
-		b.timer.Stop()
+		putTimer(b.timer)
+		b.timer = nil
 	}
 	if b.open == 0 {
 		return
@@ -347,7 +361,7 @@ func (b *Batch) handle(ev event) {
 		// Too large for UDP: the same query over TCP, within the
 		// attempt's time, in a goroutine of its own (truncation is rare).
 		c.state = stateTCP
-		pkt := append([]byte(nil), c.pkt[:c.pktLen]...)
+		pkt := append([]byte(nil), c.pkt...)
 		server, ctx, end := b.r.servers[c.idx], b.ctx, c.attemptEnd
 		go func() {
 			m, err := exchangeTCP(ctx, end, pkt, server)
@@ -419,7 +433,9 @@ func (b *Batch) arm(c *call) bool {
 			continue
 		}
 		c.sock, c.id, c.taken = s, id, false
-		c.pktLen = len(appendQuery(c.pkt[:0], id, c.wire, c.qtype))
+		// Packets are sent from here: the kernel is handed pointers to
+		// them, which would move a buffer on the stack to the heap.
+		c.pkt = appendQuery(c.pktBuf[:0], id, c.wire, c.qtype)
 		c.state = stateUDP
 		return true
 	}
@@ -454,20 +470,20 @@ func (b *Batch) askError(c *call) error {
 // sendFirst sends the first attempts of a batch: the queries registered
 // on one socket go out together.
 func (b *Batch) sendFirst(cs []*call) {
-	var buf [sendBatch][]byte
+	var pktBuf [sendBatch][]byte
 	for len(cs) > 0 {
 		s := cs[0].sock
 		group := cs[:1]
 		for _, c := range cs[1:] {
-			if c.sock != s || len(group) == len(buf) {
+			if c.sock != s || len(group) == sendBatch {
 				break
 			}
 			group = append(group, c)
 		}
 		cs = cs[len(group):]
-		pkts := buf[:0]
+		pkts := pktBuf[:0]
 		for _, c := range group {
-			pkts = append(pkts, c.pkt[:c.pktLen])
+			pkts = append(pkts, c.pkt)
 		}
 		for len(group) > 0 {
 			sent, err := s.send(pkts)
@@ -483,7 +499,8 @@ func (b *Batch) sendFirst(cs []*call) {
 
 // sendOne sends c's armed attempt.
 func (b *Batch) sendOne(c *call) {
-	if _, err := c.sock.send([][]byte{c.pkt[:c.pktLen]}); err != nil {
+	pkts := [1][]byte{c.pkt}
+	if _, err := c.sock.send(pkts[:]); err != nil {
 		b.sendFailed(c, err)
 	}
 }
@@ -552,4 +569,22 @@ func (b *Batch) finish(c *call, res Result) {
 	c.state = stateDone
 	b.done = append(b.done, c.i)
 	b.open--
+}
+
+// Timers are reused from one batch to the next: a timer and its channel
+// are two allocations per check otherwise. (Since Go 1.23 a timer that
+// was stopped or reset delivers nothing stale.)
+var timers sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ func TestBatchAsksListsTogether(t *testing.T) {
 	r := newTestResolver(t, 2*time.Second, addr)
 	ip := netip.MustParseAddr("192.0.2.9")
 	qs := []Query{{Zone: "one.test", IP: ip, NoTXT: true}, {Zone: "two.test", IP: ip, NoTXT: true}, {Zone: "three.test", IP: ip, NoTXT: true}}
-	b := r.Start(context.Background(), qs)
+	b := r.Start(context.Background(), time.Time{}, qs)
 	defer b.Close()
 	got := make([]Result, len(qs))
 	seen := 0
@@ -85,7 +86,7 @@ func TestBatchNextUntilAndClose(t *testing.T) {
 	s.Set(QueryName(fast, zone), dnstest.Answer{A: []string{"127.0.0.2"}})
 	s.Set(QueryName(slow, zone), dnstest.Answer{A: []string{"127.0.0.4"}, Delay: 300 * time.Millisecond})
 	r := newTestResolver(t, 2*time.Second, s.Addr)
-	b := r.Start(context.Background(), []Query{{Zone: zone, IP: slow, NoTXT: true}, {Zone: zone, IP: fast, NoTXT: true}})
+	b := r.Start(context.Background(), time.Time{}, []Query{{Zone: zone, IP: slow, NoTXT: true}, {Zone: zone, IP: fast, NoTXT: true}})
 	start := time.Now()
 	i, res, ok := b.Next(start.Add(time.Second))
 	if !ok || i != 1 || res.Status != Listed {
@@ -117,7 +118,7 @@ func TestBatchCloseHandsOverJoinedLookups(t *testing.T) {
 	name := QueryName(ip, zone)
 	s.Set(name, dnstest.Answer{A: []string{"127.0.0.2"}, Delay: 150 * time.Millisecond})
 	r := newTestResolver(t, 2*time.Second, s.Addr)
-	b := r.Start(context.Background(), []Query{{Zone: zone, IP: ip, NoTXT: true}})
+	b := r.Start(context.Background(), time.Time{}, []Query{{Zone: zone, IP: ip, NoTXT: true}})
 	joined := make(chan Result, 1)
 	go func() { joined <- r.Lookup(context.Background(), Query{Zone: zone, IP: ip, NoTXT: true}) }()
 	time.Sleep(30 * time.Millisecond) // the lookup joins the batch's query
@@ -136,7 +137,7 @@ func TestBatchCanceled(t *testing.T) {
 	s.SetZone(zone, dnstest.Answer{Silent: true})
 	r := newTestResolver(t, time.Minute, s.Addr)
 	ctx, cancel := context.WithCancel(context.Background())
-	b := r.Start(ctx, []Query{{Zone: zone, IP: netip.MustParseAddr("192.0.2.1")}, {Zone: zone, IP: netip.MustParseAddr("192.0.2.2")}})
+	b := r.Start(ctx, time.Time{}, []Query{{Zone: zone, IP: netip.MustParseAddr("192.0.2.1")}, {Zone: zone, IP: netip.MustParseAddr("192.0.2.2")}})
 	defer b.Close()
 	time.AfterFunc(50*time.Millisecond, cancel)
 	start := time.Now()
@@ -288,7 +289,7 @@ func TestCutAnswerAskedOverTCP(t *testing.T) {
 
 	r := newTestResolver(t, 2*time.Second, addr)
 	ip := netip.MustParseAddr("192.0.2.6")
-	b := r.Start(context.Background(), []Query{{Zone: zone, IP: ip, NoTXT: true}})
+	b := r.Start(context.Background(), time.Time{}, []Query{{Zone: zone, IP: ip, NoTXT: true}})
 	defer b.Close()
 	c := &b.calls[0]
 	s, id := c.sock, c.id
@@ -313,4 +314,41 @@ func TestCutAnswerAskedOverTCP(t *testing.T) {
 	if len(tcpQueries) != 1 {
 		t.Errorf("%d TCP queries, want 1", len(tcpQueries))
 	}
+}
+
+// The name a lookup asks, built in wire form from the address and the
+// zone packed once, is appendName's name packed; a zone is refused unless it is a
+// valid domain name (a trailing dot or not) and the name is valid, fully
+// qualified and at most 254 characters (one that can be sent).
+func FuzzQueryWire(f *testing.F) {
+	for _, z := range []string{zone, "zen.spamhaus.org.", "a\\.b.test", "bad..zone", "", ".", "x\\032y.test", strings.Repeat("a", 64) + ".test", strings.Repeat("abcdefgh.", 27)} {
+		f.Add([]byte{192, 0, 2, 1}, z)
+		f.Add([]byte{0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, z)
+	}
+	r, err := NewResolver([]string{"127.0.0.1:1"}, time.Second)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, ipb []byte, z string) {
+		ip, ok := netip.AddrFromSlice(ipb)
+		if !ok {
+			return
+		}
+		var wire [255]byte
+		n, _, err := r.prepare(Query{Zone: z, IP: ip}, &wire)
+		name := string(appendName(nil, ip.Unmap(), z))
+		_, valid := dns.IsDomainName(name)
+		_, zoneValid := dns.IsDomainName(trimDot(z) + ".")
+		want, werr := wireName(name)
+		valid = valid && zoneValid && trimDot(z) != "" && len(name) <= 254 && werr == nil
+		if valid != (err == nil) {
+			t.Fatalf("prepare(%s, %q): %v; name %q valid %v", ip, z, err, name, valid)
+		}
+		if err != nil {
+			return
+		}
+		if string(wire[:n]) != want {
+			t.Fatalf("prepare(%s, %q) = %q, want %q (%v)", ip, z, wire[:n], want, werr)
+		}
+	})
 }

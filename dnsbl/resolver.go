@@ -51,12 +51,15 @@ type client struct {
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight
+
+	zones  sync.Map // zone -> zoneName
+	nzones atomic.Int32
 }
 
-// flightKey is one DNS question; names are compared as built (lower-case
-// labels of the address, the zone as configured).
+// flightKey is one DNS question; names (in wire form) are compared as
+// built (lower-case labels of the address, the zone as configured).
 type flightKey struct {
-	name  string
+	wire  string
 	qtype uint16
 }
 
@@ -72,7 +75,7 @@ type flight struct {
 // fly makes c the asker of its question, and reports true, unless the
 // question is in flight already: then c waits for that flight.
 func (cl *client) fly(c *call) bool {
-	key := flightKey{c.name, c.qtype}
+	key := flightKey{c.wire, c.qtype}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if f := cl.flights[key]; f != nil {
@@ -236,7 +239,7 @@ func (r *Resolver) Servers() []string { return slices.Clone(r.servers) }
 // returns within q.Timeout (or the resolver's timeout) and ctx. It is a
 // Batch of one.
 func (r *Resolver) Lookup(ctx context.Context, q Query) Result {
-	b := r.start(ctx, []Query{q}, kindLookup)
+	b := r.start(ctx, time.Time{}, []Query{q}, kindLookup)
 	defer b.Close()
 	_, res, _ := b.Next(time.Time{})
 	return res
@@ -255,27 +258,84 @@ func lookupDeadline(ctx context.Context, timeout time.Duration) time.Time {
 	return d
 }
 
-// prepare checks q and returns the name to ask and the lookup's timeout.
-func (r *Resolver) prepare(q Query) (name string, timeout time.Duration, err error) {
+// prepare checks q, writes the name to ask into wire (in wire form) and
+// returns its length and the lookup's timeout.
+func (r *Resolver) prepare(q Query, wire *[255]byte) (n int, timeout time.Duration, err error) {
 	if !q.IP.IsValid() {
-		return "", 0, errors.New("dnsbl: invalid IP address")
+		return 0, 0, errors.New("dnsbl: invalid IP address")
 	}
 	ip := q.IP
 	if !q.KeepMapped {
 		ip = ip.Unmap()
 	}
-	var buf [160]byte
-	name = string(appendName(buf[:0], ip, q.Zone))
-	if z := trimDot(q.Zone); z == "" {
-		return "", 0, errors.New("dnsbl: empty zone")
-	} else if _, ok := dns.IsDomainName(name); !ok || len(name) > 254 {
-		return "", 0, errors.New("dnsbl: zone is not a valid domain name")
+	z := trimDot(q.Zone)
+	if z == "" {
+		return 0, 0, errors.New("dnsbl: empty zone")
 	}
+	zw, ok := r.c.zoneWire(z)
+	b := appendAddressWire(wire[:0], ip)
+	// The name as text is the address's labels, each with its dot (as
+	// long as they are in wire form), the zone and the root's dot: at
+	// most 254 bytes.
+	if !ok || len(b)+len(z)+1 > 254 || len(b)+len(zw) > len(wire) {
+		return 0, 0, errors.New("dnsbl: zone is not a valid domain name")
+	}
+	n = len(b) + copy(wire[len(b):], zw)
 	timeout = q.Timeout
 	if timeout <= 0 {
 		timeout = r.timeout
 	}
-	return name, timeout, nil
+	return n, timeout, nil
+}
+
+// appendAddressWire appends the labels of ip's query name (see
+// appendName) in wire form: each label after its length, no root.
+func appendAddressWire(dst []byte, ip netip.Addr) []byte {
+	start := len(dst)
+	dst = append(dst, 0) // the first label's length, set below
+	dst = appendName(dst, ip, "")
+	// "4.3.2.1.": each dot becomes the length of the label after it, and
+	// the last one goes (the zone comes after).
+	at := start
+	for i := start + 1; i < len(dst); i++ {
+		if dst[i] == '.' {
+			dst[at] = byte(i - at - 1)
+			at = i
+		}
+	}
+	return dst[:len(dst)-1]
+}
+
+// maxZones bounds the zones whose wire form a client keeps: the lists'
+// zones, and those a caller asks about now and then.
+const maxZones = 256
+
+// zoneWire returns zone (without its trailing dot) in wire form, with
+// the root label, and whether it is a valid domain name. A list's zone
+// is the same on every lookup, so it is checked and packed once.
+func (cl *client) zoneWire(zone string) (string, bool) {
+	if v, ok := cl.zones.Load(zone); ok {
+		z := v.(zoneName)
+		return z.wire, z.ok
+	}
+	var z zoneName
+	fqdn := zone + "."
+	if _, ok := dns.IsDomainName(fqdn); ok {
+		var buf [256]byte
+		if n, err := dns.PackDomainName(fqdn, buf[:], 0, nil, false); err == nil {
+			z = zoneName{wire: string(buf[:n]), ok: true}
+		}
+	}
+	if cl.nzones.Add(1) <= maxZones {
+		cl.zones.Store(zone, z)
+	}
+	return z.wire, z.ok
+}
+
+// zoneName is a zone checked and packed by zoneWire.
+type zoneName struct {
+	wire string
+	ok   bool
 }
 
 // Reason asks for the TXT record under q's name: the text a list gives

@@ -44,6 +44,8 @@ type msg struct {
 	hasSOA    bool   // the authority section has an SOA record (the first one is used)
 	soaTTL    uint32 // its TTL
 	soaMin    uint32 // its MINIMUM field
+
+	answerBuf [2]record // a list's answer has a record or two
 }
 
 // record is one record of the answer section.
@@ -160,9 +162,7 @@ func parse(b []byte) (*msg, error) {
 	if m.truncated {
 		return m, nil
 	}
-	if an > 0 && an <= 16 {
-		m.answer = make([]record, 0, an)
-	}
+	m.answer = m.answerBuf[:0]
 	for range an {
 		if off == len(b) {
 			return m, nil
@@ -170,7 +170,13 @@ func parse(b []byte) (*msg, error) {
 		var r record
 		var rdata []byte
 		var err error
-		r.name, r.rtype, r.class, r.ttl, rdata, off, err = readRecord(b, off, true)
+		if q := m.qname; q != "" && off+2 <= len(b) && b[off] == 0xc0 && b[off+1] == headerSize {
+			// The usual owner: a pointer to the question's name, read
+			// already.
+			r.name, r.rtype, r.class, r.ttl, rdata, off, err = readRecordAfter(b, off+2, q)
+		} else {
+			r.name, r.rtype, r.class, r.ttl, rdata, off, err = readRecord(b, off, true)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -269,7 +275,16 @@ func soaMinimum(b []byte, off int) (uint32, error) {
 // type, class, TTL and data, and the offset after it.
 func readRecord(b []byte, off int, keep bool) (name string, rtype, class uint16, ttl uint32, rdata []byte, end int, err error) {
 	name, off, err = readName(b, off, keep)
-	if err != nil || off+10 > len(b) {
+	if err != nil {
+		return "", 0, 0, 0, nil, 0, errBadMessage
+	}
+	return readRecordAfter(b, off, name)
+}
+
+// readRecordAfter reads the rest of a record, whose owner name ends at
+// off.
+func readRecordAfter(b []byte, off int, name string) (_ string, rtype, class uint16, ttl uint32, rdata []byte, end int, err error) {
+	if off+10 > len(b) {
 		return "", 0, 0, 0, nil, 0, errBadMessage
 	}
 	rtype = binary.BigEndian.Uint16(b[off:])

@@ -477,8 +477,6 @@ const degradedGrace = 100 * time.Millisecond
 func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) []outcome {
 	start := time.Now()
 	deadline := start.Add(e.opts.Deadline)
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
 	outs := make([]outcome, len(lists))
 	got := make([]bool, len(lists))
 	var qbuf [8]dnsbl.Query
@@ -493,7 +491,7 @@ func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bo
 	}
 	// The queries leave together and are answered in this goroutine;
 	// Close gives up the ones still out when the check stops waiting.
-	b := e.resolver.Start(ctx, qs)
+	b := e.resolver.Start(ctx, deadline, qs)
 	defer b.Close()
 	received := 0
 	for waiting > 0 {
