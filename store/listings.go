@@ -300,12 +300,19 @@ func InvalidateFor(invalidate func(ip netip.Addr)) func(prefix netip.Prefix) {
 	}
 }
 
-// changed rebuilds the snapshot after a write of ours. The write is
-// committed; failing to reload it is logged and retried by the watcher.
+// changed brings the snapshot and the OnChange callbacks up to a write of
+// ours that has committed, before the writer returns. Writers share the
+// rebuilds (rebuildGroup), so a flood of writes costs as many rebuilds as
+// fit end to end in its time, not one per write. The write is committed
+// whatever happens here; failing to reload it is logged and retried by the
+// watcher.
 func (s *Store) changed(ctx context.Context) {
-	if err := s.refresh(context.WithoutCancel(ctx)); err != nil {
-		s.log.Error("reloading listings after a change", "err", err)
-	}
+	ctx = context.WithoutCancel(ctx)
+	s.rebuilds.after(func() {
+		if err := s.refresh(ctx); err != nil {
+			s.log.Error("reloading listings after a change", "err", err)
+		}
+	})
 }
 
 // refresh rebuilds the snapshot if the listings changed (by generation) or
