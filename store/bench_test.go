@@ -244,6 +244,7 @@ func BenchmarkTrapFlood(b *testing.B) {
 	wg.Wait()
 	b.StopTimer()
 	cpu.Report(b, "hit")
+	b.ReportMetric(float64(s.rebuilds.ended)/float64(b.N), "rebuilds/hit")
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "ms-p50")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "ms-p99")
