@@ -174,9 +174,9 @@ func BenchmarkRecordTrapHit(b *testing.B) {
 	}
 }
 
-// BenchmarkRebuild is one rebuild of the snapshot of 100,000 listings
-// after one of them changed, as a write through the store or the poll of
-// another process's change does it.
+// BenchmarkRebuild is a change of one of 100,000 listings (the write with
+// its fsync included) and the rebuild of the snapshot after it, as a write
+// through the store or the poll of another process's change does it.
 func BenchmarkRebuild(b *testing.B) {
 	s := benchStore(b, 100000)
 	ctx := context.Background()

@@ -229,7 +229,7 @@ func (s *Store) Lookup(ip netip.Addr) (category, reason string, listed bool) {
 }
 
 // Len is the number of live listings, from memory.
-func (s *Store) Len() int { return len(s.snap.Load().all) }
+func (s *Store) Len() int { return s.snap.Load().len() }
 
 // Listings returns the live listings (not removed, not expired), ordered by
 // prefix text.

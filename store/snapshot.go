@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/binary"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -19,9 +20,8 @@ import (
 type snapshot struct {
 	v4   []level4
 	v6   []level6
-	all  map[netip.Prefix]*Listing // every live listing, to diff snapshots
-	next time.Time                 // earliest expiry in the future; zero: none
-	gen  int64                     // meta.listings_gen it was built from
+	next time.Time // earliest expiry in the future; zero: none
+	gen  int64     // meta.listings_gen it was built from
 	// gone is meta.listings_gone it was built from: a row deleted or moved
 	// to another prefix leaves no row of a newer generation behind, so a
 	// change of it makes the next rebuild read every row.
@@ -132,7 +132,7 @@ func addr6(a netip.Addr) key6 {
 
 // newSnapshot builds a snapshot of ls, the live listings, from scratch.
 func newSnapshot(ls []Listing, gen int64, now time.Time, clock func() time.Time) *snapshot {
-	s := &snapshot{all: make(map[netip.Prefix]*Listing, len(ls)), gen: gen, now: clock}
+	s := &snapshot{gen: gen, now: clock}
 	// Counted first, so each length's map is made once at its size; the
 	// entries are one allocation.
 	var n4 [33]int
@@ -177,7 +177,6 @@ func newSnapshot(ls []Listing, gen int64, now time.Time, clock func() time.Time)
 		} else {
 			v6[bits].m[addr6(p.Addr())] = e
 		}
-		s.all[p] = &e.l
 	}
 	// Longest first.
 	for bits := len(v4) - 1; bits >= 0; bits-- {
@@ -204,10 +203,7 @@ func newSnapshot(ls []Listing, gen int64, now time.Time, clock func() time.Time)
 // expired first was changed or removed); the watcher then wakes for
 // nothing and the rebuild it makes finds the true one.
 func (old *snapshot) derive(fresh []Listing, touched []netip.Prefix, gen int64, now time.Time) (*snapshot, []netip.Prefix) {
-	s := &snapshot{all: maps.Clone(old.all), next: old.next, gen: gen, gone: old.gone, now: old.now}
-	if s.all == nil {
-		s.all = map[netip.Prefix]*Listing{}
-	}
+	s := &snapshot{next: old.next, gen: gen, gone: old.gone, now: old.now}
 	// The maps of the lengths s no longer shares with old.
 	own4 := map[int]map[uint32]*entry{}
 	own6 := map[int]map[key6]*entry{}
@@ -238,31 +234,30 @@ func (old *snapshot) derive(fresh []Listing, touched []netip.Prefix, gen int64, 
 		return m
 	}
 	remove := func(p netip.Prefix) {
-		delete(s.all, p)
 		if p.Addr().Is4() {
 			delete(map4(p.Bits()), addr4(p.Addr()))
 		} else {
 			delete(map6(p.Bits()), addr6(p.Addr()))
 		}
 	}
-	for _, p := range touched {
-		if _, ok := old.all[p]; ok {
-			remove(p)
-		}
-	}
 	var expired []netip.Prefix
 	if !old.next.IsZero() && !now.Before(old.next) {
 		// Some listing expired: find which, and the next expiry anew.
 		s.next = time.Time{}
-		for p, l := range s.all {
-			switch {
+		for e := range old.entries() {
+			switch l := &e.l; {
 			case l.ExpiresAt == nil:
 			case l.Expired(now):
-				remove(p)
-				expired = append(expired, p)
+				remove(l.Prefix)
+				expired = append(expired, l.Prefix)
 			case s.next.IsZero() || l.ExpiresAt.Before(s.next):
 				s.next = *l.ExpiresAt
 			}
+		}
+	}
+	for _, p := range touched {
+		if _, ok := old.exact(p); ok {
+			remove(p)
 		}
 	}
 	entries := make([]entry, len(fresh))
@@ -279,7 +274,6 @@ func (old *snapshot) derive(fresh []Listing, touched []netip.Prefix, gen int64, 
 		} else {
 			map6(p.Bits())[addr6(p.Addr())] = e
 		}
-		s.all[p] = &e.l
 	}
 	for _, lv := range old.v4 {
 		if m, ok := own4[lv.bits]; ok {
@@ -409,19 +403,50 @@ func (s *snapshot) lookup(ip netip.Addr) (*entry, bool) {
 	return nil, false
 }
 
+// entries yields every entry of s, expired or not.
+func (s *snapshot) entries() iter.Seq[*entry] {
+	return func(yield func(*entry) bool) {
+		for _, lv := range s.v4 {
+			for _, e := range lv.m {
+				if !yield(e) {
+					return
+				}
+			}
+		}
+		for _, lv := range s.v6 {
+			for _, e := range lv.m {
+				if !yield(e) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// len is the number of entries of s.
+func (s *snapshot) len() int {
+	n := 0
+	for _, lv := range s.v4 {
+		n += len(lv.m)
+	}
+	for _, lv := range s.v6 {
+		n += len(lv.m)
+	}
+	return n
+}
+
 // diff lists the prefixes whose listing appeared, vanished or changed
 // between a and b.
 func diff(a, b *snapshot) []netip.Prefix {
 	var out []netip.Prefix
-	for p, la := range a.all {
-		lb, ok := b.all[p]
-		if !ok || !sameListing(la, lb) {
-			out = append(out, p)
+	for ea := range a.entries() {
+		if eb, ok := b.exact(ea.l.Prefix); !ok || !sameListing(&ea.l, &eb.l) {
+			out = append(out, ea.l.Prefix)
 		}
 	}
-	for p := range b.all {
-		if _, ok := a.all[p]; !ok {
-			out = append(out, p)
+	for eb := range b.entries() {
+		if _, ok := a.exact(eb.l.Prefix); !ok {
+			out = append(out, eb.l.Prefix)
 		}
 	}
 	return out
@@ -437,9 +462,9 @@ func diffOf(a, b *snapshot, maybe []netip.Prefix) []netip.Prefix {
 			continue
 		}
 		seen[p] = true
-		la, inA := a.all[p]
-		lb, inB := b.all[p]
-		if inA != inB || inA && !sameListing(la, lb) {
+		ea, inA := a.exact(p)
+		eb, inB := b.exact(p)
+		if inA != inB || inA && !sameListing(&ea.l, &eb.l) {
 			out = append(out, p)
 		}
 	}
