@@ -126,6 +126,9 @@ type Engine struct {
 	epoch    time.Time
 	reasons  reasons // TXT texts for the decision records, off the mail path
 	results  results // the DNS results many clients have in common, shared
+	// panicLogNext is when the next recovered panic may be logged (Unix
+	// nanoseconds): one line a second at most.
+	panicLogNext atomic.Int64
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -492,9 +495,7 @@ func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bo
 		if all || outs[i].counted() {
 			waiting++
 		}
-		go func() {
-			ch <- answer{i, e.resolver.Lookup(ctx, dnsbl.Query{Zone: l.cfg.Zone, IP: ip, Timeout: l.cfg.Timeout, NoTXT: !all})}
-		}()
+		go func() { ch <- answer{i, e.lookup(ctx, l, ip, all)} }()
 	}
 	received := 0
 	store := func(a answer) {

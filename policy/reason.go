@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -100,9 +101,18 @@ func (e *Engine) record(d Decision) {
 	rs.mu.Unlock()
 	go func() {
 		defer rs.done()
+		// A panic here would end the process, long after the client was
+		// answered; recovered, the decision is recorded without the text.
+		recovered := func(what string) {
+			if p := recover(); p != nil {
+				e.panicked(what, p, slog.String("ip", d.Verdict.IP.String()), slog.String("ref", d.Ref))
+			}
+		}
+		defer recovered("recording a decision panicked")
 		var wg sync.WaitGroup
 		for _, i := range missing {
 			wg.Go(func() {
+				defer recovered("fetching a listing's text panicked; the decision is recorded without it")
 				hits[i].Reason = e.fetchReason(e.reasonList(hits[i]), d.Verdict.IP)
 			})
 		}
