@@ -28,9 +28,6 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
-// DefaultSize is the capacity used when Options.Size is not positive.
-const DefaultSize = 100_000
-
 // Shards are kept at least this large when the count is automatic, so a
 // small cache stays close to one exact LRU.
 const minShardSize = 128
@@ -40,8 +37,9 @@ const maxShards = 256
 
 // Options configure a Cache.
 type Options struct {
-	// Size is the most entries the cache holds (DefaultSize if <= 0).
-	// Each shard holds Size/Shards (rounded up), so eviction is LRU per
+	// Size is the most entries the cache holds; it must be positive (the
+	// caller gives it: [cache] size for the engine's cache, so the one
+	// default is the config's). Each shard holds Size/Shards (rounded up), so eviction is LRU per
 	// shard, not across the whole cache.
 	Size int
 	// Shards is the number of independently locked parts, rounded up to
@@ -150,11 +148,12 @@ func (k *coarseClock) read() int64 {
 	return now
 }
 
-// New makes a cache.
+// New makes a cache. It panics if opts.Size is not positive: a cache
+// without room is a caller's mistake, not something to guess a size for.
 func New[K comparable, V any](opts Options) *Cache[K, V] {
 	size := opts.Size
 	if size <= 0 {
-		size = DefaultSize
+		panic(fmt.Sprintf("cache: Options.Size must be positive, got %d", size))
 	}
 	n := shardCount(size, opts.Shards)
 	seed := maphash.MakeSeed()

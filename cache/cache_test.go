@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -542,6 +543,22 @@ func TestShardSize(t *testing.T) {
 	// must change the padding too, or shards share cache lines again.
 	if n := unsafe.Sizeof(shard[netip.Addr, *int]{}); n != 128 {
 		t.Errorf("shard is %d bytes, want 128", n)
+	}
+}
+
+// A cache without a size is the caller's mistake: New says so rather than
+// picking a size of its own, which would be a second default beside the
+// config's [cache] size.
+func TestNewNeedsSize(t *testing.T) {
+	for _, size := range []int{0, -1} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			defer func() {
+				if p := recover(); p == nil || !strings.Contains(fmt.Sprint(p), "Size must be positive") {
+					t.Errorf("New with Size %d: panic %v, want one naming Size", size, p)
+				}
+			}()
+			New[int, int](Options{Size: size})
+		})
 	}
 }
 

@@ -19,10 +19,6 @@ import (
 	"github.com/miekg/dns"
 )
 
-// DefaultTimeout bounds a lookup when neither NewResolver nor the Query
-// sets a timeout. Mail waits for it, so it is far below resolv.conf's 5 s.
-const DefaultTimeout = 1500 * time.Millisecond
-
 // resolvConf is where NewResolver finds the system's servers.
 const resolvConf = "/etc/resolv.conf"
 
@@ -157,7 +153,9 @@ func clientFor(servers []string) *client {
 // NewResolver returns a resolver that asks servers ("192.0.2.53",
 // "192.0.2.53:5353", "::1", "[::1]:53", "unbound:53"; port 53 unless
 // given), or the nameservers of /etc/resolv.conf when servers is empty.
-// timeout is the default time a lookup may take (DefaultTimeout if <= 0).
+// timeout is the time a lookup may take when its Query gives none; it must
+// be positive (the caller gives it: [dns] timeout, whose default is the
+// config's, so mail never waits for resolv.conf's 5 s).
 func NewResolver(servers []string, timeout time.Duration) (*Resolver, error) {
 	return newResolver(servers, timeout, resolvConf)
 }
@@ -189,7 +187,7 @@ func newResolver(servers []string, timeout time.Duration, conf string) (*Resolve
 		}
 	}
 	if timeout <= 0 {
-		timeout = DefaultTimeout
+		return nil, fmt.Errorf("dnsbl: the lookup timeout must be positive, got %v", timeout)
 	}
 	return &Resolver{servers: addrs, timeout: timeout, c: clientFor(addrs)}, nil
 }

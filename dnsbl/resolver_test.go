@@ -549,24 +549,26 @@ func TestNewResolver(t *testing.T) {
 	}
 	t.Run("resolv.conf", func(t *testing.T) {
 		p := write("resolv.conf", "# local\nnameserver 192.0.2.53\nnameserver ::1\noptions timeout:5\n")
-		r, err := newResolver(nil, 0, p)
+		r, err := newResolver(nil, time.Second, p)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := []string{"192.0.2.53:53", "[::1]:53"}; !slices.Equal(r.Servers(), want) {
 			t.Errorf("Servers = %v, want %v", r.Servers(), want)
 		}
-		if r.timeout != DefaultTimeout {
-			t.Errorf("timeout = %v, want DefaultTimeout", r.timeout)
+		// resolv.conf's "options timeout:5" is not taken: mail waits for
+		// the timeout given.
+		if r.timeout != time.Second {
+			t.Errorf("timeout = %v, want 1s", r.timeout)
 		}
 	})
 	t.Run("resolv.conf without nameserver", func(t *testing.T) {
-		if _, err := newResolver(nil, 0, write("empty.conf", "search example.org\n")); err == nil {
+		if _, err := newResolver(nil, time.Second, write("empty.conf", "search example.org\n")); err == nil {
 			t.Error("want an error")
 		}
 	})
 	t.Run("missing resolv.conf", func(t *testing.T) {
-		if _, err := newResolver(nil, 0, filepath.Join(dir, "nope")); err == nil {
+		if _, err := newResolver(nil, time.Second, filepath.Join(dir, "nope")); err == nil {
 			t.Error("want an error")
 		}
 	})
@@ -577,8 +579,16 @@ func TestNewResolver(t *testing.T) {
 		}
 	})
 	t.Run("bad server", func(t *testing.T) {
-		if _, err := NewResolver([]string{"192.0.2.1:99999"}, 0); err == nil {
+		if _, err := NewResolver([]string{"192.0.2.1:99999"}, time.Second); err == nil {
 			t.Error("want an error")
+		}
+	})
+	// No timeout of its own: the caller gives one ([dns] timeout).
+	t.Run("no timeout", func(t *testing.T) {
+		for _, d := range []time.Duration{0, -time.Second} {
+			if _, err := NewResolver([]string{"127.0.0.1:5300"}, d); err == nil || !strings.Contains(err.Error(), "timeout must be positive") {
+				t.Errorf("NewResolver with timeout %v: %v, want an error naming the timeout", d, err)
+			}
 		}
 	})
 }

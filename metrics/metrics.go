@@ -264,8 +264,9 @@ func (m *Metrics) SetStoreUp(up bool) {
 }
 
 // PanicServers are the servers blmilter_panics_total counts, each present
-// from the start with 0.
-var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store", "zone"}
+// from the start with 0; "lookup" is the engine's own goroutines (a list's
+// DNS lookup, a background fetch of listing texts).
+var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store", "zone", "lookup"}
 
 // Panic counts one panic recovered in a goroutine serving a client of
 // server (one of PanicServers).

@@ -15,7 +15,10 @@ import (
 
 // The zone's series follow its counters.
 func TestZoneSeries(t *testing.T) {
-	srv, err := zone.New(zone.Options{Zone: zone.Zone{Name: "bl.test", NS: []string{"ns1.example.org."}}, Workers: 1})
+	srv, err := zone.New(zone.Options{Zone: zone.Zone{
+		Name: "bl.test", TTL: 5 * time.Minute, NS: []string{"ns1.example.org."}, TXT: "{category}",
+		SOA: zone.SOA{Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 5 * time.Minute},
+	}, Workers: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

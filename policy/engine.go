@@ -126,6 +126,9 @@ type Engine struct {
 	epoch    time.Time
 	reasons  reasons // TXT texts for the decision records, off the mail path
 	results  results // the DNS results many clients have in common, shared
+	// panicLogNext is when the next recovered panic may be logged (Unix
+	// nanoseconds): one line a second at most.
+	panicLogNext atomic.Int64
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -474,11 +477,24 @@ const degradedGrace = 100 * time.Millisecond
 // the TXT texts come later, off the mail path (reason.go). With all set
 // (Inspect: a person is waiting for the whole story) it waits for every
 // list and fetches the texts of listings too.
-func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) []outcome {
+func (e *Engine) query(ctx context.Context, ip netip.Addr, lists []*list, all bool) (outs []outcome) {
 	start := time.Now()
 	deadline := start.Add(e.opts.Deadline)
-	outs := make([]outcome, len(lists))
+	outs = make([]outcome, len(lists))
 	got := make([]bool, len(lists))
+	// A panic in the DNS client is a list error for every list that has
+	// not answered, never a listing, and it ends neither the check nor
+	// the process.
+	defer func() {
+		if p := recover(); p != nil {
+			e.panicked("DNS lookup panicked; taken as a list error", p, slog.String("ip", ip.String()))
+			for i := range outs {
+				if !got[i] {
+					outs[i].res = dnsbl.Result{Status: dnsbl.Error, Err: errLookupPanicked}
+				}
+			}
+		}
+	}()
 	var qbuf [8]dnsbl.Query
 	qs := qbuf[:0]
 	waiting := 0

@@ -40,3 +40,8 @@ func (e *Engine) SetAnswers(ip netip.Addr, res []dnsbl.Result) {
 	r, ttl := e.build(outs)
 	e.cache.Set(ip, r, ttl)
 }
+
+// BreakResolver leaves the engine without its resolver, a state no build
+// makes: every DNS lookup and every fetch of a listing's text then panics,
+// each on a goroutine of the engine's own.
+func (e *Engine) BreakResolver() { e.resolver = nil }

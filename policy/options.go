@@ -65,6 +65,11 @@ type Deps struct {
 	// Health gives each probed DNS list its starting state; without it
 	// every list starts healthy (one-off commands and tests).
 	Health HealthSource
+	// OnPanic, when set, is told of each panic the engine recovered from
+	// in a goroutine of its own: a list's DNS lookup (taken as a list
+	// error) or a background fetch of listing texts (the decision is
+	// recorded without them). For blmilter_panics_total.
+	OnPanic func()
 }
 
 // CacheOptions bound how long DNS answers are kept.

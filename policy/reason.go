@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"sync"
 
@@ -99,7 +100,21 @@ func (e *Engine) record(d Decision) {
 	rs.mu.Unlock()
 	go func() {
 		defer rs.done()
-		e.fetchReasons(hits, missing, d.Verdict.IP)
+		// A panic here would end the process, long after the client was
+		// answered; recovered, the decision is recorded without the texts.
+		defer func() {
+			if p := recover(); p != nil {
+				e.panicked("recording a decision panicked", p, slog.String("ip", d.Verdict.IP.String()), slog.String("ref", d.Ref))
+			}
+		}()
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					e.panicked("fetching listing texts panicked; the decision is recorded without them", p, slog.String("ip", d.Verdict.IP.String()), slog.String("ref", d.Ref))
+				}
+			}()
+			e.fetchReasons(hits, missing, d.Verdict.IP)
+		}()
 		e.opts.Recorder.RecordDecision(d)
 	}()
 }

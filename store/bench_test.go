@@ -4,8 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/blmilter/blmilter/internal/testkit/benchcpu"
 )
 
 // benchStore has n listings: host listings in 10.0.0.0/8, /24 networks in
@@ -167,6 +172,82 @@ func BenchmarkRecordTrapHit(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkRebuild is a change of one of 100,000 listings (the write with
+// its fsync included) and the rebuild of the snapshot after it, as a write
+// through the store or the poll of another process's change does it.
+func BenchmarkRebuild(b *testing.B) {
+	s := benchStore(b, 100000)
+	ctx := context.Background()
+	cpu := benchcpu.Start()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		if _, err := s.db.Exec(`UPDATE listings SET reason = ? WHERE prefix = '10.0.0.4/32'`, fmt.Sprint("changed ", i)); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.refresh(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cpu.Report(b, "rebuild")
+	if l, _ := s.ListingFor(netip.MustParseAddr("10.0.0.4")); l.Reason != fmt.Sprint("changed ", i) {
+		b.Fatalf("the snapshot has reason %q", l.Reason)
+	}
+}
+
+// BenchmarkTrapFlood is a botnet hitting the traps from many addresses at
+// once: 64 goroutines, as many RCPTs in flight, each recording a hit of an
+// address of its own that lists it, against a store holding 100,000
+// listings. Each call returns once the snapshot shows its listing. Reported:
+// hits per second, the CPU time of a hit, and the median and 99th
+// percentile of a call's latency.
+func BenchmarkTrapFlood(b *testing.B) {
+	const workers = 64
+	s := benchStore(b, 100000)
+	ctx := context.Background()
+	r := TrapRules{Hits: 1, Window: 24 * time.Hour, Expires: 7 * 24 * time.Hour, MaxExpires: 90 * 24 * time.Hour, Category: "spam-source", IPv6Prefix: 64}
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	lat := make([]time.Duration, b.N)
+	cpu := benchcpu.Start()
+	b.ResetTimer()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				// 198.18.0.0/15, which the bench store does not list.
+				ip := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16&1), byte(i >> 8), byte(i)})
+				start := time.Now()
+				out, err := s.RecordTrapHit(ctx, TrapHit{IP: ip, HELO: "bot.example", Trap: "t@example.org"}, r)
+				lat[i] = time.Since(start)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if _, ok := s.ListingFor(ip); !ok || !out.Listed {
+					b.Errorf("%s: not listed when the hit returned", ip)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	cpu.Report(b, "hit")
+	b.ReportMetric(float64(s.rebuilds.ended)/float64(b.N), "rebuilds/hit")
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "ms-p50")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "ms-p99")
 }
 
 // BenchmarkHistory is the history of one address among many, as the

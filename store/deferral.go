@@ -28,8 +28,9 @@ func (s *Store) SetSelfService(r SelfService) {
 // and one its owner may remove now, and when a refusal by it was first
 // deferred (zero: never). It reads memory only.
 func (s *Store) DeferState(ip netip.Addr) (selfRemovable bool, first time.Time) {
-	e, ok := s.snap.Load().lookup(ip)
-	if !ok || !e.selfRemovable {
+	snap := s.snap.Load()
+	e, ok := snap.lookup(ip)
+	if !ok || !snap.selfRemovable(e) {
 		return false, time.Time{}
 	}
 	if ms := e.firstRefused.Load(); ms != 0 {

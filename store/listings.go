@@ -229,7 +229,7 @@ func (s *Store) Lookup(ip netip.Addr) (category, reason string, listed bool) {
 }
 
 // Len is the number of live listings, from memory.
-func (s *Store) Len() int { return len(s.snap.Load().all) }
+func (s *Store) Len() int { return s.snap.Load().len() }
 
 // Listings returns the live listings (not removed, not expired), ordered by
 // prefix text.
@@ -241,9 +241,12 @@ func (s *Store) Listings(ctx context.Context) ([]Listing, error) {
 	return ls, nil
 }
 
+// listingColumns are what a Listing is read from, in scanListing's order.
+const listingColumns = `id, prefix, category, reason, source, listed_at, expires_at, removal_count, level, first_refused, deferred, removed_at IS NOT NULL`
+
 func (s *Store) liveListings(ctx context.Context, q querier, now time.Time) ([]Listing, error) {
 	rows, err := q.QueryContext(ctx, `
-SELECT id, prefix, category, reason, source, listed_at, expires_at, removal_count, level, first_refused, deferred
+SELECT `+listingColumns+`
 FROM listings WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)
 ORDER BY prefix`, millis(now))
 	if err != nil {
@@ -252,27 +255,65 @@ ORDER BY prefix`, millis(now))
 	defer rows.Close()
 	var out []Listing
 	for rows.Next() {
-		var (
-			l                 Listing
-			prefix            string
-			expires, firstRef sql.NullInt64
-		)
-		if err := rows.Scan(&l.ID, &prefix, &l.Category, &l.Reason, &l.Source, (*msTime)(&l.ListedAt), &expires, &l.Removals,
-			&l.Level, &firstRef, &l.Deferred); err != nil {
+		l, _, err := s.scanListing(rows)
+		if err != nil {
 			return nil, err
 		}
-		p, err := netip.ParsePrefix(prefix)
-		if err != nil {
-			// Someone edited the file by hand; one bad row must not hide the rest.
-			s.log.Warn("skipping listing with a bad prefix", "id", l.ID, "prefix", prefix, "err", err)
-			continue
+		if l.Prefix.IsValid() {
+			out = append(out, l)
 		}
-		l.Prefix = canonPrefix(p)
-		l.ExpiresAt = fromNullMillis(expires)
-		l.FirstRefused = fromNullMillis(firstRef)
-		out = append(out, l)
 	}
 	return out, rows.Err()
+}
+
+// scanListing reads a row of listingColumns, and whether the listing was
+// removed. A row whose prefix does not parse is logged and comes back
+// with no Prefix.
+func (s *Store) scanListing(rows *sql.Rows) (l Listing, removed bool, err error) {
+	var (
+		prefix            string
+		expires, firstRef sql.NullInt64
+	)
+	if err := rows.Scan(&l.ID, &prefix, &l.Category, &l.Reason, &l.Source, (*msTime)(&l.ListedAt), &expires, &l.Removals,
+		&l.Level, &firstRef, &l.Deferred, &removed); err != nil {
+		return Listing{}, false, err
+	}
+	p, err := netip.ParsePrefix(prefix)
+	if err != nil {
+		// Someone edited the file by hand; one bad row must not hide the rest.
+		s.log.Warn("skipping listing with a bad prefix", "id", l.ID, "prefix", prefix, "err", err)
+		return Listing{ID: l.ID}, removed, nil
+	}
+	l.Prefix = canonPrefix(p)
+	l.ExpiresAt = fromNullMillis(expires)
+	l.FirstRefused = fromNullMillis(firstRef)
+	return l, removed, nil
+}
+
+// changedListings reads the rows changed since generation gen: the
+// prefixes whose listing may have changed, and the listings among them
+// that are live at now.
+func (s *Store) changedListings(ctx context.Context, gen int64, now time.Time) (live []Listing, touched []netip.Prefix, err error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+listingColumns+` FROM listings WHERE gen > ?`, gen)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	touched = []netip.Prefix{}
+	for rows.Next() {
+		l, removed, err := s.scanListing(rows)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !l.Prefix.IsValid() {
+			continue
+		}
+		touched = append(touched, l.Prefix)
+		if !removed && !l.Expired(now) {
+			live = append(live, l)
+		}
+	}
+	return live, touched, rows.Err()
 }
 
 // OnChange registers fn to be called with each prefix whose listing was
@@ -300,12 +341,19 @@ func InvalidateFor(invalidate func(ip netip.Addr)) func(prefix netip.Prefix) {
 	}
 }
 
-// changed rebuilds the snapshot after a write of ours. The write is
-// committed; failing to reload it is logged and retried by the watcher.
+// changed brings the snapshot and the OnChange callbacks up to a write of
+// ours that has committed, before the writer returns. Writers share the
+// rebuilds (rebuildGroup), so a flood of writes costs as many rebuilds as
+// fit end to end in its time, not one per write. The write is committed
+// whatever happens here; failing to reload it is logged and retried by the
+// watcher.
 func (s *Store) changed(ctx context.Context) {
-	if err := s.refresh(context.WithoutCancel(ctx)); err != nil {
-		s.log.Error("reloading listings after a change", "err", err)
-	}
+	ctx = context.WithoutCancel(ctx)
+	s.rebuilds.after(func() {
+		if err := s.refresh(ctx); err != nil {
+			s.log.Error("reloading listings after a change", "err", err)
+		}
+	})
 }
 
 // refresh rebuilds the snapshot if the listings changed (by generation) or
@@ -313,40 +361,58 @@ func (s *Store) changed(ctx context.Context) {
 func (s *Store) refresh(ctx context.Context) error { return s.rebuild(ctx, false) }
 
 // rebuild is refresh; force rebuilds even when nothing changed (the
-// self-service rule did).
+// self-service rule did). It reads every row only for the first snapshot,
+// after a row was deleted or moved, or when the generation went back (the
+// file was replaced); otherwise only the rows changed since the last
+// snapshot, which it derives from that one.
 func (s *Store) rebuild(ctx context.Context, force bool) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
 	now := s.now()
 	old := s.snap.Load()
-	var gen int64
-	if err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'listings_gen'`).Scan(&gen); err != nil {
+	var gen, gone int64
+	if err := s.db.QueryRowContext(ctx, `
+SELECT (SELECT value FROM meta WHERE key = 'listings_gen'), (SELECT value FROM meta WHERE key = 'listings_gone')`).
+		Scan(&gen, &gone); err != nil {
 		return fmt.Errorf("read listings generation: %w", err)
 	}
 	if !force && gen == old.gen && (old.next.IsZero() || now.Before(old.next)) {
 		return nil
 	}
-	ls, err := s.liveListings(ctx, s.db, now)
-	if err != nil {
-		return fmt.Errorf("load listings: %w", err)
+	var (
+		snap    *snapshot
+		changed []netip.Prefix
+	)
+	if old.gen < 0 || gen < old.gen || gone != old.gone {
+		ls, err := s.liveListings(ctx, s.db, now)
+		if err != nil {
+			return fmt.Errorf("load listings: %w", err)
+		}
+		snap = newSnapshot(ls, gen, now, s.opts.Now)
+		snap.gone = gone
+		snap.carryDeferrals(old)
+		changed = diff(old, snap)
+	} else {
+		fresh, touched, err := s.changedListings(ctx, old.gen, now)
+		if err != nil {
+			return fmt.Errorf("load changed listings: %w", err)
+		}
+		var expired []netip.Prefix
+		snap, expired = old.derive(fresh, touched, gen, now)
+		changed = diffOf(old, snap, append(touched, expired...))
 	}
-	snap := newSnapshot(ls, gen, now, s.opts.Now)
-	rule := s.selfService.Load()
-	used := map[string]int{}
-	if rule != nil && len(rule.Categories) > 0 {
-		if used, err = s.selfServiceUse(ctx, now.Add(-rule.Window)); err != nil {
+	if rule := s.selfService.Load(); rule != nil && len(rule.Categories) > 0 {
+		used, err := s.selfServiceUse(ctx, now.Add(-rule.Window))
+		if err != nil {
 			return fmt.Errorf("load self-service removals: %w", err)
 		}
-	} else {
-		rule = &SelfService{}
+		snap.rule, snap.used = *rule, used
 	}
-	snap.markSelfRemovable(*rule, used, old)
 	s.snap.Store(snap)
 	select {
 	case s.kick <- struct{}{}:
 	default:
 	}
-	changed := diff(old, snap)
 	if len(changed) == 0 {
 		return nil
 	}
@@ -362,22 +428,24 @@ func (s *Store) rebuild(ctx context.Context, force bool) error {
 }
 
 // selfServiceUse counts the self-service removals since since per prefix.
-func (s *Store) selfServiceUse(ctx context.Context, since time.Time) (map[string]int, error) {
+func (s *Store) selfServiceUse(ctx context.Context, since time.Time) (map[netip.Prefix]int, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT prefix, count(*) FROM removals WHERE self_service AND at >= ? GROUP BY prefix`, millis(since))
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	used := map[string]int{}
+	used := map[netip.Prefix]int{}
 	for rows.Next() {
 		var (
-			p string
-			n int
+			text string
+			n    int
 		)
-		if err := rows.Scan(&p, &n); err != nil {
+		if err := rows.Scan(&text, &n); err != nil {
 			return nil, err
 		}
-		used[p] = n
+		if p, err := netip.ParsePrefix(text); err == nil {
+			used[canonPrefix(p)] += n
+		}
 	}
 	return used, rows.Err()
 }

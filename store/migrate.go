@@ -193,6 +193,35 @@ DROP TRIGGER listings_gen_update;
 CREATE TRIGGER listings_gen_update AFTER UPDATE OF prefix, category, reason, source, listed_at, expires_at, removed_at ON listings
 	BEGIN UPDATE meta SET value = value + 1 WHERE key = 'listings_gen'; END;
 `,
+	// 5: each listing carries the generation of its last change, so a
+	// rebuild of the in-memory list reads only the rows changed since the
+	// generation it had, whoever changed them. A row deleted, or moved to
+	// another prefix by hand, leaves nothing that says where it was; those
+	// are counted apart (listings_gone), and make the next rebuild read
+	// every row.
+	`
+ALTER TABLE listings ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX listings_gen ON listings (gen);
+INSERT INTO meta (key, value) VALUES ('listings_gone', 0);
+
+DROP TRIGGER listings_gen_insert;
+CREATE TRIGGER listings_gen_insert AFTER INSERT ON listings BEGIN
+	UPDATE meta SET value = value + 1 WHERE key = 'listings_gen';
+	UPDATE listings SET gen = (SELECT value FROM meta WHERE key = 'listings_gen') WHERE id = NEW.id;
+END;
+-- Setting gen is not among the columns this trigger follows, so it does not
+-- fire itself.
+DROP TRIGGER listings_gen_update;
+CREATE TRIGGER listings_gen_update AFTER UPDATE OF prefix, category, reason, source, listed_at, expires_at, removed_at ON listings BEGIN
+	UPDATE meta SET value = value + 1 WHERE key = 'listings_gen';
+	UPDATE listings SET gen = (SELECT value FROM meta WHERE key = 'listings_gen') WHERE id = NEW.id;
+END;
+CREATE TRIGGER listings_gone_prefix AFTER UPDATE OF prefix ON listings WHEN OLD.prefix IS NOT NEW.prefix
+	BEGIN UPDATE meta SET value = value + 1 WHERE key = 'listings_gone'; END;
+DROP TRIGGER listings_gen_delete;
+CREATE TRIGGER listings_gen_delete AFTER DELETE ON listings
+	BEGIN UPDATE meta SET value = value + 1 WHERE key IN ('listings_gen', 'listings_gone'); END;
+`,
 }
 
 // schemaVersion reads PRAGMA user_version.

@@ -2,6 +2,8 @@ package store
 
 import (
 	"encoding/binary"
+	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -18,10 +20,18 @@ import (
 type snapshot struct {
 	v4   []level4
 	v6   []level6
-	all  map[netip.Prefix]*Listing // every live listing, to diff snapshots
-	next time.Time                 // earliest expiry in the future; zero: none
-	gen  int64                     // meta.listings_gen it was built from
-	now  func() time.Time          // the store's clock
+	next time.Time // earliest expiry in the future; zero: none
+	gen  int64     // meta.listings_gen it was built from
+	// gone is meta.listings_gone it was built from: a row deleted or moved
+	// to another prefix leaves no row of a newer generation behind, so a
+	// change of it makes the next rebuild read every row.
+	gone int64
+	now  func() time.Time // the store's clock
+	// rule and used decide which listings their owners may remove
+	// (selfRemovable): the self-service rule, and the self-service
+	// removals per prefix within its window, as of the build.
+	rule SelfService
+	used map[netip.Prefix]int
 }
 
 type level4 struct {
@@ -38,17 +48,56 @@ type level6 struct {
 	m    map[key6]*entry
 }
 
+// entry is one listing in a snapshot. A snapshot derived from another
+// shares the entries of the listings that did not change; only
+// firstRefused ever changes in an entry.
 type entry struct {
 	l       Listing
 	expires int64 // Unix milliseconds; 0: never
-	// selfRemovable: the only listing of its addresses, one its owner may
-	// remove under the store's SelfService rule with quota left (as of
-	// the snapshot's build).
-	selfRemovable bool
 	// firstRefused is when a refusal by this listing was first deferred
 	// (Unix milliseconds; 0: never): set here at once, written to the
 	// database by the writer.
 	firstRefused atomic.Int64
+}
+
+// newEntry makes e l's entry. A listing period that old (if any) knew to
+// have deferred a refusal keeps that deferral, which the database may not
+// have yet.
+func newEntry(e *entry, l *Listing, old *snapshot) {
+	e.l = *l
+	if l.ExpiresAt != nil {
+		e.expires = millis(*l.ExpiresAt)
+	}
+	if l.FirstRefused != nil {
+		e.firstRefused.Store(millis(*l.FirstRefused))
+	} else if old != nil {
+		e.carryDeferral(old)
+	}
+}
+
+func (e *entry) carryDeferral(old *snapshot) {
+	if o, ok := old.exact(e.l.Prefix); ok && o.l.ID == e.l.ID && o.l.ListedAt.Equal(e.l.ListedAt) {
+		e.firstRefused.Store(o.firstRefused.Load())
+	}
+}
+
+// carryDeferrals keeps in s the first deferrals that old knew of the same
+// listing periods and the database did not have when s was read.
+func (s *snapshot) carryDeferrals(old *snapshot) {
+	for _, lv := range s.v4 {
+		for _, e := range lv.m {
+			if e.firstRefused.Load() == 0 {
+				e.carryDeferral(old)
+			}
+		}
+	}
+	for _, lv := range s.v6 {
+		for _, e := range lv.m {
+			if e.firstRefused.Load() == 0 {
+				e.carryDeferral(old)
+			}
+		}
+	}
 }
 
 func mask4(bits int) uint32 {
@@ -81,87 +130,198 @@ func addr6(a netip.Addr) key6 {
 	return key6{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
 }
 
+// newSnapshot builds a snapshot of ls, the live listings, from scratch.
 func newSnapshot(ls []Listing, gen int64, now time.Time, clock func() time.Time) *snapshot {
-	s := &snapshot{all: make(map[netip.Prefix]*Listing, len(ls)), gen: gen, now: clock}
-	v4 := map[int]*level4{}
-	v6 := map[int]*level6{}
+	s := &snapshot{gen: gen, now: clock}
+	// Counted first, so each length's map is made once at its size; the
+	// entries are one allocation.
+	var n4 [33]int
+	var n6 [129]int
+	for i := range ls {
+		if l := &ls[i]; !l.Expired(now) {
+			if l.Prefix.Addr().Is4() {
+				n4[l.Prefix.Bits()]++
+			} else {
+				n6[l.Prefix.Bits()]++
+			}
+		}
+	}
+	var (
+		v4 [33]*level4
+		v6 [129]*level6
+	)
+	for bits, n := range n4 {
+		if n > 0 {
+			v4[bits] = &level4{bits: bits, mask: mask4(bits), m: make(map[uint32]*entry, n)}
+		}
+	}
+	for bits, n := range n6 {
+		if n > 0 {
+			v6[bits] = &level6{bits: bits, mask: mask6(bits), m: make(map[key6]*entry, n)}
+		}
+	}
+	entries := make([]entry, len(ls))
 	for i := range ls {
 		l := &ls[i]
-		e := &entry{l: *l}
-		if l.FirstRefused != nil {
-			e.firstRefused.Store(millis(*l.FirstRefused))
+		if l.Expired(now) {
+			continue
 		}
-		if l.ExpiresAt != nil {
-			if !l.ExpiresAt.After(now) {
-				continue
-			}
-			e.expires = millis(*l.ExpiresAt)
-			if s.next.IsZero() || l.ExpiresAt.Before(s.next) {
-				s.next = *l.ExpiresAt
-			}
+		e := &entries[i]
+		newEntry(e, l, nil)
+		if l.ExpiresAt != nil && (s.next.IsZero() || l.ExpiresAt.Before(s.next)) {
+			s.next = *l.ExpiresAt
 		}
 		p, bits := l.Prefix.Masked(), l.Prefix.Bits()
 		if p.Addr().Is4() {
-			lv := v4[bits]
-			if lv == nil {
-				lv = &level4{bits: bits, mask: mask4(bits), m: map[uint32]*entry{}}
-				v4[bits] = lv
-			}
-			lv.m[addr4(p.Addr())] = e
+			v4[bits].m[addr4(p.Addr())] = e
 		} else {
-			lv := v6[bits]
-			if lv == nil {
-				lv = &level6{bits: bits, mask: mask6(bits), m: map[key6]*entry{}}
-				v6[bits] = lv
-			}
-			lv.m[addr6(p.Addr())] = e
+			v6[bits].m[addr6(p.Addr())] = e
 		}
-		s.all[p] = &e.l
 	}
-	for _, lv := range v4 {
-		s.v4 = append(s.v4, *lv)
+	// Longest first.
+	for bits := len(v4) - 1; bits >= 0; bits-- {
+		if v4[bits] != nil {
+			s.v4 = append(s.v4, *v4[bits])
+		}
 	}
-	for _, lv := range v6 {
-		s.v6 = append(s.v6, *lv)
+	for bits := len(v6) - 1; bits >= 0; bits-- {
+		if v6[bits] != nil {
+			s.v6 = append(s.v6, *v6[bits])
+		}
 	}
-	slices.SortFunc(s.v4, func(a, b level4) int { return b.bits - a.bits })
-	slices.SortFunc(s.v6, func(a, b level6) int { return b.bits - a.bits })
 	return s
 }
 
-// markSelfRemovable sets each entry's selfRemovable: rule covers it, its
-// prefix had fewer than rule.Quota self-service removals (used), and no
-// shorter listing contains it. It carries over the first deferral of a
-// listing period that old knew and the database does not yet.
-func (s *snapshot) markSelfRemovable(rule SelfService, used map[string]int, old *snapshot) {
-	for _, lv := range s.v4 {
-		for _, e := range lv.m {
-			s.mark(e, rule, used, old)
+// derive is the snapshot after old when only the listings of the prefixes
+// in touched may have changed, fresh being those among them that are live
+// now, and listings of old may have expired by now. It copies only the
+// maps of the prefix lengths that changed, shares everything else with
+// old, entries of unchanged listings included, and changes nothing old's
+// readers see. It also returns the prefixes whose listing expired.
+//
+// The next expiry it keeps may be too early (a listing that would have
+// expired first was changed or removed); the watcher then wakes for
+// nothing and the rebuild it makes finds the true one.
+func (old *snapshot) derive(fresh []Listing, touched []netip.Prefix, gen int64, now time.Time) (*snapshot, []netip.Prefix) {
+	s := &snapshot{next: old.next, gen: gen, gone: old.gone, now: old.now}
+	// The maps of the lengths s no longer shares with old.
+	own4 := map[int]map[uint32]*entry{}
+	own6 := map[int]map[key6]*entry{}
+	map4 := func(bits int) map[uint32]*entry {
+		if m, ok := own4[bits]; ok {
+			return m
+		}
+		m := map[uint32]*entry{}
+		for _, lv := range old.v4 {
+			if lv.bits == bits {
+				m = maps.Clone(lv.m)
+			}
+		}
+		own4[bits] = m
+		return m
+	}
+	map6 := func(bits int) map[key6]*entry {
+		if m, ok := own6[bits]; ok {
+			return m
+		}
+		m := map[key6]*entry{}
+		for _, lv := range old.v6 {
+			if lv.bits == bits {
+				m = maps.Clone(lv.m)
+			}
+		}
+		own6[bits] = m
+		return m
+	}
+	remove := func(p netip.Prefix) {
+		if p.Addr().Is4() {
+			delete(map4(p.Bits()), addr4(p.Addr()))
+		} else {
+			delete(map6(p.Bits()), addr6(p.Addr()))
 		}
 	}
-	for _, lv := range s.v6 {
-		for _, e := range lv.m {
-			s.mark(e, rule, used, old)
+	var expired []netip.Prefix
+	if !old.next.IsZero() && !now.Before(old.next) {
+		// Some listing expired: find which, and the next expiry anew.
+		s.next = time.Time{}
+		for e := range old.entries() {
+			switch l := &e.l; {
+			case l.ExpiresAt == nil:
+			case l.Expired(now):
+				remove(l.Prefix)
+				expired = append(expired, l.Prefix)
+			case s.next.IsZero() || l.ExpiresAt.Before(s.next):
+				s.next = *l.ExpiresAt
+			}
 		}
 	}
+	for _, p := range touched {
+		if _, ok := old.exact(p); ok {
+			remove(p)
+		}
+	}
+	entries := make([]entry, len(fresh))
+	for i := range fresh {
+		l := &fresh[i]
+		e := &entries[i]
+		newEntry(e, l, old)
+		if l.ExpiresAt != nil && (s.next.IsZero() || l.ExpiresAt.Before(s.next)) {
+			s.next = *l.ExpiresAt
+		}
+		p := l.Prefix.Masked()
+		if p.Addr().Is4() {
+			map4(p.Bits())[addr4(p.Addr())] = e
+		} else {
+			map6(p.Bits())[addr6(p.Addr())] = e
+		}
+	}
+	for _, lv := range old.v4 {
+		if m, ok := own4[lv.bits]; ok {
+			lv.m = m
+			delete(own4, lv.bits)
+		}
+		if len(lv.m) > 0 {
+			s.v4 = append(s.v4, lv)
+		}
+	}
+	for bits, m := range own4 { // lengths old did not have
+		if len(m) > 0 {
+			s.v4 = append(s.v4, level4{bits: bits, mask: mask4(bits), m: m})
+		}
+	}
+	for _, lv := range old.v6 {
+		if m, ok := own6[lv.bits]; ok {
+			lv.m = m
+			delete(own6, lv.bits)
+		}
+		if len(lv.m) > 0 {
+			s.v6 = append(s.v6, lv)
+		}
+	}
+	for bits, m := range own6 {
+		if len(m) > 0 {
+			s.v6 = append(s.v6, level6{bits: bits, mask: mask6(bits), m: m})
+		}
+	}
+	// Longest first.
+	slices.SortFunc(s.v4, func(a, b level4) int { return b.bits - a.bits })
+	slices.SortFunc(s.v6, func(a, b level6) int { return b.bits - a.bits })
+	return s, expired
 }
 
-func (s *snapshot) mark(e *entry, rule SelfService, used map[string]int, old *snapshot) {
-	if e.firstRefused.Load() == 0 && old != nil {
-		if o, ok := old.exact(e.l.Prefix); ok && o.l.ID == e.l.ID && o.l.ListedAt.Equal(e.l.ListedAt) {
-			e.firstRefused.Store(o.firstRefused.Load())
-		}
+// selfRemovable reports whether e is a listing its owner may remove under
+// the snapshot's rule, with quota left, and the only one of its addresses:
+// no shorter listing contains it.
+func (s *snapshot) selfRemovable(e *entry) bool {
+	if !s.rule.Covers(e.l) || s.used[e.l.Prefix] >= s.rule.Quota {
+		return false
 	}
-	if !rule.Covers(e.l) || used[e.l.Prefix.String()] >= rule.Quota {
-		return
-	}
-	p := e.l.Prefix
-	if p.Bits() > 0 {
+	if p := e.l.Prefix; p.Bits() > 0 {
 		if _, ok := s.lookupShorter(p); ok {
-			return
+			return false
 		}
 	}
-	e.selfRemovable = true
+	return true
 }
 
 // exact finds the entry of exactly p.
@@ -243,18 +403,68 @@ func (s *snapshot) lookup(ip netip.Addr) (*entry, bool) {
 	return nil, false
 }
 
+// entries yields every entry of s, expired or not.
+func (s *snapshot) entries() iter.Seq[*entry] {
+	return func(yield func(*entry) bool) {
+		for _, lv := range s.v4 {
+			for _, e := range lv.m {
+				if !yield(e) {
+					return
+				}
+			}
+		}
+		for _, lv := range s.v6 {
+			for _, e := range lv.m {
+				if !yield(e) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// len is the number of entries of s.
+func (s *snapshot) len() int {
+	n := 0
+	for _, lv := range s.v4 {
+		n += len(lv.m)
+	}
+	for _, lv := range s.v6 {
+		n += len(lv.m)
+	}
+	return n
+}
+
 // diff lists the prefixes whose listing appeared, vanished or changed
 // between a and b.
 func diff(a, b *snapshot) []netip.Prefix {
 	var out []netip.Prefix
-	for p, la := range a.all {
-		lb, ok := b.all[p]
-		if !ok || !sameListing(la, lb) {
-			out = append(out, p)
+	for ea := range a.entries() {
+		if eb, ok := b.exact(ea.l.Prefix); !ok || !sameListing(&ea.l, &eb.l) {
+			out = append(out, ea.l.Prefix)
 		}
 	}
-	for p := range b.all {
-		if _, ok := a.all[p]; !ok {
+	for eb := range b.entries() {
+		if _, ok := a.exact(eb.l.Prefix); !ok {
+			out = append(out, eb.l.Prefix)
+		}
+	}
+	return out
+}
+
+// diffOf is diff for a rebuild that knows the only prefixes whose listing
+// may have changed.
+func diffOf(a, b *snapshot, maybe []netip.Prefix) []netip.Prefix {
+	seen := make(map[netip.Prefix]bool, len(maybe))
+	var out []netip.Prefix
+	for _, p := range maybe {
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		ea, inA := a.exact(p)
+		eb, inB := b.exact(p)
+		if inA != inB || inA && !sameListing(&ea.l, &eb.l) {
 			out = append(out, p)
 		}
 	}

@@ -118,7 +118,8 @@ type Store struct {
 
 	// listings snapshot, replaced whole; readers never lock.
 	snap      atomic.Pointer[snapshot]
-	refreshMu sync.Mutex // one rebuild at a time, so an older snapshot never replaces a newer one
+	refreshMu sync.Mutex   // one rebuild at a time, so an older snapshot never replaces a newer one
+	rebuilds  rebuildGroup // shared by writers after their commits (changed)
 	cbMu      sync.RWMutex
 	callbacks []func(netip.Prefix)
 	kick      chan struct{} // wakes the watcher when the next expiry may have moved

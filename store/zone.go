@@ -78,10 +78,10 @@ func zoneKey(zone string) string {
 func (s *Store) LiveListings() []Listing {
 	snap := s.snap.Load()
 	now := s.now()
-	out := make([]Listing, 0, len(snap.all))
-	for _, l := range snap.all {
-		if !l.Expired(now) {
-			out = append(out, *l)
+	out := make([]Listing, 0, snap.len())
+	for e := range snap.entries() {
+		if !e.l.Expired(now) {
+			out = append(out, e.l)
 		}
 	}
 	return out

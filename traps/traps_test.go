@@ -2,10 +2,13 @@ package traps
 
 import (
 	"context"
+	"database/sql"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,5 +139,105 @@ func TestDelist(t *testing.T) {
 	}
 	if _, _, listed := st.Lookup(ip); listed {
 		t.Error("still listed")
+	}
+}
+
+// countHits is an Observer that counts the hits of clients it may list.
+type countHits struct{ listable atomic.Int64 }
+
+func (c *countHits) TrapHit(_ store.TrapOutcome, listable bool) {
+	if listable {
+		c.listable.Add(1)
+	}
+}
+func (c *countHits) DelistProof(store.ProofResult) {}
+
+// A botnet hits the traps from many addresses at once while the store
+// holds many listings: every hit is recorded and lists its client, every
+// RCPT is answered within the traps' timeout, and each client is listed in
+// memory when its hit returns, so its next check finds it.
+func TestFloodOfHits(t *testing.T) {
+	const (
+		listings = 10000
+		clients  = 64
+		each     = 4
+		timeout  = 5 * time.Second
+	)
+	path := filepath.Join(t.TempDir(), "t.db")
+	seedListings(t, path, listings)
+	st, err := store.Open(path, store.Options{PollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if st.Len() != listings {
+		t.Fatalf("%d listings in the store, want %d", st.Len(), listings)
+	}
+	obs := &countHits{}
+	tr := New(Options{
+		Addresses: []string{"spamtrap@example.org"},
+		Rules:     store.TrapRules{Hits: 1, Window: 24 * time.Hour, Expires: 7 * 24 * time.Hour, MaxExpires: 90 * 24 * time.Hour, Category: "spam-source", IPv6Prefix: 64},
+		Store:     st,
+		Observer:  obs,
+		Timeout:   timeout,
+	})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			for i := range each {
+				ip := netip.AddrFrom4([4]byte{198, 18, byte(c), byte(i)})
+				start := time.Now()
+				out := tr.Hit(ctx, Session{IP: ip, HELO: "bot.example", Verdict: policy.Verdict{Threshold: 3}}, "<spamtrap@example.org>")
+				if took := time.Since(start); took > timeout {
+					t.Errorf("%s: the hit took %v, longer than the traps' timeout", ip, took)
+				}
+				if !out.Listed || out.Hits != 1 {
+					t.Errorf("%s: %+v, want a recorded hit that lists it", ip, out)
+				}
+				if _, ok := st.ListingFor(ip); !ok {
+					t.Errorf("%s: not listed in memory when its hit returned", ip)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := obs.listable.Load(); n != clients*each {
+		t.Errorf("%d hits observed, want %d", n, clients*each)
+	}
+	for c := range clients {
+		for i := range each {
+			ip := netip.AddrFrom4([4]byte{198, 18, byte(c), byte(i)})
+			if hits, err := st.TrapHits(ctx, ip, 10); err != nil || len(hits) != 1 {
+				t.Fatalf("%s: %d hits stored (%v), want 1", ip, len(hits), err)
+			}
+		}
+	}
+	if st.Len() != listings+clients*each {
+		t.Errorf("%d listings, want %d", st.Len(), listings+clients*each)
+	}
+}
+
+// seedListings writes n host listings in 10.0.0.0/8 into a new store file
+// at path, as a store that has run for a while holds: in one statement,
+// which is much quicker than n.
+func seedListings(t *testing.T, path string, n int) {
+	t.Helper()
+	st, err := store.Open(path, store.Options{PollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
+INSERT INTO listings (prefix, category, reason, source, listed_at)
+SELECT printf('10.%d.%d.%d/32', i >> 16 & 255, i >> 8 & 255, i & 255), 'zombie', 'seen', 'cli', ? FROM n`,
+		n, time.Now().UnixMilli()); err != nil {
+		t.Fatal(err)
 	}
 }

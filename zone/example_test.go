@@ -40,7 +40,7 @@ func Example() {
 			Name:      name,
 			TTL:       5 * time.Minute,
 			NS:        []string{"ns1.example.org.", "ns2.example.org."},
-			SOA:       zone.SOA{RName: "hostmaster.example.org.", Minimum: 5 * time.Minute},
+			SOA:       zone.SOA{RName: "hostmaster.example.org.", Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 5 * time.Minute},
 			Codes:     map[string]netip.Addr{"zombie": netip.MustParseAddr("127.0.0.4")},
 			TXT:       "{category}: see {url}",
 			PublicURL: "https://lookup.example.org",

@@ -2,8 +2,11 @@ package zone
 
 import (
 	"context"
+	"database/sql"
 	"net/netip"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,4 +120,98 @@ func TestStoreChangesAreServed(t *testing.T) {
 	})
 	time.Sleep(time.Until(expires))
 	measure("expired", func() {}, served("5.5.18.198.bl.example.org.", false))
+}
+
+// A flood of trap hits reaches the zone in a few large updates rather than
+// one per hit, and the zone serves every listing of the flood within the
+// 2 s promise of the last hit.
+func TestTrapFloodIsServedInBatches(t *testing.T) {
+	const (
+		clients = 64
+		each    = 4
+	)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "blmilter.db")
+	seedStore(t, path, 10000)
+	st, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ts := startServer(t, testOptions(), nil)
+	var loads atomic.Int64
+	f := NewFeeder(ts.Server, func() []Listing {
+		loads.Add(1)
+		return fromStore(st.LiveListings())
+	})
+	st.OnChange(func(netip.Prefix) { f.Changed() })
+	f.Sync()
+	runCtx, cancel := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { f.Run(runCtx); close(ran) }()
+	defer func() { cancel(); <-ran }()
+	loads.Store(0)
+
+	rules := store.TrapRules{Hits: 1, Window: 24 * time.Hour, Expires: 7 * 24 * time.Hour, MaxExpires: 90 * 24 * time.Hour, Category: "spam-source"}
+	var ips []netip.Addr
+	for c := range clients {
+		for i := range each {
+			ips = append(ips, netip.AddrFrom4([4]byte{198, 18, byte(c), byte(i)}))
+		}
+	}
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			for _, ip := range ips[c*each : (c+1)*each] {
+				if _, err := st.RecordTrapHit(ctx, store.TrapHit{IP: ip, HELO: "bot.example", Trap: "t@example.org"}, rules); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	done := time.Now()
+	for _, ip := range ips {
+		for dnstest.AnswerA(ask(t, ts.addr, "udp", addrName(ip, "bl.example.org."), dns.TypeA)) != "127.0.0.2" {
+			if time.Since(done) > 5*time.Second {
+				t.Fatalf("%s: not served 5 s after the last hit", ip)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	took := time.Since(done)
+	t.Logf("%d hits, %d zone updates; all served %v after the last hit", len(ips), loads.Load(), took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("the flood was served %v after its last hit, the promise is 2 s", took)
+	}
+	if n := loads.Load(); n >= int64(len(ips))/2 {
+		t.Errorf("%d zone updates for %d hits: the feeder did not gather them", n, len(ips))
+	}
+}
+
+// seedStore writes n host listings in 10.0.0.0/8 into a new store file at
+// path, in one statement, which is much quicker than n.
+func seedStore(t *testing.T, path string, n int) {
+	t.Helper()
+	st, err := store.Open(path, store.Options{PollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
+INSERT INTO listings (prefix, category, reason, source, listed_at)
+SELECT printf('10.%d.%d.%d/32', i >> 16 & 255, i >> 8 & 255, i & 255), 'zombie', 'seen', 'cli', ? FROM n`,
+		n, time.Now().UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -28,7 +28,7 @@ func testOptions() Options {
 		Zone: Zone{
 			Name:      "bl.example.org",
 			NS:        []string{"ns1.example.org.", "ns2.example.net."},
-			SOA:       SOA{RName: "hostmaster.example.org.", Minimum: 60 * time.Second},
+			SOA:       SOA{RName: "hostmaster.example.org.", Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 60 * time.Second},
 			TTL:       300 * time.Second,
 			Codes:     map[string]netip.Addr{"zombie": netip.MustParseAddr("127.0.0.4"), "dynamic": netip.MustParseAddr("127.0.0.10"), "spam-source": netip.MustParseAddr("127.0.0.2")},
 			TXT:       "{category}: {reason}; see {url}",

@@ -16,19 +16,10 @@ import (
 	"github.com/blmilter/blmilter/dnsbl"
 )
 
-// Defaults for the fields of Zone and Options left zero.
+// Defaults for the tuning fields of Options left zero. What the zone
+// publishes (Zone: its TTL, SOA timers and TXT template) has no defaults
+// here: the caller gives it, from [zone], whose defaults are the config's.
 const (
-	DefaultTTL     = 5 * time.Minute
-	DefaultRefresh = time.Hour
-	DefaultRetry   = 10 * time.Minute
-	DefaultExpire  = 7 * 24 * time.Hour
-	DefaultMinimum = 5 * time.Minute
-
-	// DefaultTXT is the TXT template when none is given and a public URL
-	// is; DefaultTXTNoURL when neither is.
-	DefaultTXT      = "{category}: see {url}"
-	DefaultTXTNoURL = "{category}"
-
 	DefaultUDPSize          = 1232 // DNS flag day 2020: no fragmented answers
 	DefaultJournalRecords   = 100000
 	DefaultNotifyRetries    = 5
@@ -47,7 +38,7 @@ type Zone struct {
 	// Name is the zone's apex, e.g. "bl.example.org." (the trailing dot is
 	// optional).
 	Name string
-	// TTL of the A and TXT records, and of SOA and NS [5m]. Negative
+	// TTL of the A and TXT records, and of SOA and NS; positive. Negative
 	// answers are cached for the SOA minimum instead (RFC 2308).
 	TTL time.Duration
 	// NS are the zone's name servers, fully qualified, outside the zone
@@ -61,12 +52,13 @@ type Zone struct {
 	// {url}. {ip} is the listed address, or the network for a network
 	// listing: a wildcard record cannot name each address in it. {url} is
 	// PublicURL + "/ip/" + the (first) address. The text is cut to 255
-	// bytes, the most one TXT string holds and rbldnsd serves.
+	// bytes, the most one TXT string holds and rbldnsd serves. Required.
 	TXT       string
 	PublicURL string
 }
 
-// SOA holds the zone's SOA fields apart from the serial.
+// SOA holds the zone's SOA fields apart from the serial. The four timers
+// must be positive.
 type SOA struct {
 	MName   string // primary name server [first NS]
 	RName   string // the zone's contact as a name [hostmaster.<zone>]
@@ -83,8 +75,8 @@ type TSIG struct {
 	Secret    []byte // the raw key
 }
 
-// Options configure a Server. The zero value of each field but Zone.Name
-// and Zone.NS takes the default in brackets.
+// Options configure a Server. Zone must be complete (see Zone and SOA);
+// the zero value of each other field takes the default in brackets.
 type Options struct {
 	Zone
 	// Transfer lists the networks that may transfer the zone (AXFR, IXFR).
@@ -148,7 +140,7 @@ func (z *Zone) normalize() error {
 	}
 	z.Name = name
 	if z.TTL <= 0 {
-		z.TTL = DefaultTTL
+		errs = append(errs, fmt.Errorf("ttl: must be positive, got %v", z.TTL))
 	}
 	if len(z.NS) == 0 {
 		errs = append(errs, errors.New("ns: at least one name server is needed"))
@@ -183,19 +175,18 @@ func (z *Zone) normalize() error {
 	}
 	for _, d := range []struct {
 		name string
-		v    *time.Duration
-		def  time.Duration
+		v    time.Duration
 	}{
-		{"refresh", &z.SOA.Refresh, DefaultRefresh},
-		{"retry", &z.SOA.Retry, DefaultRetry},
-		{"expire", &z.SOA.Expire, DefaultExpire},
-		{"minimum", &z.SOA.Minimum, DefaultMinimum},
+		{"refresh", z.SOA.Refresh},
+		{"retry", z.SOA.Retry},
+		{"expire", z.SOA.Expire},
+		{"minimum", z.SOA.Minimum},
 	} {
-		if *d.v <= 0 {
-			*d.v = d.def
-		}
-		if *d.v > 1<<31*time.Second {
-			errs = append(errs, fmt.Errorf("soa %s: %v is too long", d.name, *d.v))
+		switch {
+		case d.v <= 0:
+			errs = append(errs, fmt.Errorf("soa %s: must be positive, got %v", d.name, d.v))
+		case d.v > 1<<31*time.Second:
+			errs = append(errs, fmt.Errorf("soa %s: %v is too long", d.name, d.v))
 		}
 	}
 	if z.TTL > 1<<31*time.Second {
@@ -207,11 +198,8 @@ func (z *Zone) normalize() error {
 		}
 	}
 	z.PublicURL = strings.TrimRight(z.PublicURL, "/")
-	if z.TXT == "" {
-		z.TXT = DefaultTXTNoURL
-		if z.PublicURL != "" {
-			z.TXT = DefaultTXT
-		}
+	if strings.TrimSpace(z.TXT) == "" {
+		errs = append(errs, errors.New("txt: a template is needed, such as \"{category}: see {url}\""))
 	}
 	return errors.Join(errs...)
 }

@@ -27,6 +27,10 @@ func TestOptionsNormalize(t *testing.T) {
 			}
 		}},
 		{"no NS", func(o *Options) { o.NS = nil }, "ns: at least one", nil},
+		// What the zone publishes has no defaults of its own: [zone] gives it.
+		{"no TTL", func(o *Options) { o.TTL = 0 }, "ttl: must be positive", nil},
+		{"no SOA timers", func(o *Options) { o.SOA.Refresh, o.SOA.Minimum = 0, -time.Second }, "soa refresh: must be positive&soa minimum: must be positive", nil},
+		{"no TXT template", func(o *Options) { o.TXT = " " }, "txt: a template is needed", nil},
 		{"NS inside the zone", func(o *Options) { o.NS = []string{"ns.bl.example.org"} }, "inside the zone", nil},
 		{"bad zone name", func(o *Options) { o.Name = "bl..example" }, "zone name", nil},
 		{"code outside 127/8", func(o *Options) { o.Codes["zombie"] = netip.MustParseAddr("10.0.0.4") }, "codes zombie", nil},

@@ -20,7 +20,9 @@ const testApex = "bl.example.org."
 func testZone() Zone {
 	z := Zone{
 		Name:      "BL.example.org",
+		TTL:       5 * time.Minute,
 		NS:        []string{"ns1.example.org", "ns2.example.net."},
+		SOA:       SOA{Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 5 * time.Minute},
 		Codes:     map[string]netip.Addr{"zombie": netip.MustParseAddr("127.0.0.4"), "dynamic": netip.MustParseAddr("127.0.0.10")},
 		TXT:       "{category} {ip}: {reason} see {url}",
 		PublicURL: "https://lookup.example.org/",

@@ -82,7 +82,7 @@ func TestServerPanicsAreCounted(t *testing.T) {
 	for _, name := range []string{"policyd", "web", "metrics", "zone"} {
 		addrs[name] = td.addr(name)
 	}
-	for _, server := range []string{"milter", "policyd", "web", "metrics", "health", "store", "zone"} {
+	for _, server := range []string{"milter", "policyd", "web", "metrics", "health", "store", "zone", "lookup"} {
 		if n := panicsCounted(t, addrs["metrics"], server); n != 0 {
 			t.Errorf("%s: %d panics before any", server, n)
 		}

@@ -539,6 +539,7 @@ func (d *daemon) watch(cfg *config.Config) error {
 	d.deps.Health = d.health
 	d.deps.Logger = d.logger
 	d.deps.Observers = append(d.deps.Observers, d.metrics, d.health, &logging.ListErrors{Log: d.logger})
+	d.deps.OnPanic = func() { d.metrics.Panic("lookup") }
 	d.metrics.SetCacheStats(func() cache.Stats {
 		if e := d.current(); e != nil {
 			return e.CacheStats()

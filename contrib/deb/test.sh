@@ -18,6 +18,16 @@ fail() {
 }
 step() { echo "== $*"; }
 
+# output_has PATTERN COMMAND...: COMMAND succeeds and prints a line matching
+# PATTERN. The output is read whole first: under pipefail, `cmd | grep -q`
+# fails when grep stops reading early and cmd dies of SIGPIPE.
+output_has() {
+	local pattern=$1 out
+	shift
+	out=$("$@") || return 1
+	grep -q -- "$pattern" <<<"$out"
+}
+
 [[ $(id -u) -eq 0 ]] || fail "needs root (it installs a package)"
 command -v dpkg >/dev/null || fail "needs dpkg"
 if dpkg-query -W -f='${Status}' blmilter 2>/dev/null | grep -q 'install ok'; then
@@ -53,26 +63,26 @@ step "the binary: static, version stamped"
 out=$(blmilter version)
 echo "$out"
 [[ $out == "blmilter v"* ]] || fail "blmilter version says $out"
-go version -m /usr/sbin/blmilter | grep -q 'CGO_ENABLED=0' || fail "the binary was built with cgo"
+output_has 'CGO_ENABLED=0' go version -m /usr/sbin/blmilter || fail "the binary was built with cgo"
 if ldd /usr/sbin/blmilter >/dev/null 2>&1; then
 	fail "the binary is dynamically linked: $(ldd /usr/sbin/blmilter)"
 fi
 
 step "the config: a conffile that passes config check"
 blmilter config check /etc/blmilter/blmilter.toml
-dpkg-query -W -f='${Conffiles}\n' blmilter | grep -q '^ /etc/blmilter/blmilter.toml ' || fail "blmilter.toml is not a conffile"
+output_has '^ /etc/blmilter/blmilter.toml ' dpkg-query -W -f='${Conffiles}\n' blmilter || fail "blmilter.toml is not a conffile"
 [[ $(stat -c '%U:%G %a' /etc/blmilter/blmilter.toml) == "root:blmilter 640" ]] ||
 	fail "/etc/blmilter/blmilter.toml is $(stat -c '%U:%G %a' /etc/blmilter/blmilter.toml), want root:blmilter 640"
 
 step "the system user and the state directory"
-getent passwd blmilter | grep -q ':/var/lib/blmilter:/usr/sbin/nologin$' || fail "user blmilter: $(getent passwd blmilter)"
+output_has ':/var/lib/blmilter:/usr/sbin/nologin$' getent passwd blmilter || fail "user blmilter: $(getent passwd blmilter)"
 [[ $(id -gn blmilter) == blmilter ]] || fail "blmilter's group is $(id -gn blmilter)"
 [[ $(stat -c '%U:%G %a' /var/lib/blmilter) == "blmilter:blmilter 750" ]] ||
 	fail "/var/lib/blmilter is $(stat -c '%U:%G %a' /var/lib/blmilter), want blmilter:blmilter 750"
 # The user the service runs as reads the config and writes the store the
 # config names; root reads it back with the same discovery.
 runuser -u blmilter -- blmilter list add 192.0.2.7 -create -reason "package test"
-blmilter list show 192.0.2.7 | grep -q '192.0.2.7' || fail "list show does not find the listing"
+output_has '192.0.2.7' blmilter list show 192.0.2.7 || fail "list show does not find the listing"
 [[ $(stat -c '%U' /var/lib/blmilter/blmilter.db) == blmilter ]] || fail "the store is not blmilter's"
 
 step "systemd: the unit installed and enabled, nothing started"
@@ -99,7 +109,7 @@ if command -v groff >/dev/null; then
 	warnings=$(zcat /usr/share/man/man8/blmilter.8.gz | groff -man -Tutf8 -ww -z 2>&1)
 	[[ -z $warnings ]] || fail "groff: $warnings"
 fi
-zcat /usr/share/man/man8/blmilter.8.gz | grep -q '^\.SS "blmilter config check' || fail "the manual page lacks config check"
+output_has '^\.SS "blmilter config check' zcat /usr/share/man/man8/blmilter.8.gz || fail "the manual page lacks config check"
 for f in README.md config.md postfix/main.cf.milter postfix/main.cf.policy sendmail/blmilter.mc examples/minimal.toml; do
 	[[ -f /usr/share/doc/blmilter/$f ]] || fail "/usr/share/doc/blmilter/$f missing"
 done
@@ -109,7 +119,7 @@ echo '# edited by the admin' >>/etc/blmilter/blmilter.toml
 dpkg -i "$deb"
 grep -q '^# edited by the admin$' /etc/blmilter/blmilter.toml || fail "the admin's edit was lost"
 [[ $(stat -c '%U:%G %a' /etc/blmilter/blmilter.toml) == "root:blmilter 640" ]] || fail "the config's mode changed"
-blmilter list show 192.0.2.7 | grep -q '192.0.2.7' || fail "the upgrade lost the store"
+output_has '192.0.2.7' blmilter list show 192.0.2.7 || fail "the upgrade lost the store"
 
 step "dpkg -r: the program goes, the config, the store and the user stay"
 dpkg -r blmilter

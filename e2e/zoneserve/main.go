@@ -45,7 +45,9 @@ func run(listen, name, file string, workers int, log *slog.Logger) error {
 	srv, err := zone.New(zone.Options{
 		Zone: zone.Zone{
 			Name:      name,
+			TTL:       5 * time.Minute,
 			NS:        []string{"ns1.example.net."},
+			SOA:       zone.SOA{Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 5 * time.Minute},
 			Codes:     map[string]netip.Addr{"zombie": netip.MustParseAddr("127.0.0.4"), "dynamic": netip.MustParseAddr("127.0.0.10"), "spam-source": netip.MustParseAddr("127.0.0.2")},
 			TXT:       "{category}: {reason}; see {url}",
 			PublicURL: "https://lookup.example.org",
