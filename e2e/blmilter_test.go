@@ -144,15 +144,21 @@ func (b *blmilter) logSize(t testing.TB) int64 {
 	return fi.Size()
 }
 
-// checkTimes returns the time each check took that was not answered from
-// the cache, from the decision lines blmilter's log file got after offset.
-func (b *blmilter) checkTimes(t testing.TB, offset int64) []time.Duration {
+// check is one uncached check in blmilter's decision log.
+type check struct {
+	ip   string
+	took time.Duration
+}
+
+// checks returns the checks that were not answered from the cache, from
+// the decision lines blmilter's log file got after offset, in order.
+func (b *blmilter) checks(t testing.TB, offset int64) []check {
 	t.Helper()
 	data, err := os.ReadFile(b.logFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []time.Duration
+	var out []check
 	for _, l := range lines(string(data[min(offset, int64(len(data))):])) {
 		var m struct {
 			IP       string  `json:"ip"`
@@ -162,7 +168,7 @@ func (b *blmilter) checkTimes(t testing.TB, offset int64) []time.Duration {
 		if json.Unmarshal([]byte(l), &m) != nil || m.IP == "" || m.Cached == nil || *m.Cached {
 			continue
 		}
-		out = append(out, time.Duration(m.Duration))
+		out = append(out, check{m.IP, time.Duration(m.Duration)})
 	}
 	return out
 }

@@ -17,7 +17,14 @@ import (
 type slowList struct {
 	Addr string
 	mu   sync.Mutex
-	took []time.Duration // from each late A query's arrival to its answer's sending
+	late []lateAnswer
+}
+
+// lateAnswer is one late answer to an A query: the name asked, and the
+// time from the query's arrival to the answer's sending.
+type lateAnswer struct {
+	name string
+	took time.Duration
 }
 
 // answerTimes returns how long the late answers to A queries took, as the
@@ -25,7 +32,19 @@ type slowList struct {
 func (s *slowList) answerTimes() []time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.took)
+	out := make([]time.Duration, len(s.late))
+	for i, a := range s.late {
+		out[i] = a.took
+	}
+	return out
+}
+
+// answers returns the late answers to A queries in the order they were
+// sent.
+func (s *slowList) answers() []lateAnswer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.late)
 }
 
 // startSlowList serves DNS on 127.0.0.1 by asking upstream (rbldnsd),
@@ -43,18 +62,20 @@ func startSlowList(t testing.TB, upstream, zone string, delay time.Duration) *sl
 	handler := func(w dns.ResponseWriter, req *dns.Msg) {
 		start := time.Now()
 		late := len(req.Question) == 1 && strings.HasSuffix(strings.ToLower(req.Question[0].Name), suffix)
-		if late {
-			time.Sleep(delay)
-		}
 		resp, _, err := client.Exchange(req, upstream)
 		if err != nil {
 			resp = new(dns.Msg)
 			resp.SetRcode(req, dns.RcodeServerFailure)
 		}
+		// The list answers delay after the query came, not delay plus
+		// the upstream's round trip.
+		if late {
+			time.Sleep(time.Until(start.Add(delay)))
+		}
 		w.WriteMsg(resp)
 		if late && req.Question[0].Qtype == dns.TypeA {
 			sl.mu.Lock()
-			sl.took = append(sl.took, time.Since(start))
+			sl.late = append(sl.late, lateAnswer{strings.ToLower(req.Question[0].Name), time.Since(start)})
 			sl.mu.Unlock()
 		}
 	}

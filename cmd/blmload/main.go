@@ -64,6 +64,9 @@ type config struct {
 	Milter   bool // speak the milter protocol to Addr
 	Data     bool // send a message after an accepted RCPT
 	First    int  // index of the first client address
+	// Stagger spreads the workers' first sessions evenly over this time,
+	// so sessions that all take about as long do not arrive in lockstep.
+	Stagger time.Duration
 }
 
 // Report is the outcome of a run; -json prints it as JSON.
@@ -125,6 +128,7 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 	fs.BoolVar(&cfg.Milter, "milter", false, "speak the milter protocol to -addr (host:port, inet:host:port or unix:/path), as an MTA does")
 	fs.BoolVar(&cfg.Data, "data", false, "after an accepted RCPT, send a short message; its end decides")
 	fs.IntVar(&cfg.First, "first", 0, "start at this client address of -clients (0 is the first)")
+	fs.DurationVar(&cfg.Stagger, "stagger", 0, "spread the workers' first sessions evenly over this time, as clients arrive apart rather than all at once")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -142,6 +146,8 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 		return cfg, fmt.Errorf("-timeout must be positive")
 	case cfg.First < 0:
 		return cfg, fmt.Errorf("-first must not be negative")
+	case cfg.Stagger < 0:
+		return cfg, fmt.Errorf("-stagger must not be negative")
 	}
 	for _, s := range strings.Split(clients, ",") {
 		s = strings.TrimSpace(s)
@@ -205,6 +211,12 @@ func Run(ctx context.Context, cfg config) Report {
 	start := time.Now()
 	for w := range cfg.C {
 		wg.Go(func() {
+			if d := cfg.Stagger * time.Duration(w) / time.Duration(cfg.C); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+				}
+			}
 			for ctx.Err() == nil {
 				i := int(next.Add(1)) - 1
 				if i >= cfg.N {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,8 @@ type fakeMTA struct {
 	reject netip.Prefix
 	mu     sync.Mutex
 	seen   []netip.Addr
+	at     []time.Time   // when each RCPT came
+	hold   time.Duration // how long RCPT waits for its reply
 	quits  int
 }
 
@@ -71,7 +74,10 @@ func (m *fakeMTA) serve(c net.Conn) {
 		case strings.HasPrefix(cmd, "RCPT"):
 			m.mu.Lock()
 			m.seen = append(m.seen, client)
+			m.at = append(m.at, time.Now())
+			hold := m.hold
 			m.mu.Unlock()
+			time.Sleep(hold)
 			if m.reject.Contains(client) {
 				fmt.Fprint(c, "550 5.7.1 listed\r\n")
 			} else {
@@ -119,6 +125,39 @@ func TestRunCountsRepliesAndSpreadsClients(t *testing.T) {
 	}
 	if m.quits != 200 {
 		t.Errorf("%d sessions ended with QUIT, want all 200 (refused ones too)", m.quits)
+	}
+}
+
+// With -stagger the workers start apart: four workers over 400 ms begin
+// about 100 ms from each other instead of all at once. Each session is
+// held longer than that, so each worker runs one.
+func TestRunStaggersWorkers(t *testing.T) {
+	m := startFakeMTA(t, "203.0.113.0/26")
+	m.mu.Lock()
+	m.hold = 600 * time.Millisecond
+	m.mu.Unlock()
+	cfg, err := parseFlags([]string{"-addr", m.ln.Addr().String(), "-n", "4", "-c", "4", "-stagger", "400ms",
+		"-duration", "30s", "-clients", "203.0.113.0/24"}, &strings.Builder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := Run(context.Background(), cfg); rep.Sessions != 4 || rep.Errors != 0 {
+		t.Fatalf("sessions %d errors %d (%s), want 4 and 0", rep.Sessions, rep.Errors, rep.FirstError)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.at) != 4 {
+		t.Fatalf("%d sessions reached RCPT, want 4", len(m.at))
+	}
+	at := slices.Clone(m.at)
+	slices.SortFunc(at, time.Time.Compare)
+	for i := 1; i < len(at); i++ {
+		if gap := at[i].Sub(at[i-1]); gap < 50*time.Millisecond {
+			t.Errorf("session %d came %v after the one before, want about 100ms apart", i, gap)
+		}
+	}
+	if spread := at[3].Sub(at[0]); spread < 250*time.Millisecond {
+		t.Errorf("the sessions came within %v, want them spread over about 300ms", spread)
 	}
 }
 
@@ -195,6 +234,7 @@ func TestParseFlagsRejectsBadValues(t *testing.T) {
 		{"zero sessions", []string{"-n", "0"}},
 		{"zero workers", []string{"-c", "0"}},
 		{"zero duration", []string{"-duration", "0s"}},
+		{"negative stagger", []string{"-stagger", "-1s"}},
 		{"bad network", []string{"-clients", "300.1.2.3/24"}},
 		{"no networks with xclient", []string{"-clients", ""}},
 		{"stray argument", []string{"extra"}},
