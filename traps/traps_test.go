@@ -2,7 +2,6 @@ package traps
 
 import (
 	"context"
-	"database/sql"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/internal/testkit/storeseed"
 	"github.com/blmilter/blmilter/policy"
 	"github.com/blmilter/blmilter/store"
 )
@@ -164,7 +164,7 @@ func TestFloodOfHits(t *testing.T) {
 		timeout  = 5 * time.Second
 	)
 	path := filepath.Join(t.TempDir(), "t.db")
-	seedListings(t, path, listings)
+	storeseed.Hosts(t, path, listings)
 	st, err := store.Open(path, store.Options{PollInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -215,29 +215,5 @@ func TestFloodOfHits(t *testing.T) {
 	}
 	if st.Len() != listings+clients*each {
 		t.Errorf("%d listings, want %d", st.Len(), listings+clients*each)
-	}
-}
-
-// seedListings writes n host listings in 10.0.0.0/8 into a new store file
-// at path, as a store that has run for a while holds: in one statement,
-// which is much quicker than n.
-func seedListings(t *testing.T, path string, n int) {
-	t.Helper()
-	st, err := store.Open(path, store.Options{PollInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Close()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`
-WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
-INSERT INTO listings (prefix, category, reason, source, listed_at)
-SELECT printf('10.%d.%d.%d/32', i >> 16 & 255, i >> 8 & 255, i & 255), 'zombie', 'seen', 'cli', ? FROM n`,
-		n, time.Now().UnixMilli()); err != nil {
-		t.Fatal(err)
 	}
 }

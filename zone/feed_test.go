@@ -2,7 +2,6 @@ package zone
 
 import (
 	"context"
-	"database/sql"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/blmilter/blmilter/internal/dnstest"
 	"github.com/blmilter/blmilter/internal/testkit"
+	"github.com/blmilter/blmilter/internal/testkit/storeseed"
 	"github.com/blmilter/blmilter/store"
 )
 
@@ -132,7 +132,7 @@ func TestTrapFloodIsServedInBatches(t *testing.T) {
 	)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "blmilter.db")
-	seedStore(t, path, 10000)
+	storeseed.Hosts(t, path, 10000)
 	st, err := store.Open(path, store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -190,28 +190,5 @@ func TestTrapFloodIsServedInBatches(t *testing.T) {
 	}
 	if n := loads.Load(); n >= int64(len(ips))/2 {
 		t.Errorf("%d zone updates for %d hits: the feeder did not gather them", n, len(ips))
-	}
-}
-
-// seedStore writes n host listings in 10.0.0.0/8 into a new store file at
-// path, in one statement, which is much quicker than n.
-func seedStore(t *testing.T, path string, n int) {
-	t.Helper()
-	st, err := store.Open(path, store.Options{PollInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Close()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`
-WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
-INSERT INTO listings (prefix, category, reason, source, listed_at)
-SELECT printf('10.%d.%d.%d/32', i >> 16 & 255, i >> 8 & 255, i & 255), 'zombie', 'seen', 'cli', ? FROM n`,
-		n, time.Now().UnixMilli()); err != nil {
-		t.Fatal(err)
 	}
 }
