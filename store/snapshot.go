@@ -34,19 +34,20 @@ type snapshot struct {
 	used map[netip.Prefix]int
 }
 
-type level4 struct {
+// level holds the listings of one prefix length, keyed by their masked
+// address.
+type level[K comparable] struct {
 	bits int
-	mask uint32
-	m    map[uint32]*entry
+	mask K
+	m    map[K]*entry
 }
 
 type key6 struct{ hi, lo uint64 }
 
-type level6 struct {
-	bits int
-	mask key6
-	m    map[key6]*entry
-}
+type (
+	level4 = level[uint32]
+	level6 = level[key6]
+)
 
 // entry is one listing in a snapshot. A snapshot derived from another
 // shares the entries of the listings that did not change; only
@@ -207,32 +208,8 @@ func (old *snapshot) derive(fresh []Listing, touched []netip.Prefix, gen int64, 
 	// The maps of the lengths s no longer shares with old.
 	own4 := map[int]map[uint32]*entry{}
 	own6 := map[int]map[key6]*entry{}
-	map4 := func(bits int) map[uint32]*entry {
-		if m, ok := own4[bits]; ok {
-			return m
-		}
-		m := map[uint32]*entry{}
-		for _, lv := range old.v4 {
-			if lv.bits == bits {
-				m = maps.Clone(lv.m)
-			}
-		}
-		own4[bits] = m
-		return m
-	}
-	map6 := func(bits int) map[key6]*entry {
-		if m, ok := own6[bits]; ok {
-			return m
-		}
-		m := map[key6]*entry{}
-		for _, lv := range old.v6 {
-			if lv.bits == bits {
-				m = maps.Clone(lv.m)
-			}
-		}
-		own6[bits] = m
-		return m
-	}
+	map4 := func(bits int) map[uint32]*entry { return ownMap(own4, old.v4, bits) }
+	map6 := func(bits int) map[key6]*entry { return ownMap(own6, old.v6, bits) }
 	remove := func(p netip.Prefix) {
 		if p.Addr().Is4() {
 			delete(map4(p.Bits()), addr4(p.Addr()))
@@ -275,38 +252,49 @@ func (old *snapshot) derive(fresh []Listing, touched []netip.Prefix, gen int64, 
 			map6(p.Bits())[addr6(p.Addr())] = e
 		}
 	}
-	for _, lv := range old.v4 {
-		if m, ok := own4[lv.bits]; ok {
-			lv.m = m
-			delete(own4, lv.bits)
-		}
-		if len(lv.m) > 0 {
-			s.v4 = append(s.v4, lv)
-		}
-	}
-	for bits, m := range own4 { // lengths old did not have
-		if len(m) > 0 {
-			s.v4 = append(s.v4, level4{bits: bits, mask: mask4(bits), m: m})
-		}
-	}
-	for _, lv := range old.v6 {
-		if m, ok := own6[lv.bits]; ok {
-			lv.m = m
-			delete(own6, lv.bits)
-		}
-		if len(lv.m) > 0 {
-			s.v6 = append(s.v6, lv)
-		}
-	}
-	for bits, m := range own6 {
-		if len(m) > 0 {
-			s.v6 = append(s.v6, level6{bits: bits, mask: mask6(bits), m: m})
-		}
-	}
-	// Longest first.
-	slices.SortFunc(s.v4, func(a, b level4) int { return b.bits - a.bits })
-	slices.SortFunc(s.v6, func(a, b level6) int { return b.bits - a.bits })
+	s.v4 = mergeLevels(old.v4, own4, mask4)
+	s.v6 = mergeLevels(old.v6, own6, mask6)
 	return s, expired
+}
+
+// ownMap returns the map of prefix length bits that a derived snapshot
+// owns (own), copying old's on first use: the maps of the lengths that
+// did not change stay shared.
+func ownMap[K comparable](own map[int]map[K]*entry, old []level[K], bits int) map[K]*entry {
+	if m, ok := own[bits]; ok {
+		return m
+	}
+	m := map[K]*entry{}
+	for _, lv := range old {
+		if lv.bits == bits {
+			m = maps.Clone(lv.m)
+		}
+	}
+	own[bits] = m
+	return m
+}
+
+// mergeLevels is a derived snapshot's levels: old's, with the maps in own
+// in place of theirs, then the lengths old did not have; the empty ones
+// left out, the longest first. It empties own.
+func mergeLevels[K comparable](old []level[K], own map[int]map[K]*entry, mask func(int) K) []level[K] {
+	var out []level[K]
+	for _, lv := range old {
+		if m, ok := own[lv.bits]; ok {
+			lv.m = m
+			delete(own, lv.bits)
+		}
+		if len(lv.m) > 0 {
+			out = append(out, lv)
+		}
+	}
+	for bits, m := range own { // lengths old did not have
+		if len(m) > 0 {
+			out = append(out, level[K]{bits: bits, mask: mask(bits), m: m})
+		}
+	}
+	slices.SortFunc(out, func(a, b level[K]) int { return b.bits - a.bits })
+	return out
 }
 
 // selfRemovable reports whether e is a listing its owner may remove under
