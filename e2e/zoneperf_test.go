@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -98,24 +97,10 @@ func TestZonePerf(t *testing.T) {
 		fmt.Fprintf(&lf, "%s %s %s\n", l.Prefix, l.Category, l.Reason)
 	}
 	writeFile(t, filepath.Join(dir, "listings.txt"), lf.String())
-	f, err := os.Create(filepath.Join(dir, "rbldnsd.zone"))
-	if err != nil {
-		t.Fatal(err)
+	zoneserve := testkit.Binary(t, "github.com/blmilter/blmilter/e2e/zoneserve")
+	if out, err := execOut(zoneserve, "-zone", name, "-listings", filepath.Join(dir, "listings.txt"), "-rbldnsd", filepath.Join(dir, "rbldnsd.zone")); err != nil {
+		t.Fatalf("the rbldnsd zone: %v\n%s", err, out)
 	}
-	bw := bufio.NewWriter(f)
-	if _, err := zone.Export(bw, zone.FormatRbldnsd, zone.Zone{
-		Name:      name,
-		TTL:       5 * time.Minute,
-		NS:        []string{"ns1.example.net."},
-		SOA:       zone.SOA{Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 5 * time.Minute},
-		Codes:     map[string]netip.Addr{"zombie": netip.MustParseAddr("127.0.0.4"), "dynamic": netip.MustParseAddr("127.0.0.10"), "spam-source": netip.MustParseAddr("127.0.0.2")},
-		TXT:       "{category}: {reason}; see {url}",
-		PublicURL: "https://lookup.example.org",
-	}, ls, zone.State{}); err != nil {
-		t.Fatal(err)
-	}
-	bw.Flush()
-	f.Close()
 	queries := filepath.Join(dir, "queries.txt")
 	writeFile(t, queries, strings.Join(perfQueries(ls, 200000, name), "\n")+"\n")
 
@@ -125,7 +110,7 @@ func TestZonePerf(t *testing.T) {
 	raddr := "127.0.0.1:" + strconv.Itoa(rport)
 	zport := testkit.FreeDNSPort(t)
 	zaddr := "127.0.0.1:" + strconv.Itoa(zport)
-	zs := startProc(t, testkit.Binary(t, "github.com/blmilter/blmilter/e2e/zoneserve"), "-listen", zaddr, "-zone", name, "-listings", filepath.Join(dir, "listings.txt"),
+	zs := startProc(t, zoneserve, "-listen", zaddr, "-zone", name, "-listings", filepath.Join(dir, "listings.txt"),
 		"-workers", strconv.Itoa(envInt("BLMILTER_ZONEPERF_WORKERS", 0)))
 	for _, s := range []struct {
 		addr string

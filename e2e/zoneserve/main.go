@@ -4,7 +4,9 @@
 //
 //	PREFIX CATEGORY [REASON...]
 //
-// It prints "ready ADDRESS" once it answers, and stops on SIGTERM.
+// It prints "ready ADDRESS" once it answers, and stops on SIGTERM. With
+// -rbldnsd FILE it writes the same zone as an rbldnsd file there instead
+// and exits, so both servers of the comparison serve one zone.
 package main
 
 import (
@@ -29,9 +31,16 @@ func main() {
 	name := flag.String("zone", "bl.example.org", "the zone's name")
 	file := flag.String("listings", "", "the listings file")
 	workers := flag.Int("workers", 0, "UDP readers (0: the zone package's default, one per CPU but one)")
+	rbldnsd := flag.String("rbldnsd", "", "write the zone as an rbldnsd file here, and exit")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if err := run(*listen, *name, *file, *workers, log); err != nil {
+	var err error
+	if *rbldnsd != "" {
+		err = export(*rbldnsd, *name, *file)
+	} else {
+		err = run(*listen, *name, *file, *workers, log)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "zoneserve:", err)
 		os.Exit(1)
 	}
@@ -43,15 +52,7 @@ func run(listen, name, file string, workers int, log *slog.Logger) error {
 		return err
 	}
 	srv, err := zone.New(zone.Options{
-		Zone: zone.Zone{
-			Name:      name,
-			TTL:       5 * time.Minute,
-			NS:        []string{"ns1.example.net."},
-			SOA:       zone.SOA{Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 5 * time.Minute},
-			Codes:     map[string]netip.Addr{"zombie": netip.MustParseAddr("127.0.0.4"), "dynamic": netip.MustParseAddr("127.0.0.10"), "spam-source": netip.MustParseAddr("127.0.0.2")},
-			TXT:       "{category}: {reason}; see {url}",
-			PublicURL: "https://lookup.example.org",
-		},
+		Zone:    perfZone(name),
 		Workers: workers,
 		Logger:  log,
 	})
@@ -82,6 +83,42 @@ func run(listen, name, file string, workers int, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(ctx)
+}
+
+// perfZone is the zone the comparison serves, besides its listings.
+func perfZone(name string) zone.Zone {
+	return zone.Zone{
+		Name:      name,
+		TTL:       5 * time.Minute,
+		NS:        []string{"ns1.example.net."},
+		SOA:       zone.SOA{Refresh: time.Hour, Retry: 10 * time.Minute, Expire: 7 * 24 * time.Hour, Minimum: 5 * time.Minute},
+		Codes:     map[string]netip.Addr{"zombie": netip.MustParseAddr("127.0.0.4"), "dynamic": netip.MustParseAddr("127.0.0.10"), "spam-source": netip.MustParseAddr("127.0.0.2")},
+		TXT:       "{category}: {reason}; see {url}",
+		PublicURL: "https://lookup.example.org",
+	}
+}
+
+// export writes the zone with the listings of file as an rbldnsd file at
+// path.
+func export(path, name, file string) error {
+	ls, err := readListings(file)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(f)
+	if _, err := zone.Export(bw, zone.FormatRbldnsd, perfZone(name), ls, zone.State{}); err != nil {
+		f.Close()
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func readListings(path string) ([]zone.Listing, error) {
