@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -344,12 +346,22 @@ func execOutWithin(d time.Duration, name string, args ...string) (string, error)
 
 // processAlive reports whether pid exists and is not a zombie.
 func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, ok := procStat(strconv.Itoa(pid))
+	return ok && (len(f) == 0 || f[0] != "Z")
+}
+
+// procStat returns the fields of /proc/PID/stat after "pid (comm)": state
+// f[0], ppid f[1], pgrp f[2], utime f[11], stime f[12], cutime f[13],
+// cstime f[14]. comm may hold spaces, so they start after the last ')'.
+// ok is false when the process is gone.
+func procStat(pid string) (f []string, ok bool) {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
-		return false
+		return nil, false
 	}
-	// pid (comm) STATE ...; comm may contain spaces, so look after the ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, true
+	}
+	return strings.Fields(string(b[i+1:])), true
 }

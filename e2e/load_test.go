@@ -407,35 +407,8 @@ var policyDeadline = config.Defaults().Policy.Deadline.Duration
 // of p's process group: a daemon and the workers it forked.
 func groupCPU(t testing.TB, p *proc) time.Duration {
 	t.Helper()
-	pgid := p.cmd.Process.Pid
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ticks int64
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// pid (comm) state ppid pgrp ... utime(14) stime(15); comm may hold spaces.
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b)[i+1:])
-		if len(f) < 13 || f[2] != strconv.Itoa(pgid) {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + s
-	}
-	const clockTicks = 100 // USER_HZ on Linux
-	return time.Duration(ticks) * time.Second / clockTicks
+	pgid := strconv.Itoa(p.cmd.Process.Pid)
+	return procsCPU(t, func(_ string, f []string) bool { return f[2] == pgid }, false)
 }
 
 // pidNamespaceCPU is the CPU time (user and system) used so far by the
@@ -454,32 +427,35 @@ func pidNamespaceCPU(t testing.TB, p *proc) time.Duration {
 	if err != nil {
 		t.Fatalf("the PID namespace of %s's child: %v", p.name, err)
 	}
+	return procsCPU(t, func(pid string, _ []string) bool {
+		l, err := os.Readlink("/proc/" + pid + "/ns/pid")
+		return err == nil && l == ns
+	}, true)
+}
+
+// procsCPU sums the CPU time (utime and stime, with reaped also cutime and
+// cstime: that of exited children waited for) of every process for which
+// keep says so, given its pid and its stat fields (see procStat).
+func procsCPU(t testing.TB, keep func(pid string, f []string) bool, reaped bool) time.Duration {
+	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
+	}
+	last := 13 // utime f[11], stime f[12]
+	if reaped {
+		last = 15 // and cutime f[13], cstime f[14]
 	}
 	var ticks int64
 	for _, e := range ents {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || l != ns {
-			continue
+		f, ok := procStat(e.Name())
+		if !ok || len(f) < last || !keep(e.Name(), f) {
+			continue // gone meanwhile, or not one of them
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		// utime(14) stime(15) cutime(16) cstime(17), after "pid (comm)".
-		f := strings.Fields(string(b)[i+1:])
-		if len(f) < 15 {
-			continue
-		}
-		for _, k := range f[11:15] {
+		for _, k := range f[11:last] {
 			n, _ := strconv.ParseInt(k, 10, 64)
 			ticks += n
 		}
