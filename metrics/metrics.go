@@ -264,8 +264,8 @@ func (m *Metrics) SetStoreUp(up bool) {
 }
 
 // PanicServers are the servers blmilter_panics_total counts, each present
-// from the start with 0; "lookup" is the engine's own goroutines (a list's
-// DNS lookup, a background fetch of listing texts).
+// from the start with 0; "lookup" is the engine's DNS work (a check's
+// lookups, a background fetch of listing texts).
 var PanicServers = []string{"milter", "policyd", "web", "metrics", "health", "store", "zone", "lookup"}
 
 // Panic counts one panic recovered in a goroutine serving a client of

@@ -66,9 +66,9 @@ type Deps struct {
 	// every list starts healthy (one-off commands and tests).
 	Health HealthSource
 	// OnPanic, when set, is told of each panic the engine recovered from
-	// in a goroutine of its own: a list's DNS lookup (taken as a list
-	// error) or a background fetch of listing texts (the decision is
-	// recorded without them). For blmilter_panics_total.
+	// in its DNS work: a check's lookups (a list error for each list not
+	// yet answered) or a background fetch of listing texts (the decision
+	// is recorded without them). For blmilter_panics_total.
 	OnPanic func()
 }
 

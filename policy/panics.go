@@ -12,8 +12,9 @@ import (
 // error never refuses mail unless the list's on_error asks for a 451.
 var errLookupPanicked = errors.New("the lookup panicked")
 
-// panicked counts a panic recovered in one of the engine's goroutines and
-// logs it with its stack, at most one line a second: a bug that panics on
+// panicked counts a panic recovered in the engine's DNS work (a check's
+// batch of lookups, a background fetch of texts) and logs it with its
+// stack, at most one line a second: a bug that panics on
 // every check must not flood the log with stacks.
 func (e *Engine) panicked(msg string, p any, attrs ...slog.Attr) {
 	if e.opts.OnPanic != nil {

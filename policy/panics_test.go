@@ -13,8 +13,8 @@ import (
 	"github.com/blmilter/blmilter/policy"
 )
 
-// A panic on one of the engine's own goroutines ends neither the process
-// nor the check: a lookup that panics is a list error (never a listing),
+// A panic in the engine's DNS work ends neither the process nor the
+// check: a lookup that panics is a list error (never a listing),
 // a text fetch that panics leaves the decision recorded without the text,
 // and each is counted and logged with its stack, one line a second at
 // most.
